@@ -1,0 +1,622 @@
+"""The client: replicas found by a resolver, picked by a balancer, called through typed stubs.
+
+Theory of operation
+-------------------
+``connect(resolver)`` gives a :class:`Connection`. It watches the resolver and
+keeps one :class:`Replica` per endpoint. Each replica has one task that owns
+its lifecycle, and its state lives in :attr:`Replica.state` and nowhere else;
+every change goes through :meth:`Replica.set_state`, which checks it against
+:data:`TRANSITIONS` and keeps the balancer in step (only AVAILABLE replicas
+are in the balancer)::
+
+    CONNECTING ──handshake done──▶ AVAILABLE ──goaway / removed──▶ DRAINING
+        ▲   │                          │                              │
+        │   └──failed──▶ UNAVAILABLE ◀─┴──lost / keepalive failed─────┘
+        └──────backoff────────┘                (drained: calls done, closed)
+
+A replica's socket is a :class:`ClientSession`: protocol logic (call table,
+frame handling, cancel) shared by both transport shells. A failure of one
+session fails only that session's calls and never another session of the
+same address: each session is its own object with its own call table.
+
+*Retries.* A call that fails with a communication error is retried on a new
+pick with capped, jittered backoff, within its deadline and a retry budget.
+A ``@not_retriable`` method is retried only when the request provably never
+left the client (no replica, or the connection died before the frame was
+handed to the socket).
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import random
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+import anyio
+import sniffio
+from anyio.abc import TaskGroup
+
+from .balancers import Balancer, RoundRobin
+from .component import MethodSpec, component_spec
+from .endpoints import Endpoint
+from .errors import (
+    CallrtError,
+    ClosedError,
+    CommunicationError,
+    ErrorCode,
+    LocalProtocolError,
+    RemoteError,
+    Unreachable,
+    remote_error,
+)
+from .options import CallOptions, ClientOptions, RetryPolicy
+from .protocol import (
+    Cancel,
+    Error,
+    GoAway,
+    HelloReply,
+    Ping,
+    Pong,
+    Response,
+    TraceContext,
+    encode_frame,
+    encode_request_header,
+)
+from .resolvers import Resolver, Version
+from .server import current_call
+from .tracing import client_trace
+
+__all__ = ("ClientSession", "Connection", "Replica", "ReplicaState", "TRANSITIONS", "connect")
+
+T = TypeVar("T")
+
+
+class ReplicaState(enum.Enum):
+    CONNECTING = "connecting"
+    AVAILABLE = "available"
+    DRAINING = "draining"
+    UNAVAILABLE = "unavailable"
+
+
+TRANSITIONS: dict[ReplicaState, frozenset[ReplicaState]] = {
+    ReplicaState.CONNECTING: frozenset({ReplicaState.AVAILABLE, ReplicaState.UNAVAILABLE}),
+    ReplicaState.AVAILABLE: frozenset({ReplicaState.DRAINING, ReplicaState.UNAVAILABLE}),
+    ReplicaState.DRAINING: frozenset({ReplicaState.UNAVAILABLE}),
+    ReplicaState.UNAVAILABLE: frozenset({ReplicaState.CONNECTING}),
+}
+
+
+class SessionLost(CommunicationError):
+    """Raised for calls on a session that failed; ``sent`` tells whether the request left us."""
+
+    def __init__(self, message: str, *, sent: bool = True) -> None:
+        super().__init__(message)
+        self.sent = sent
+
+
+class EventWaiter:
+    """A one-shot result slot for any anyio backend; awaitable like an asyncio future."""
+
+    __slots__ = ("_error", "_event", "_result")
+
+    def __init__(self) -> None:
+        self._event = anyio.Event()
+        self._result: Any = None
+        self._error: BaseException | None = None
+
+    def done(self) -> bool:
+        return self._event.is_set()
+
+    def set_result(self, value: Any) -> None:
+        self._result = value
+        self._event.set()
+
+    def set_exception(self, error: BaseException) -> None:
+        self._error = error
+        self._event.set()
+
+    def __await__(self) -> Any:
+        yield from self._event.wait().__await__()
+        if self._error is not None:
+            raise self._error
+        return self._result
+
+
+class ClientSession:
+    """Protocol logic of one client socket. Shells subclass it and supply I/O.
+
+    Subclasses implement :meth:`send` (write a request, coalescing as they
+    like, recording in :attr:`unsent` the ids still held back), :meth:`write`,
+    :meth:`new_waiter` and :meth:`abort`.
+    """
+
+    def __init__(self, endpoint: Endpoint, options: ClientOptions) -> None:
+        self.endpoint = endpoint
+        self.options = options
+        self.calls: dict[int, Any] = {}
+        self.unsent: set[int] = set()
+        self.next_id = 1
+        self.peer_max_frame = options.max_frame_size
+        self.flatten_limit = options.write_flatten_limit
+        self.ready = anyio.Event()  # hello reply received
+        self.lost = anyio.Event()  # socket gone
+        self.goaway = anyio.Event()  # server draining
+        self.idle = anyio.Event()  # no calls in flight (set only while draining)
+        self.error: BaseException | None = None
+        self.last_received = time.monotonic()
+        self.on_call_done: Callable[[], None] | None = None
+
+    # -- hooks for shells ----------------------------------------------------
+
+    def send(self, request_id: int, header: bytes, payload: bytes) -> None:
+        raise NotImplementedError
+
+    def write(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def new_waiter(self) -> Any:
+        return EventWaiter()
+
+    def abort(self, error: BaseException) -> None:
+        """Close the socket now; calls fail with ``error``'s message."""
+        raise NotImplementedError
+
+    # -- protocol ------------------------------------------------------------
+
+    @property
+    def pending(self) -> int:
+        return len(self.calls)
+
+    def frame_received(self, frame: object) -> None:
+        kind = type(frame)
+        if kind is Response:
+            waiter = self.calls.pop(frame.id, None)  # type: ignore[attr-defined]
+            if waiter is not None:
+                waiter.set_result(frame.payload)  # type: ignore[attr-defined]
+                self._call_done()
+        elif kind is Error:
+            waiter = self.calls.pop(frame.id, None)  # type: ignore[attr-defined]
+            if waiter is not None:
+                f: Error = frame  # type: ignore[assignment]
+                waiter.set_exception(remote_error(ErrorCode.parse(f.code), f.remote_type, f.message, f.traceback))
+                self._call_done()
+        elif kind is Pong or kind is HelloReply:
+            if kind is HelloReply:
+                self._hello_reply(frame)  # type: ignore[arg-type]
+        elif kind is Ping:
+            self.write(encode_frame(Pong(frame.id)))  # type: ignore[attr-defined]
+        elif kind is GoAway:
+            self.goaway.set()
+            if not self.calls:
+                self.idle.set()
+        else:
+            from .errors import RemoteProtocolError
+
+            raise RemoteProtocolError(f"a server may not send {kind.__name__} frames")
+
+    def _hello_reply(self, reply: HelloReply) -> None:
+        if reply.version == 0:
+            from .errors import RemoteProtocolError
+
+            raise RemoteProtocolError("the server speaks no protocol version we do")
+        self.peer_max_frame = reply.max_frame_size
+        self.ready.set()
+
+    def _call_done(self) -> None:
+        if self.on_call_done is not None:
+            self.on_call_done()
+        if not self.calls and self.goaway.is_set():
+            self.idle.set()
+
+    def connection_lost(self, error: BaseException | None) -> None:
+        """The socket is gone: fail every call still waiting, once."""
+        if self.lost.is_set():
+            return
+        self.error = error
+        reason = f"connection to {self.endpoint} lost" + (f": {error}" if error else "")
+        calls, self.calls = self.calls, {}
+        unsent, self.unsent = self.unsent, set()
+        for request_id, waiter in calls.items():
+            if not waiter.done():
+                exc = SessionLost(reason, sent=request_id not in unsent)
+                if error is not None:
+                    exc.__cause__ = error
+                waiter.set_exception(exc)
+        self.lost.set()
+        self.idle.set()
+        self.ready.set()  # wake a handshake waiter; it checks ``lost``
+        if calls and self.on_call_done is not None:
+            self.on_call_done()
+
+    async def call(
+        self,
+        key: bytes,
+        payload: bytes,
+        deadline: float | None,
+        trace: TraceContext | None,
+        metadata: tuple[tuple[str, str], ...],
+        shard_key: int | None,
+    ) -> bytes:
+        """Send one request and wait for its reply. Raises on error replies and lost sessions."""
+        if self.lost.is_set():
+            raise SessionLost(f"connection to {self.endpoint} is closed", sent=False)
+        request_id = self.next_id
+        self.next_id = request_id + 1
+        deadline_us = None
+        if deadline is not None:
+            deadline_us = max(0, int((deadline - anyio.current_time()) * 1e6))
+        header = encode_request_header(
+            request_id, key, len(payload), deadline_us, trace, metadata, self.options.caller, shard_key
+        )
+        if len(header) - 13 + len(payload) > self.peer_max_frame:
+            raise LocalProtocolError(
+                f"request of {len(payload)} bytes exceeds the server's maximum frame of {self.peer_max_frame}"
+            )
+        waiter = self.new_waiter()
+        self.calls[request_id] = waiter
+        self.send(request_id, header, payload)
+        try:
+            if self.options.optimistic_spin_duration > 0 and not waiter.done():
+                await self._spin(waiter)
+            return await waiter  # type: ignore[no-any-return]
+        except BaseException:
+            if self.calls.pop(request_id, None) is not None:
+                # We gave up (cancelled or timed out here). The server needs no cancel
+                # when the deadline has passed: it enforces the deadline itself.
+                if request_id in self.unsent:
+                    self.unsent.discard(request_id)
+                elif deadline is None or anyio.current_time() < deadline:
+                    self.write(encode_frame(Cancel(request_id)))
+                self._call_done()
+            raise
+
+    async def _spin(self, waiter: Any) -> None:
+        # On an event loop, "spinning" is yielding to the loop with zero timeouts:
+        # the loop polls the socket without parking the thread in the kernel.
+        end = time.perf_counter() + self.options.optimistic_spin_duration
+        while not waiter.done() and time.perf_counter() < end:
+            await anyio.lowlevel.checkpoint()
+
+    async def keepalive(self) -> None:
+        """Ping after ``keepalive_interval`` of silence; abort if nothing arrives in ``keepalive_timeout``."""
+        interval, timeout = self.options.keepalive_interval, self.options.keepalive_timeout
+        if interval <= 0:
+            return
+        nonce = 0
+        while not self.lost.is_set():
+            quiet = time.monotonic() - self.last_received
+            if quiet < interval:
+                await anyio.sleep(interval - quiet)
+                continue
+            nonce += 1
+            sent_at = time.monotonic()
+            self.write(encode_frame(Ping(nonce)))
+            await anyio.sleep(timeout)
+            if self.last_received < sent_at:
+                self.abort(CommunicationError(f"{self.endpoint} did not answer a ping within {timeout}s"))
+                return
+
+
+class Replica:
+    """One endpoint of the service, its state, and its current session."""
+
+    def __init__(self, endpoint: Endpoint, conn: Connection) -> None:
+        self.endpoint = endpoint
+        self.state = ReplicaState.UNAVAILABLE
+        self.session: ClientSession | None = None
+        self.wanted = True
+        self._conn = conn
+
+    def __repr__(self) -> str:
+        return f"<Replica {self.endpoint} {self.state.value} pending={self.pending}>"
+
+    @property
+    def pending(self) -> int:
+        session = self.session
+        return len(session.calls) if session is not None else 0
+
+    def set_state(self, new: ReplicaState) -> None:
+        old = self.state
+        if new is old:
+            return
+        if new not in TRANSITIONS[old]:
+            raise AssertionError(f"replica {self.endpoint}: no transition {old.value} -> {new.value}")
+        self.state = new
+        balancer = self._conn.balancer
+        if old is ReplicaState.AVAILABLE:
+            balancer.remove(self)
+        if new is ReplicaState.AVAILABLE:
+            balancer.add(self)
+        self._conn.replicas_changed()
+
+    def stop_using(self) -> None:
+        """The resolver dropped this endpoint: no new calls; finish the ones in flight."""
+        self.wanted = False
+        if self.state is ReplicaState.AVAILABLE:
+            self.set_state(ReplicaState.DRAINING)
+            if self.session is not None and not self.session.calls:
+                self.session.idle.set()
+
+
+class RetryBudget:
+    """Retries allowed: ``ratio`` of recent calls plus ``min_per_second`` (Finagle's budget)."""
+
+    def __init__(self, policy: RetryPolicy) -> None:
+        self._policy = policy
+        self._calls: deque[float] = deque()
+        self._retries: deque[float] = deque()
+
+    def record_call(self, now: float) -> None:
+        self._calls.append(now)
+
+    def try_spend(self, now: float) -> bool:
+        window = self._policy.budget_window
+        for q in (self._calls, self._retries):
+            while q and q[0] < now - window:
+                q.popleft()
+        allowed = self._policy.budget_ratio * len(self._calls) + self._policy.budget_min_per_second * window
+        if len(self._retries) >= allowed:
+            return False
+        self._retries.append(now)
+        return True
+
+
+class Connection:
+    """A client of one service: replicas from a resolver, a balancer, typed stubs.
+
+    Made by :func:`connect`. Safe to share among the tasks of one event loop.
+    """
+
+    def __init__(self, resolver: Resolver, options: ClientOptions, tg: TaskGroup) -> None:
+        self.resolver = resolver
+        self.options = options
+        self.balancer: Balancer = options.balancer if options.balancer is not None else RoundRobin()
+        self.replicas: dict[Endpoint, Replica] = {}
+        self.retry_counts = {"attempts": 0, "retries": 0}
+        self._tg = tg
+        self._changed = anyio.Event()
+        self._closed = False
+        self._budget = RetryBudget(options.retry)
+        self._use_protocol = _use_protocol(options)
+
+    # -- stubs ---------------------------------------------------------------
+
+    def stub(self, cls: type[T], *, options: CallOptions | None = None, name: str | None = None) -> T:
+        """A stub of component ``cls``: the same methods, each awaitable, calling a remote replica."""
+        spec = component_spec(cls)
+        methods = spec.methods
+        if name is not None and name != spec.name:
+            from .component import _method_spec
+
+            methods = {m: _method_spec(name, m, getattr(cls, m)) for m in methods}
+        stub = _Stub(f"{spec.name} stub")
+        for method in methods.values():
+            setattr(stub, method.name, StubMethod(self, method, options))
+        return stub  # type: ignore[return-value]
+
+    # -- calls ---------------------------------------------------------------
+
+    async def invoke(self, method: MethodSpec, payload: bytes, options: CallOptions | None) -> bytes:
+        """Call ``method`` with encoded arguments, retrying as policy allows."""
+        if self._closed:
+            raise ClosedError("the connection is closed")
+        deadline = anyio.current_effective_deadline()
+        parent = current_call()
+        if parent is not None and parent.deadline is not None and parent.deadline < deadline:
+            deadline = parent.deadline
+        deadline_or_none = None if math.isinf(deadline) else deadline
+        retry = options.retry if options is not None and options.retry is not None else method.retriable
+        shard_key = options.shard_key if options is not None else None
+        metadata = tuple(options.metadata.items()) if options is not None and options.metadata else ()
+        trace = client_trace()
+        policy = self.options.retry
+        self._budget.record_call(time.monotonic())
+        attempt = 0
+        while True:
+            attempt += 1
+            self.retry_counts["attempts"] += 1
+            try:
+                replica = self.balancer.pick(options)
+                if replica is None or replica.session is None:
+                    replica = await self._wait_for_replica(options, deadline)
+                session = replica.session
+                assert session is not None
+                return await session.call(method.key, payload, deadline_or_none, trace, metadata, shard_key)
+            except CommunicationError as exc:
+                never_sent = isinstance(exc, Unreachable) or (isinstance(exc, SessionLost) and not exc.sent)
+                if isinstance(exc, LocalProtocolError) or not (retry or never_sent):
+                    raise
+                if attempt >= policy.max_attempts or not self._budget.try_spend(time.monotonic()):
+                    raise
+                delay = min(policy.max_backoff, policy.initial_backoff * policy.multiplier ** (attempt - 1))
+                delay *= 1 - policy.jitter * random.random()
+                if anyio.current_time() + delay >= deadline:
+                    raise
+                self.retry_counts["retries"] += 1
+                await anyio.sleep(delay)
+
+    async def _wait_for_replica(self, options: CallOptions | None, deadline: float) -> Replica:
+        fail_fast = options.fail_fast if options is not None and options.fail_fast is not None else self.options.fail_fast
+        limit = min(deadline, anyio.current_time() + self.options.pick_timeout)
+        while True:
+            replica = self.balancer.pick(options)
+            if replica is not None and replica.session is not None:
+                return replica
+            if self._closed:
+                raise ClosedError("the connection is closed")
+            if fail_fast or anyio.current_time() >= limit:
+                raise self._unreachable()
+            changed = self._changed
+            with anyio.move_on_after(limit - anyio.current_time()):
+                await changed.wait()
+
+    def _unreachable(self) -> Unreachable:
+        if not self.replicas:
+            return Unreachable(f"no endpoints: {self.resolver!r} returned none")
+        states = ", ".join(f"{r.endpoint} {r.state.value}" for r in self.replicas.values())
+        return Unreachable(f"no available replica among {len(self.replicas)}: {states}")
+
+    def replicas_changed(self) -> None:
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    # -- replicas ------------------------------------------------------------
+
+    def update_endpoints(self, endpoints: Sequence[Endpoint]) -> None:
+        wanted = set(endpoints)
+        for endpoint in wanted:
+            replica = self.replicas.get(endpoint)
+            if replica is None:
+                replica = self.replicas[endpoint] = Replica(endpoint, self)
+                self._tg.start_soon(self._manage, replica)
+            else:
+                replica.wanted = True  # an address that went away and came back is used again
+        for endpoint, replica in list(self.replicas.items()):
+            if endpoint not in wanted:
+                replica.stop_using()
+        self.replicas_changed()
+
+    async def _manage(self, replica: Replica) -> None:
+        from .transport import open_session
+
+        opts = self.options
+        backoff = opts.reconnect_initial_backoff
+        try:
+            while replica.wanted and not self._closed:
+                replica.set_state(ReplicaState.CONNECTING)
+                try:
+                    async with open_session(replica.endpoint, opts, self._use_protocol) as session:
+                        backoff = opts.reconnect_initial_backoff  # reset after a successful handshake
+                        replica.session = session
+                        replica.set_state(ReplicaState.AVAILABLE if replica.wanted else ReplicaState.DRAINING)
+                        async with anyio.create_task_group() as tg:
+                            tg.start_soon(session.keepalive)
+                            await _first(session.lost.wait, session.goaway.wait, _until_not_wanted(replica))
+                            if not session.lost.is_set():
+                                if replica.state is ReplicaState.AVAILABLE:
+                                    replica.set_state(ReplicaState.DRAINING)
+                                await _first(session.lost.wait, session.idle.wait)
+                            tg.cancel_scope.cancel()
+                    drained = session.goaway.is_set()
+                except (OSError, CallrtError, TimeoutError):
+                    drained = False
+                replica.session = None
+                replica.set_state(ReplicaState.UNAVAILABLE)
+                if not replica.wanted or self._closed:
+                    break
+                if not drained or True:
+                    await anyio.sleep(backoff * (1 - 0.4 * random.random()))
+                    backoff = min(opts.reconnect_max_backoff, backoff * 2)
+        finally:
+            if self.replicas.get(replica.endpoint) is replica and not replica.wanted:
+                del self.replicas[replica.endpoint]
+            self.replicas_changed()
+
+    async def _watch_resolver(self, version: Version | None) -> None:
+        backoff = 0.01
+        while True:
+            try:
+                endpoints, new_version = await self.resolver.resolve(version)
+            except Exception:
+                await anyio.sleep(backoff * (1 - 0.4 * random.random()))
+                backoff = min(backoff * 2, 5.0)
+                continue
+            if new_version is None or new_version == version:
+                await anyio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            backoff = 0.01
+            version = new_version
+            self.update_endpoints(endpoints)
+
+    async def aclose(self) -> None:
+        self._closed = True
+        self.replicas_changed()
+
+
+async def _until_not_wanted(replica: Replica) -> None:
+    while replica.wanted:
+        await replica._conn._changed.wait()
+
+
+async def _first(*waits: Any) -> None:
+    """Return when the first of ``waits`` (coroutine functions or coroutines) returns."""
+    async with anyio.create_task_group() as tg:
+
+        async def run(w: Any) -> None:
+            await (w() if callable(w) else w)
+            tg.cancel_scope.cancel()
+
+        for w in waits:
+            tg.start_soon(run, w)
+
+
+def _use_protocol(options: ClientOptions) -> bool:
+    if options.transport == "stream":
+        return False
+    asyncio_loop = sniffio.current_async_library() == "asyncio"
+    if options.transport == "protocol" and not asyncio_loop:
+        raise RuntimeError('transport="protocol" needs asyncio')
+    return asyncio_loop
+
+
+class _Stub:
+    def __init__(self, label: str) -> None:
+        self._label = label
+
+    def __repr__(self) -> str:
+        return f"<{self._label}>"
+
+
+class StubMethod:
+    """One remote method: ``await stub.method(*args)``; ``.options(CallOptions)`` for one call."""
+
+    __slots__ = ("__signature__", "_conn", "_options", "_spec")
+
+    def __init__(self, conn: Connection, spec: MethodSpec, options: CallOptions | None) -> None:
+        self._conn = conn
+        self._spec = spec
+        self._options = options
+        self.__signature__ = spec.signature
+
+    def options(self, options: CallOptions) -> StubMethod:
+        return StubMethod(self._conn, self._spec, options)
+
+    async def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        spec = self._spec
+        payload = spec.payload_from_args(args, kwargs)
+        result = await self._conn.invoke(spec, payload, self._options)
+        try:
+            return spec.decode_result(result)
+        except Exception as exc:  # msgspec.ValidationError/DecodeError
+            raise RemoteError(
+                f"{spec.full_name}: result does not match the return type: {exc}", code=ErrorCode.MALFORMED_RESPONSE
+            ) from None
+
+
+@asynccontextmanager
+async def connect(resolver: Resolver, *, options: ClientOptions | None = None) -> AsyncIterator[Connection]:
+    """``async with connect(resolver) as conn:`` — a client of the service ``resolver`` finds.
+
+    A constant resolver with no endpoints raises :class:`~callrt.errors.Unreachable`;
+    otherwise calls wait (up to ``pick_timeout`` or their deadline) for a replica.
+    """
+    options = options or ClientOptions()
+    endpoints, version = await resolver.resolve(None)
+    if resolver.is_constant() and not endpoints:
+        raise Unreachable(f"no endpoints: {resolver!r} is empty")
+    async with anyio.create_task_group() as tg:
+        conn = Connection(resolver, options, tg)
+        conn.update_endpoints(endpoints)
+        if not resolver.is_constant():
+            tg.start_soon(conn._watch_resolver, version)
+        try:
+            yield conn
+        finally:
+            await conn.aclose()
+            tg.cancel_scope.cancel()

@@ -1,0 +1,217 @@
+"""Components: plain classes whose public methods become RPC methods.
+
+``@component`` inspects a class once, at decoration, and records for each
+public method its wire key, its signature, whether it is retriable, and typed
+msgspec codecs built from its annotations. The server turns a
+:class:`MethodSpec` plus an instance into a bytes-in/bytes-out handler; the
+client turns it into a stub method. Both sides therefore agree on the
+encoding by construction: arguments travel as a MessagePack array in
+parameter order, results as a single MessagePack value.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+import typing
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar, overload
+
+import msgspec
+
+from .errors import Internal, InvalidArgument, RegistrationError
+from .keys import MethodKey, make_method_key
+
+__all__ = ("ComponentSpec", "MethodSpec", "component", "component_spec", "not_retriable")
+
+T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
+
+_SPEC_ATTR = "__callrt_component__"
+_NOT_RETRIABLE_ATTR = "__callrt_not_retriable__"
+_PATH = re.compile(r"`\$\[(\d+)\]")
+
+
+def not_retriable(method: F) -> F:
+    """Mark a component method as unsafe to repeat.
+
+    Such a method is retried only when its request provably never left the
+    client; other communication errors reach the caller.
+    """
+    setattr(method, _NOT_RETRIABLE_ATTR, True)
+    return method
+
+
+@dataclass(frozen=True, slots=True)
+class MethodSpec:
+    """What both sides know about one RPC method."""
+
+    component: str
+    name: str
+    key: MethodKey
+    signature: inspect.Signature
+    params: tuple[str, ...]
+    is_async: bool
+    retriable: bool
+    encode_args: Callable[[tuple[Any, ...]], bytes]
+    decode_args: Callable[[bytes], tuple[Any, ...]]
+    encode_result: Callable[[Any], bytes]
+    decode_result: Callable[[bytes], Any]
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.component}.{self.name}"
+
+    def args_from_payload(self, payload: bytes) -> tuple[Any, ...]:
+        """Decode and type-check arguments; a mismatch is an InvalidArgument naming the parameter."""
+        try:
+            return self.decode_args(payload)
+        except msgspec.ValidationError as exc:
+            raise InvalidArgument(self._describe(str(exc))) from None
+        except msgspec.DecodeError as exc:
+            raise InvalidArgument(f"{self.full_name}: malformed arguments: {exc}") from None
+
+    def payload_from_args(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
+        """Bind a call's arguments to the signature and encode them."""
+        if kwargs or len(args) != len(self.params):
+            try:
+                bound = self.signature.bind(*args, **kwargs)
+            except TypeError as exc:
+                raise TypeError(f"{self.full_name}(): {exc}") from None
+            bound.apply_defaults()
+            args = bound.args
+        try:
+            return self.encode_args(args)
+        except (TypeError, ValueError, OverflowError) as exc:
+            bad = next((p for p, a in zip(self.params, args, strict=True) if not _encodable(a)), None)
+            where = f" argument {bad!r}" if bad else ""
+            raise InvalidArgument(f"{self.full_name}:{where} cannot be encoded: {exc}") from None
+
+    def _describe(self, message: str) -> str:
+        match = _PATH.search(message)
+        if match and int(match.group(1)) < len(self.params):
+            param = self.params[int(match.group(1))]
+            message = message.replace(match.group(0), f"`{param}", 1)
+            return f"{self.full_name}: invalid argument {param!r}: {message}"
+        return f"{self.full_name}: invalid arguments: {message}"
+
+    def handler(self, instance: object) -> Callable[[bytes], bytes] | Callable[[bytes], Awaitable[bytes]]:
+        """A bytes-in, bytes-out handler calling this method on ``instance``."""
+        method = getattr(instance, self.name)
+        decode, encode = self.args_from_payload, self.encode_result
+
+        def encode_or_fail(result: object) -> bytes:
+            try:
+                return encode(result)
+            except (TypeError, ValueError, OverflowError) as exc:
+                raise Internal(f"{self.full_name}: result cannot be encoded: {exc}") from None
+
+        if self.is_async:
+
+            async def async_handler(payload: bytes) -> bytes:
+                return encode_or_fail(await method(*decode(payload)))
+
+            return async_handler
+
+        def sync_handler(payload: bytes) -> bytes:
+            return encode_or_fail(method(*decode(payload)))
+
+        return sync_handler
+
+
+def _encodable(value: object) -> bool:
+    try:
+        msgspec.msgpack.encode(value)
+    except Exception:
+        return False
+    return True
+
+
+@dataclass(frozen=True, slots=True)
+class ComponentSpec:
+    """A component's name and its methods, by method name."""
+
+    name: str
+    cls: type
+    methods: dict[str, MethodSpec]
+
+
+@overload
+def component(cls: type[T], /) -> type[T]: ...
+@overload
+def component(*, name: str | None = None) -> Callable[[type[T]], type[T]]: ...
+
+
+def component(cls: type[T] | None = None, /, *, name: str | None = None) -> Any:
+    """Make a class a component; its public methods (sync or async) become RPC methods.
+
+    The default name is ``"<module>.<qualname>"``. Every public method must
+    have plain parameters (no ``*args``/``**kwargs``); annotations choose the
+    encoding, and a missing one means "any MessagePack value".
+    """
+
+    def decorate(cls: type[T]) -> type[T]:
+        setattr(cls, _SPEC_ATTR, _build_spec(cls, name or f"{cls.__module__}.{cls.__qualname__}"))
+        return cls
+
+    return decorate(cls) if cls is not None else decorate
+
+
+def component_spec(cls: type) -> ComponentSpec:
+    """The spec ``@component`` recorded on ``cls`` (or on its class, for an instance)."""
+    spec = getattr(cls if isinstance(cls, type) else type(cls), _SPEC_ATTR, None)
+    if not isinstance(spec, ComponentSpec):
+        raise RegistrationError(f"{cls!r} is not a @component")
+    return spec
+
+
+def _build_spec(cls: type, name: str) -> ComponentSpec:
+    if not name or any(c.isspace() for c in name):
+        raise RegistrationError(f"invalid component name {name!r}")
+    methods: dict[str, MethodSpec] = {}
+    for attr in sorted(dir(cls)):
+        if attr.startswith("_"):
+            continue
+        raw = inspect.getattr_static(cls, attr)
+        if not inspect.isfunction(raw):
+            continue  # properties, static and class methods, attributes are not RPC methods
+        methods[attr] = _method_spec(name, attr, raw)
+    return ComponentSpec(name, cls, methods)
+
+
+def _method_spec(component_name: str, name: str, fn: Callable[..., Any]) -> MethodSpec:
+    sig = inspect.signature(fn)
+    params = list(sig.parameters.values())[1:]  # drop self
+    for p in params:
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            raise RegistrationError(f"{component_name}.{name}: *args/**kwargs are not supported in RPC methods")
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception as exc:
+        raise RegistrationError(f"{component_name}.{name}: cannot resolve type hints: {exc}") from exc
+    arg_types = tuple(hints.get(p.name, Any) for p in params)
+    result_type = hints.get("return", Any)
+    if result_type is type(None):
+        result_type = None
+    args_type: Any = tuple[arg_types] if arg_types else tuple[()]  # type: ignore[valid-type]
+    try:
+        args_decoder = msgspec.msgpack.Decoder(args_type)
+        result_decoder = msgspec.msgpack.Decoder(result_type)
+    except TypeError as exc:
+        raise RegistrationError(f"{component_name}.{name}: unsupported type in signature: {exc}") from exc
+    encoder = msgspec.msgpack.Encoder()
+    public_sig = sig.replace(parameters=params)
+    return MethodSpec(
+        component=component_name,
+        name=name,
+        key=make_method_key(component_name, name),
+        signature=public_sig,
+        params=tuple(p.name for p in params),
+        is_async=inspect.iscoroutinefunction(fn),
+        retriable=not getattr(fn, _NOT_RETRIABLE_ATTR, False),
+        encode_args=encoder.encode,
+        decode_args=args_decoder.decode,
+        encode_result=encoder.encode,
+        decode_result=result_decoder.decode,
+    )

@@ -1,0 +1,106 @@
+"""Options for servers, clients and single calls; defaults are chosen by measurement (see bench/)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+from .protocol import DEFAULT_MAX_FRAME_SIZE
+
+if TYPE_CHECKING:
+    from .balancers import Balancer
+    from .registry import Registrar
+
+__all__ = ("CallOptions", "ClientOptions", "RetryPolicy", "ServerOptions")
+
+Transport = Literal["auto", "protocol", "stream"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServerOptions:
+    """How a server runs handlers, writes replies and shuts down.
+
+    :ivar inline_handler_duration: seconds an async handler that blocks may keep
+        the connection's reading path before later frames are handed to a new
+        task. Handlers that finish without blocking always run inline. Negative:
+        every async handler runs in a task of its own.
+    :ivar write_flatten_limit: replies up to this many bytes are copied into one
+        buffer with their header; larger payloads are written without a copy.
+        Negative: never flatten.
+    :ivar drain_grace: seconds in-flight calls get to finish after a goaway.
+    :ivar transport: ``"protocol"`` (asyncio only: an asyncio Protocol, uvloop's
+        when installed), ``"stream"`` (anyio streams, any backend) or ``"auto"``.
+    """
+
+    inline_handler_duration: float = 20e-6
+    write_flatten_limit: int = 4096
+    max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
+    handshake_timeout: float = 10.0
+    drain_grace: float = 5.0
+    transport: Transport = "auto"
+    registrars: Sequence[Registrar] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RetryPolicy:
+    """Capped, jittered exponential backoff within the call's deadline, and a retry budget.
+
+    The budget (Finagle's shape) lets retries be at most ``budget_ratio`` of
+    calls over ``budget_window`` seconds, plus ``budget_min_per_second``, so
+    retries cannot multiply load on a struggling service.
+    """
+
+    max_attempts: int = 5
+    initial_backoff: float = 0.005
+    max_backoff: float = 0.5
+    multiplier: float = 2.0
+    jitter: float = 0.4
+    budget_ratio: float = 0.2
+    budget_window: float = 10.0
+    budget_min_per_second: float = 10.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClientOptions:
+    """How a client connects, writes, waits and retries.
+
+    :ivar optimistic_spin_duration: seconds a caller keeps the loop polling for its
+        reply before it parks; 0 disables (the default, see bench/README.md).
+    :ivar pick_timeout: how long a call without a deadline waits for an available
+        replica before :class:`~callrt.errors.Unreachable`.
+    :ivar keepalive_interval: a ping is sent after this long without traffic;
+        a peer that does not answer within ``keepalive_timeout`` is dead.
+    """
+
+    balancer: Balancer | None = None
+    write_flatten_limit: int = 4096
+    optimistic_spin_duration: float = 0.0
+    max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
+    connect_timeout: float = 5.0
+    handshake_timeout: float = 5.0
+    keepalive_interval: float = 10.0
+    keepalive_timeout: float = 5.0
+    reconnect_initial_backoff: float = 0.01
+    reconnect_max_backoff: float = 2.0
+    pick_timeout: float = 5.0
+    fail_fast: bool = False
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    caller: str = ""
+    transport: Transport = "auto"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CallOptions:
+    """Per-call choices.
+
+    :ivar retry: ``None`` follows the method (retriable unless ``@not_retriable``);
+        ``False`` never retries; ``True`` retries even a not-retriable method.
+    :ivar shard_key: routes the call with shard-aware balancers and travels in the request.
+    :ivar fail_fast: fail at once with Unreachable when no replica is available.
+    """
+
+    retry: bool | None = None
+    shard_key: int | None = None
+    metadata: Mapping[str, str] | None = None
+    fail_fast: bool | None = None

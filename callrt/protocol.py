@@ -1,0 +1,493 @@
+"""The callrt wire protocol, sans-IO: frames as values, bytes in and bytes out.
+
+Theory of operation
+-------------------
+Nothing here touches a socket, a clock or an event loop, so both transports
+(the asyncio Protocol fast path and the anyio stream path) share it, and it
+can be fuzzed and table-tested as plain functions. ``docs/protocol.md`` is the
+byte-by-byte description; this module is its executable form.
+
+A connection opens with a 12-byte *hello* from the client (magic ``CLRT``, the
+range of protocol versions it speaks, the largest frame body it accepts) and a
+12-byte *hello reply* from the server (magic, the version chosen, its own
+maximum). Version 0 in the reply means "no common version" and the server
+closes. The chosen version selects the layout of request headers on both sides
+(:class:`FrameDecoder` takes it), so the version is used, not only exchanged.
+
+After the hello every message is a frame: a 13-byte header (body length u32,
+kind u8, id u64; little-endian) and a body. Requests are multiplexed by id on
+one connection; responses, errors and cancels refer to a request's id. The
+body length is checked against the receiver's maximum *before* anything is
+buffered for it, so a peer cannot make us allocate from a length it chose.
+
+The decoder raises :class:`~callrt.errors.RemoteProtocolError` for anything
+that is not valid protocol and never anything else; after that the connection
+must be closed, since framing is lost. The encoder raises
+:class:`~callrt.errors.LocalProtocolError` for frames that would break the
+protocol (a frame over the peer's maximum, a field out of range).
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from typing import Final, TypeAlias
+
+import msgspec
+
+from .errors import LocalProtocolError, RemoteProtocolError
+
+__all__ = (
+    "DEFAULT_MAX_FRAME_SIZE",
+    "HEADER_SIZE",
+    "HELLO_SIZE",
+    "MAGIC",
+    "PROTOCOL_VERSION",
+    "SUPPORTED_VERSIONS",
+    "Cancel",
+    "Error",
+    "Frame",
+    "FrameDecoder",
+    "FrameKind",
+    "GoAway",
+    "Hello",
+    "HelloReply",
+    "Ping",
+    "Pong",
+    "Request",
+    "Response",
+    "TraceContext",
+    "choose_version",
+    "decode_hello",
+    "decode_hello_reply",
+    "encode_frame",
+    "encode_hello",
+    "encode_hello_reply",
+    "encode_request_header",
+    "encode_response_header",
+)
+
+MAGIC: Final = b"CLRT"
+PROTOCOL_VERSION: Final = 1
+SUPPORTED_VERSIONS: Final = range(1, 2)
+DEFAULT_MAX_FRAME_SIZE: Final = 64 << 20  # 64 MiB of body
+
+_HELLO = struct.Struct("<4sHHI")
+_HEADER = struct.Struct("<IBQ")
+_U64 = struct.Struct("<Q")
+_U32 = struct.Struct("<I")
+_U16 = struct.Struct("<H")
+_TRACE = struct.Struct("<16s8sBH")
+HELLO_SIZE: Final = _HELLO.size  # 12
+HEADER_SIZE: Final = _HEADER.size  # 13
+_MAX_U32: Final = (1 << 32) - 1
+_MAX_U64: Final = (1 << 64) - 1
+
+
+class FrameKind(enum.IntEnum):
+    REQUEST = 1
+    RESPONSE = 2
+    ERROR = 3
+    CANCEL = 4
+    PING = 5
+    PONG = 6
+    GOAWAY = 7
+
+
+# Request header flags: which optional fields follow the method key, in this order.
+_F_DEADLINE: Final = 0x01
+_F_TRACE: Final = 0x02
+_F_METADATA: Final = 0x04
+_F_CALLER: Final = 0x08
+_F_SHARD: Final = 0x10
+_F_KNOWN: Final = 0x1F
+
+
+class TraceContext(msgspec.Struct, frozen=True, gc=False):
+    """W3C trace context: 16-byte trace id, 8-byte parent span id, flags, tracestate."""
+
+    trace_id: bytes
+    span_id: bytes
+    flags: int = 0
+    tracestate: str = ""
+
+
+class Hello(msgspec.Struct, frozen=True, gc=False):
+    """The client's opening: the versions it speaks and the largest body it accepts."""
+
+    min_version: int
+    max_version: int
+    max_frame_size: int
+
+
+class HelloReply(msgspec.Struct, frozen=True, gc=False):
+    """The server's answer: the chosen version (0: none in common) and its maximum body."""
+
+    version: int
+    max_frame_size: int
+
+
+class Request(msgspec.Struct, frozen=True, gc=False):
+    """A call. ``deadline_us`` is the time the caller has left, in microseconds."""
+
+    id: int
+    method_key: bytes
+    payload: bytes
+    deadline_us: int | None = None
+    trace: TraceContext | None = None
+    metadata: tuple[tuple[str, str], ...] = ()
+    caller: str = ""
+    shard_key: int | None = None
+
+
+class Response(msgspec.Struct, frozen=True, gc=False):
+    """A successful result for request ``id``."""
+
+    id: int
+    payload: bytes
+
+
+class Error(msgspec.Struct, frozen=True, gc=False):
+    """A failed result for request ``id``; ``code`` is an ErrorCode value."""
+
+    id: int
+    code: str
+    remote_type: str = ""
+    message: str = ""
+    traceback: str = ""
+
+
+class Cancel(msgspec.Struct, frozen=True, gc=False):
+    """The caller gave up on request ``id``; the server cancels its handler."""
+
+    id: int
+
+
+class Ping(msgspec.Struct, frozen=True, gc=False):
+    """Liveness probe; the peer answers with a Pong carrying the same id."""
+
+    id: int
+
+
+class Pong(msgspec.Struct, frozen=True, gc=False):
+    id: int
+
+
+class GoAway(msgspec.Struct, frozen=True, gc=False):
+    """The server is draining: send no new calls here; in-flight calls will finish."""
+
+    reason: str = ""
+
+
+Frame: TypeAlias = Hello | HelloReply | Request | Response | Error | Cancel | Ping | Pong | GoAway
+
+_error_body = msgspec.msgpack.Encoder()
+_error_body_decoder = msgspec.msgpack.Decoder(tuple[str, str, str, str])
+
+
+# -- handshake ---------------------------------------------------------------
+
+
+def encode_hello(hello: Hello) -> bytes:
+    _check(0 < hello.min_version <= hello.max_version <= 0xFFFF, "bad version range")
+    _check(0 < hello.max_frame_size <= _MAX_U32, "bad max_frame_size")
+    return _HELLO.pack(MAGIC, hello.min_version, hello.max_version, hello.max_frame_size)
+
+
+def encode_hello_reply(reply: HelloReply) -> bytes:
+    _check(0 <= reply.version <= 0xFFFF, "bad version")
+    _check(0 < reply.max_frame_size <= _MAX_U32, "bad max_frame_size")
+    return _HELLO.pack(MAGIC, reply.version, 0, reply.max_frame_size)
+
+
+def decode_hello(data: bytes) -> Hello:
+    """Parse the client's 12-byte hello; a wrong magic or range is a RemoteProtocolError."""
+    magic, lo, hi, max_frame = _unpack_hello(data)
+    if lo == 0 or lo > hi or max_frame == 0:
+        raise RemoteProtocolError(f"invalid hello: versions {lo}..{hi}, max frame {max_frame}")
+    return Hello(lo, hi, max_frame)
+
+
+def decode_hello_reply(data: bytes) -> HelloReply:
+    magic, version, reserved, max_frame = _unpack_hello(data)
+    if reserved != 0 or max_frame == 0:
+        raise RemoteProtocolError("invalid hello reply")
+    return HelloReply(version, max_frame)
+
+
+def _unpack_hello(data: bytes) -> tuple[bytes, int, int, int]:
+    if len(data) != HELLO_SIZE:
+        raise RemoteProtocolError(f"hello must be {HELLO_SIZE} bytes, got {len(data)}")
+    fields: tuple[bytes, int, int, int] = _HELLO.unpack(data)
+    if fields[0] != MAGIC:
+        raise RemoteProtocolError(f"wrong magic {fields[0]!r}: not a callrt peer")
+    return fields
+
+
+def choose_version(hello: Hello) -> int:
+    """The highest version both sides speak, or 0 when there is none."""
+    best = min(hello.max_version, SUPPORTED_VERSIONS[-1])
+    return best if best >= max(hello.min_version, SUPPORTED_VERSIONS[0]) else 0
+
+
+# -- encoding ----------------------------------------------------------------
+
+
+def _check(ok: bool, what: str) -> None:
+    if not ok:
+        raise LocalProtocolError(what)
+
+
+def encode_request_header(
+    request_id: int,
+    method_key: bytes,
+    payload_size: int,
+    deadline_us: int | None = None,
+    trace: TraceContext | None = None,
+    metadata: tuple[tuple[str, str], ...] = (),
+    caller: str = "",
+    shard_key: int | None = None,
+) -> bytes:
+    """Everything of a request frame but its payload, which the caller writes after it.
+
+    Keeping the payload out lets the transport send a large payload without
+    copying it into the header's buffer (write flattening decides).
+    """
+    _check(len(method_key) == 16, "method key must be 16 bytes")
+    if deadline_us is None and trace is None and not metadata and not caller and shard_key is None:
+        # The common case, kept short: no optional fields.
+        return _HEADER.pack(17 + payload_size, 1, request_id) + method_key + b"\x00"
+    flags = 0
+    parts = [method_key, b""]
+    if deadline_us is not None:
+        _check(0 <= deadline_us <= _MAX_U64, "deadline out of range")
+        flags |= _F_DEADLINE
+        parts.append(_U64.pack(deadline_us))
+    if trace is not None:
+        state = trace.tracestate.encode()
+        _check(len(trace.trace_id) == 16 and len(trace.span_id) == 8, "bad trace ids")
+        _check(0 <= trace.flags <= 0xFF and len(state) <= 0xFFFF, "bad trace flags or tracestate")
+        flags |= _F_TRACE
+        parts.append(_TRACE.pack(trace.trace_id, trace.span_id, trace.flags, len(state)))
+        parts.append(state)
+    if metadata:
+        _check(len(metadata) <= 0xFFFF, "too many metadata entries")
+        flags |= _F_METADATA
+        parts.append(_U16.pack(len(metadata)))
+        for key, value in metadata:
+            k, v = key.encode(), value.encode()
+            _check(len(k) <= 0xFFFF, "metadata key too long")
+            parts += (_U16.pack(len(k)), k, _U32.pack(len(v)), v)
+    if caller:
+        c = caller.encode()
+        _check(len(c) <= 0xFFFF, "caller name too long")
+        flags |= _F_CALLER
+        parts += (_U16.pack(len(c)), c)
+    if shard_key is not None:
+        _check(0 <= shard_key <= _MAX_U64, "shard key out of range")
+        flags |= _F_SHARD
+        parts.append(_U64.pack(shard_key))
+    parts[1] = bytes((flags,))
+    body = b"".join(parts)
+    return _HEADER.pack(len(body) + payload_size, 1, request_id) + body
+
+
+def encode_response_header(request_id: int, payload_size: int) -> bytes:
+    return _HEADER.pack(payload_size, 2, request_id)
+
+
+def encode_frame(frame: Frame) -> bytes:
+    """The bytes of ``frame``, header included."""
+    if type(frame) is Request:
+        return (
+            encode_request_header(
+                frame.id,
+                frame.method_key,
+                len(frame.payload),
+                frame.deadline_us,
+                frame.trace,
+                frame.metadata,
+                frame.caller,
+                frame.shard_key,
+            )
+            + frame.payload
+        )
+    if type(frame) is Response:
+        return _HEADER.pack(len(frame.payload), 2, frame.id) + frame.payload
+    if type(frame) is Error:
+        body = _error_body.encode((frame.code, frame.remote_type, frame.message, frame.traceback))
+        return _HEADER.pack(len(body), 3, frame.id) + body
+    if type(frame) is Cancel:
+        return _HEADER.pack(0, 4, frame.id)
+    if type(frame) is Ping:
+        return _HEADER.pack(0, 5, frame.id)
+    if type(frame) is Pong:
+        return _HEADER.pack(0, 6, frame.id)
+    if type(frame) is GoAway:
+        reason = frame.reason.encode()
+        return _HEADER.pack(len(reason), 7, 0) + reason
+    if type(frame) is Hello:
+        return encode_hello(frame)
+    if type(frame) is HelloReply:
+        return encode_hello_reply(frame)
+    raise TypeError(f"not a frame: {frame!r}")
+
+
+# -- decoding ----------------------------------------------------------------
+
+
+class FrameDecoder:
+    """Incremental frame parser: feed bytes with :meth:`receive_data`, take frames with :meth:`next_frame`.
+
+    :param max_frame_size: the largest body accepted; a header announcing more is
+        a :class:`RemoteProtocolError` before any of the body is buffered.
+    :param expect: ``"hello"`` (server side), ``"hello_reply"`` (client side) or
+        ``None`` when the handshake is done elsewhere.
+    :param version: the negotiated protocol version; set from the hello when
+        ``expect`` is given.
+    """
+
+    __slots__ = ("_buf", "_expect", "_pos", "max_frame_size", "version")
+
+    def __init__(
+        self,
+        max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+        *,
+        expect: str | None = None,
+        version: int = PROTOCOL_VERSION,
+    ) -> None:
+        if expect not in (None, "hello", "hello_reply"):
+            raise ValueError(f"expect must be None, 'hello' or 'hello_reply', not {expect!r}")
+        self.max_frame_size = max_frame_size
+        self.version = version
+        self._expect = expect
+        self._buf = bytearray()
+        self._pos = 0
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet returned as frames."""
+        return len(self._buf) - self._pos
+
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
+        buf = self._buf
+        if self._pos and self._pos == len(buf):
+            buf.clear()
+            self._pos = 0
+        elif self._pos > 65536 and self._pos > len(buf) // 2:
+            del buf[: self._pos]
+            self._pos = 0
+        buf += data
+
+    def next_frame(self) -> Frame | None:
+        """The next complete frame, or ``None`` when more bytes are needed."""
+        buf, pos = self._buf, self._pos
+        avail = len(buf) - pos
+        if self._expect is not None:
+            if avail < HELLO_SIZE:
+                # A wrong magic is reported as soon as it can be seen, not after 12 bytes.
+                if avail and bytes(buf[pos : pos + min(avail, 4)]) != MAGIC[: min(avail, 4)]:
+                    raise RemoteProtocolError("wrong magic: not a callrt peer")
+                return None
+            raw = bytes(buf[pos : pos + HELLO_SIZE])
+            self._pos = pos + HELLO_SIZE
+            hello: Hello | HelloReply
+            if self._expect == "hello":
+                hello = decode_hello(raw)
+                self.version = choose_version(hello) or self.version
+            else:
+                hello = decode_hello_reply(raw)
+                if hello.version:
+                    if hello.version not in SUPPORTED_VERSIONS:
+                        raise RemoteProtocolError(f"server chose unsupported version {hello.version}")
+                    self.version = hello.version
+            self._expect = None
+            return hello
+        if avail < HEADER_SIZE:
+            return None
+        size, kind, ident = _HEADER.unpack_from(buf, pos)
+        if size > self.max_frame_size:
+            raise RemoteProtocolError(f"frame body of {size} bytes exceeds the maximum of {self.max_frame_size}")
+        end = pos + HEADER_SIZE + size
+        if kind > 7 or kind == 0:
+            raise RemoteProtocolError(f"unknown frame kind {kind}")
+        if len(buf) < end:
+            return None
+        start = pos + HEADER_SIZE
+        self._pos = end
+        if kind == 1:
+            return self._request(ident, buf, start, end)
+        if kind == 2:
+            return Response(ident, bytes(buf[start:end]))
+        if kind == 3:
+            try:
+                code, remote_type, message, tb = _error_body_decoder.decode(buf[start:end])
+            except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+                raise RemoteProtocolError(f"malformed error body: {exc}") from None
+            return Error(ident, code, remote_type, message, tb)
+        if kind == 7:
+            if ident != 0:
+                raise RemoteProtocolError("goaway frame must have id 0")
+            return GoAway(_utf8(buf, start, end))
+        if size != 0:
+            raise RemoteProtocolError(f"{FrameKind(kind).name} frame must have an empty body")
+        if kind == 4:
+            return Cancel(ident)
+        if kind == 5:
+            return Ping(ident)
+        return Pong(ident)
+
+    def _request(self, ident: int, buf: bytearray, p: int, end: int) -> Request:
+        if self.version != 1:  # the only layout so far; a new version adds a branch here
+            raise RemoteProtocolError(f"no request layout for protocol version {self.version}")
+        if end - p < 17:
+            raise RemoteProtocolError("request header truncated")
+        key = bytes(buf[p : p + 16])
+        flags = buf[p + 16]
+        p += 17
+        if flags == 0:
+            return Request(ident, key, bytes(buf[p:end]))
+        if flags & ~_F_KNOWN:
+            raise RemoteProtocolError(f"unknown request flags {flags:#x}")
+        deadline = trace = shard = None
+        metadata: tuple[tuple[str, str], ...] = ()
+        caller = ""
+
+        def take(n: int) -> int:
+            nonlocal p
+            if p + n > end:
+                raise RemoteProtocolError("request header overruns its frame")
+            p += n
+            return p - n
+
+        if flags & _F_DEADLINE:
+            (deadline,) = _U64.unpack_from(buf, take(8))
+        if flags & _F_TRACE:
+            trace_id, span_id, tflags, slen = _TRACE.unpack_from(buf, take(_TRACE.size))
+            s = take(slen)
+            trace = TraceContext(trace_id, span_id, tflags, _utf8(buf, s, p))
+        if flags & _F_METADATA:
+            (count,) = _U16.unpack_from(buf, take(2))
+            entries = []
+            for _ in range(count):
+                (klen,) = _U16.unpack_from(buf, take(2))
+                s = take(klen)
+                k = _utf8(buf, s, p)
+                (vlen,) = _U32.unpack_from(buf, take(4))
+                s = take(vlen)
+                entries.append((k, _utf8(buf, s, p)))
+            metadata = tuple(entries)
+        if flags & _F_CALLER:
+            (clen,) = _U16.unpack_from(buf, take(2))
+            s = take(clen)
+            caller = _utf8(buf, s, p)
+        if flags & _F_SHARD:
+            (shard,) = _U64.unpack_from(buf, take(8))
+        return Request(ident, key, bytes(buf[p:end]), deadline, trace, metadata, caller, shard)
+
+
+def _utf8(buf: bytearray, start: int, stop: int) -> str:
+    try:
+        return buf[start:stop].decode()
+    except UnicodeDecodeError:
+        raise RemoteProtocolError("string field is not UTF-8") from None

@@ -1,0 +1,366 @@
+"""The server: accepts connections, runs handlers, writes replies, drains on shutdown.
+
+Theory of operation
+-------------------
+:class:`ServerConnection` is the protocol logic of one accepted connection; it
+does no I/O itself. A transport shell (``callrt.transport``) feeds it decoded
+frames and gives it two things: a way to write reply bytes, and a policy for
+what to do when an async handler blocks.
+
+*Inline handler execution.* Sync handlers, and async handlers that finish
+without suspending, run on the reading path: no task is created for them,
+and their replies join the same write as the other replies of that batch.
+An async handler is driven by :func:`run_watched`, which notices its first
+suspension; the connection then has ``inline_handler_duration`` before the
+reading path is handed to a new task, so a slow handler cannot stall the
+frames behind it. The blocked handler finishes on the task it started on
+(cancel scopes bind to their task), which then retires. A negative duration
+puts every async handler on a task of its own.
+
+*Deadlines and cancellation.* A request's deadline (the caller's remaining
+time) becomes the handler's; a cancel frame cancels the handler. Only a
+handler that has blocked can be cancelled: one that runs to completion
+without suspending has already replied by the time any later frame is read.
+
+*Drain.* On shutdown the server removes itself from registries, stops
+accepting, sends goaway on every connection, lets in-flight calls finish for
+``drain_grace`` seconds, then closes what is left.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import traceback
+import types
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import sniffio
+from anyio.abc import TaskStatus
+
+from .endpoints import Endpoint, parse_endpoint
+from .errors import (
+    Cancelled,
+    CommunicationError,
+    DeadlineExceeded,
+    ErrorCode,
+    RemoteError,
+    RemoteProtocolError,
+    UnknownMethod,
+)
+from .keys import HandlerMap, RegisteredHandler
+from .options import ServerOptions
+from .protocol import Cancel, Error, GoAway, Ping, Pong, Request, encode_frame, encode_response_header
+from .tracing import detach, server_context
+
+__all__ = ("CallContext", "Server", "ServerConnection", "current_call", "serve", "start_server")
+
+_current_call: contextvars.ContextVar[CallContext | None] = contextvars.ContextVar("callrt_call", default=None)
+
+
+@dataclass(frozen=True, slots=True)
+class CallContext:
+    """What a handler can learn about the call it is serving (:func:`current_call`)."""
+
+    method: str
+    metadata: dict[str, str]
+    caller: str
+    deadline: float | None  # in anyio.current_time() terms, or None
+    shard_key: int | None
+
+
+def current_call() -> CallContext | None:
+    """The call being served by the current handler, or ``None`` outside one."""
+    return _current_call.get()
+
+
+def error_frame(request_id: int, exc: BaseException) -> Error:
+    """How ``exc``, raised while serving a call, travels to the caller."""
+    if isinstance(exc, RemoteError):
+        code, message = exc.code, exc.message
+        remote_type = exc.remote_type or _qualname(type(exc))
+        tb = exc.remote_traceback
+    else:
+        # A communication failure of a nested call must not look like one of this call.
+        code = ErrorCode.UNAVAILABLE if isinstance(exc, CommunicationError) else ErrorCode.UNKNOWN
+        message, remote_type = str(exc), _qualname(type(exc))
+        tb = "".join(traceback.format_exception(exc))
+    return Error(request_id, code.value, remote_type, message, tb)
+
+
+def _qualname(cls: type) -> str:
+    return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+
+
+@types.coroutine
+def run_watched(coro: Coroutine[Any, Any, Any], on_block: Callable[[], None]) -> Any:
+    """Await ``coro`` in the current task, calling ``on_block()`` at its first suspension.
+
+    Equivalent to ``await coro`` otherwise: values and exceptions pass both ways.
+    """
+    try:
+        yielded = coro.send(None)
+    except StopIteration as done:
+        return done.value
+    on_block()
+    while True:
+        try:
+            sent = yield yielded
+        except GeneratorExit:
+            coro.close()
+            raise
+        except BaseException as exc:
+            try:
+                yielded = coro.throw(exc)
+            except StopIteration as done:
+                return done.value
+        else:
+            try:
+                yielded = coro.send(sent)
+            except StopIteration as done:
+                return done.value
+
+
+class ServerConnection:
+    """Protocol logic of one accepted connection. Shells subclass it and supply the I/O.
+
+    Subclasses implement :meth:`write`, :meth:`run_async` (how an async handler
+    is started), :meth:`cancel_running` and :meth:`close`.
+    """
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.handlers = server.handlers
+        self.flatten_limit = server.options.write_flatten_limit
+        self.inflight = 0
+        self.closed = False
+
+    # -- hooks for shells ----------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def run_async(self, request: Request, entry: RegisteredHandler) -> None:
+        raise NotImplementedError
+
+    def cancel_running(self, request_id: int, reason: RemoteError) -> None:
+        """Cancel the blocked handler of ``request_id``, if any, replying with ``reason``."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    # -- protocol ------------------------------------------------------------
+
+    def frame_received(self, frame: object) -> None:
+        if type(frame) is Request:
+            self.request_received(frame)
+        elif type(frame) is Cancel:
+            self.cancel_running(frame.id, Cancelled("the caller cancelled the call"))
+        elif type(frame) is Ping:
+            self.write(encode_frame(Pong(frame.id)))
+        elif type(frame) is Pong:
+            pass
+        else:
+            raise RemoteProtocolError(f"a client may not send {type(frame).__name__} frames")
+
+    def request_received(self, request: Request) -> None:
+        entry = self.handlers.get(request.method_key)
+        if entry is None:
+            self.write_error(error_frame(request.id, UnknownMethod(f"no handler for method key {request.method_key.hex()}")))
+            return
+        if request.deadline_us == 0:
+            self.write_error(error_frame(request.id, DeadlineExceeded(f"{entry.name}: deadline passed before the call arrived")))
+            return
+        self.inflight += 1
+        if entry.is_async:
+            self.run_async(request, entry)
+            return
+        token = self._enter(request, entry)
+        try:
+            result = entry.handler(request.payload)
+        except Exception as exc:
+            self.write_error(error_frame(request.id, exc))
+        else:
+            self.reply(request.id, result)  # type: ignore[arg-type]
+        finally:
+            self._exit(token)
+
+    def reply(self, request_id: int, payload: bytes) -> None:
+        self.inflight -= 1
+        header = encode_response_header(request_id, len(payload))
+        if len(payload) <= self.flatten_limit:
+            self.write(header + payload)
+        else:
+            self.write(header)
+            self.write(payload)
+        if self.inflight == 0 and self.server.draining:
+            self.server.connection_idle(self)
+
+    def write_error(self, frame: Error) -> None:
+        self.write(encode_frame(frame))
+
+    def fail(self, request_id: int, exc: BaseException) -> None:
+        self.inflight -= 1
+        self.write(encode_frame(error_frame(request_id, exc)))
+        if self.inflight == 0 and self.server.draining:
+            self.server.connection_idle(self)
+
+    async def call_async(self, request: Request, entry: RegisteredHandler, on_block: Callable[[], None]) -> None:
+        """Run an async handler with ``on_block`` as its first-suspension hook, then reply."""
+        token = self._enter(request, entry)
+        try:
+            result = await run_watched(entry.handler(request.payload), on_block)  # type: ignore[arg-type]
+        except Exception as exc:
+            self.fail(request.id, exc)
+        else:
+            self.reply(request.id, result)
+        finally:
+            self._exit(token)
+
+    def deadline_of(self, request: Request) -> float | None:
+        return None if request.deadline_us is None else anyio.current_time() + request.deadline_us / 1e6
+
+    def _enter(self, request: Request, entry: RegisteredHandler) -> tuple[contextvars.Token[Any], object]:
+        ctx = CallContext(
+            entry.name,
+            dict(request.metadata),
+            request.caller,
+            self.deadline_of(request),
+            request.shard_key,
+        )
+        otel = server_context(request.trace) if request.trace is not None else None
+        return _current_call.set(ctx), otel
+
+    def _exit(self, token: tuple[contextvars.Token[Any], object]) -> None:
+        _current_call.reset(token[0])
+        if token[1] is not None:
+            detach(token[1])
+
+    def goaway(self, reason: str) -> None:
+        if not self.closed:
+            self.write(encode_frame(GoAway(reason)))
+
+
+@dataclass(eq=False)
+class Server:
+    """A running server: its handlers, listeners and live connections.
+
+    Use :func:`serve` (runs until cancelled, then drains) or
+    :func:`start_server` (an async context manager, for tests and embedding).
+    """
+
+    handlers: HandlerMap
+    options: ServerOptions
+    endpoints: list[Endpoint] = field(default_factory=list)
+    connections: set[ServerConnection] = field(default_factory=set)
+    draining: bool = False
+    _stop: anyio.Event = field(default_factory=anyio.Event)
+    _idle: anyio.Event | None = None
+
+    @property
+    def endpoint(self) -> Endpoint:
+        """The first bound endpoint (with the real port when port 0 was asked for)."""
+        return self.endpoints[0]
+
+    def stop(self) -> None:
+        """Ask :func:`serve` to drain and return."""
+        self._stop.set()
+
+    def connection_idle(self, conn: ServerConnection) -> None:
+        if self._idle is not None and all(c.inflight == 0 for c in self.connections):
+            self._idle.set()
+
+    def connection_closed(self, conn: ServerConnection) -> None:
+        self.connections.discard(conn)
+        if self.draining:
+            self.connection_idle(conn)
+
+    async def drain(self) -> None:
+        """Goaway to every connection; wait up to ``drain_grace`` for calls in flight; close."""
+        self.draining = True
+        self._idle = anyio.Event()
+        for conn in list(self.connections):
+            conn.goaway("server draining")
+        with anyio.move_on_after(self.options.drain_grace):
+            if any(c.inflight for c in self.connections):
+                await self._idle.wait()
+        for conn in list(self.connections):
+            conn.close()
+        self.connections.clear()
+
+
+def _handler_map(components: Sequence[object]) -> HandlerMap:
+    handlers = HandlerMap()
+    for impl in components:
+        if isinstance(impl, HandlerMap):
+            for key in impl:
+                entry = impl.get(key)
+                assert entry is not None
+                component, _, method = entry.name.rpartition(".")
+                handlers.set(component, method, entry.handler)
+        else:
+            handlers.add_handlers(None, impl)
+    return handlers
+
+
+def _use_protocol(options: ServerOptions) -> bool:
+    if options.transport == "stream":
+        return False
+    asyncio_loop = sniffio.current_async_library() == "asyncio"
+    if options.transport == "protocol" and not asyncio_loop:
+        raise RuntimeError('transport="protocol" needs asyncio')
+    return asyncio_loop
+
+
+async def serve(
+    address: str | Endpoint | Sequence[str | Endpoint],
+    *components: object,
+    options: ServerOptions | None = None,
+    task_status: TaskStatus[Server] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``components`` on ``address`` (one or several) until cancelled or stopped, then drain.
+
+    Components are instances of ``@component`` classes (or a prepared
+    :class:`HandlerMap`). With ``task_group.start(serve, ...)`` the started
+    value is the :class:`Server`, whose ``endpoint`` has the bound port.
+    """
+    async with start_server(address, *components, options=options) as server:
+        task_status.started(server)
+        await server._stop.wait()
+
+
+@asynccontextmanager
+async def start_server(
+    address: str | Endpoint | Sequence[str | Endpoint],
+    *components: object,
+    options: ServerOptions | None = None,
+) -> AsyncIterator[Server]:
+    """``async with start_server(address, *components) as server:`` serves while the block runs, then drains.
+
+    On exit, in order: registrations are removed (clients stop picking this
+    server), listeners stop accepting, connections get a goaway and calls in
+    flight get ``drain_grace`` seconds to finish, then everything closes.
+    """
+    from .transport import listen
+
+    addresses = [address] if isinstance(address, (str, Endpoint)) else list(address)
+    endpoints = [parse_endpoint(a) for a in addresses]
+    server = Server(_handler_map(components), options or ServerOptions())
+    use_protocol = _use_protocol(server.options)
+    async with anyio.create_task_group() as connections:
+        try:
+            async with AsyncExitStack() as stack:
+                for endpoint in endpoints:
+                    server.endpoints.append(await stack.enter_async_context(listen(endpoint, server, use_protocol, connections)))
+                for registrar in server.options.registrars:
+                    for endpoint in server.endpoints:
+                        await stack.enter_async_context(registrar.registered(endpoint))
+                yield server
+        finally:
+            with anyio.CancelScope(shield=True):
+                await server.drain()
+            connections.cancel_scope.cancel()

@@ -1,0 +1,47 @@
+"""W3C trace context between OpenTelemetry and the request frame (opentelemetry-api only).
+
+The client puts the current span's context into each request; the server
+makes the received context the current one while the handler runs, so a span
+the handler starts is a child of the caller's span. With no SDK configured the
+current span is invalid and nothing is sent.
+"""
+
+from __future__ import annotations
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace as otel_trace
+from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, TraceState
+
+from .protocol import TraceContext
+
+__all__ = ("client_trace", "detach", "server_context")
+
+_INVALID = otel_trace.INVALID_SPAN_CONTEXT
+
+
+def client_trace() -> TraceContext | None:
+    """The current span's context as a frame field, or ``None`` when there is no valid span."""
+    ctx = otel_trace.get_current_span().get_span_context()
+    if ctx is _INVALID or not ctx.is_valid:
+        return None
+    state = ctx.trace_state.to_header() if ctx.trace_state else ""
+    return TraceContext(
+        ctx.trace_id.to_bytes(16, "big"), ctx.span_id.to_bytes(8, "big"), int(ctx.trace_flags), state
+    )
+
+
+def server_context(trace: TraceContext) -> object:
+    """Make ``trace`` the current (remote parent) context; returns a token for :func:`detach`."""
+    span_context = SpanContext(
+        trace_id=int.from_bytes(trace.trace_id, "big"),
+        span_id=int.from_bytes(trace.span_id, "big"),
+        is_remote=True,
+        trace_flags=TraceFlags(trace.flags),
+        trace_state=TraceState.from_header([trace.tracestate]) if trace.tracestate else None,
+    )
+    ctx = otel_trace.set_span_in_context(NonRecordingSpan(span_context))
+    return otel_context.attach(ctx)
+
+
+def detach(token: object) -> None:
+    otel_context.detach(token)  # type: ignore[arg-type]

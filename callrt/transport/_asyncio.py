@@ -1,0 +1,352 @@
+"""The asyncio fast path: an asyncio Protocol per connection (uvloop's when it runs the loop).
+
+Bytes arrive in ``data_received`` and go straight into the sans-IO decoder;
+no task reads the socket. Writes are coalesced: everything written while a
+batch of frames is being handled leaves in one ``transport.write`` at the end
+of the batch. On the client, a write made when nothing is waiting goes out at
+once (lowest latency for a lone call) and later writes of the same loop
+iteration are joined and sent by one callback (fewest syscalls under load).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+
+from ..client import ClientSession
+from ..endpoints import Endpoint
+from ..errors import CommunicationError, DeadlineExceeded, RemoteError, RemoteProtocolError
+from ..keys import RegisteredHandler
+from ..options import ClientOptions
+from ..protocol import (
+    SUPPORTED_VERSIONS,
+    FrameDecoder,
+    Hello,
+    HelloReply,
+    Request,
+    choose_version,
+    encode_hello,
+    encode_hello_reply,
+)
+from ..server import Server, ServerConnection
+
+
+class _Blocked:
+    """A handler that suspended: its task, and why it was cancelled, if it was."""
+
+    __slots__ = ("deadline_timer", "handoff_timer", "reason", "task")
+
+    def __init__(self, task: asyncio.Task[Any]) -> None:
+        self.task = task
+        self.reason: RemoteError | None = None
+        self.deadline_timer: asyncio.TimerHandle | None = None
+        self.handoff_timer: asyncio.TimerHandle | None = None
+
+
+class ServerProtocol(asyncio.Protocol, ServerConnection):
+    """One accepted connection on the asyncio fast path."""
+
+    def __init__(self, server: Server) -> None:
+        ServerConnection.__init__(self, server)
+        self.loop = asyncio.get_running_loop()
+        self.decoder = FrameDecoder(server.options.max_frame_size, expect="hello")
+        self.transport: asyncio.Transport | None = None
+        self.inline_duration = server.options.inline_handler_duration
+        self._out: list[bytes] = []
+        self._batching = False
+        self._flush_scheduled = False
+        self._queue: deque[tuple[Request, RegisteredHandler]] = deque()
+        self._dispatcher: asyncio.Task[None] | None = None
+        self._parked: asyncio.Future[None] | None = None
+        self._blocked: dict[int, _Blocked] = {}
+        self._current: Request | None = None
+        self._handshake_timer: asyncio.TimerHandle | None = None
+
+    # -- asyncio.Protocol ------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.server.connections.add(self)
+        self._handshake_timer = self.loop.call_later(self.server.options.handshake_timeout, self.close)
+
+    def data_received(self, data: bytes) -> None:
+        decoder = self.decoder
+        decoder.receive_data(data)
+        self._batching = True
+        try:
+            while (frame := decoder.next_frame()) is not None:
+                if type(frame) is Hello:
+                    self._hello(frame)
+                else:
+                    self.frame_received(frame)
+        except RemoteProtocolError:
+            # Framing is lost: this connection ends, every other one goes on.
+            self._batching = False
+            self.close()
+            return
+        self._batching = False
+        self._flush()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self._handshake_timer is not None:
+            self._handshake_timer.cancel()
+        for blocked in list(self._blocked.values()):
+            blocked.task.cancel()
+        if self._dispatcher is not None:
+            self._dispatcher.cancel()
+        self.server.connection_closed(self)
+
+    def _hello(self, hello: Hello) -> None:
+        version = choose_version(hello)
+        assert self.transport is not None
+        self.transport.write(encode_hello_reply(HelloReply(version, self.server.options.max_frame_size)))
+        if self._handshake_timer is not None:
+            self._handshake_timer.cancel()
+            self._handshake_timer = None
+        if version == 0:
+            raise RemoteProtocolError("no common protocol version")
+
+    # -- writes --------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        self._out.append(data)
+        if not self._batching and not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        out = self._out
+        if not out or self.transport is None or self.closed:
+            out.clear()
+            return
+        if len(out) == 1:
+            self.transport.write(out[0])
+        elif self.flatten_limit < 0:
+            self.transport.writelines(out)
+        else:
+            self.transport.write(b"".join(out))
+        out.clear()
+
+    def close(self) -> None:
+        if self.transport is not None and not self.closed:
+            self._flush()
+            self.closed = True
+            self.transport.close()
+
+    # -- async handlers: the dispatcher and inline execution ------------------
+
+    def run_async(self, request: Request, entry: RegisteredHandler) -> None:
+        if self.inline_duration < 0:
+            self.loop.create_task(self._run_one(request, entry))
+            return
+        self._queue.append((request, entry))
+        if self._dispatcher is None:
+            self._dispatcher = self.loop.create_task(self._dispatch())
+        elif self._parked is not None and not self._parked.done():
+            self._parked.set_result(None)
+
+    async def _dispatch(self) -> None:
+        task = asyncio.current_task()
+        queue = self._queue
+        while True:
+            if self._dispatcher is not task:
+                if self._dispatcher is not None:
+                    return  # another task reads the queue now
+                self._dispatcher = task  # the one we handed off to has retired
+            if not queue:
+                self._flush()
+                self._parked = parked = self.loop.create_future()
+                await parked
+                continue
+            request, entry = queue.popleft()
+            await self._run_one(request, entry)
+
+    async def _run_one(self, request: Request, entry: RegisteredHandler) -> None:
+        self._current = request
+        try:
+            await self.call_async(request, entry, self._on_block)
+        except asyncio.CancelledError:
+            blocked = self._blocked.get(request.id)
+            task = asyncio.current_task()
+            assert task is not None
+            if blocked is None or blocked.reason is None or task.uncancel() > 0:
+                raise
+            self.fail(request.id, blocked.reason)
+        finally:
+            blocked = self._blocked.pop(request.id, None)
+            if blocked is not None:
+                for timer in (blocked.deadline_timer, blocked.handoff_timer):
+                    if timer is not None:
+                        timer.cancel()
+
+    def _on_block(self) -> None:
+        # The handler of ``self._current`` suspended for the first time, on the current task.
+        request = self._current
+        assert request is not None
+        task = asyncio.current_task()
+        assert task is not None
+        blocked = self._blocked[request.id] = _Blocked(task)
+        self._flush()  # replies already made must not wait for this handler
+        if task is self._dispatcher:
+            if self.inline_duration == 0:
+                self._hand_off(task)
+            else:
+                blocked.handoff_timer = self.loop.call_later(self.inline_duration, self._hand_off, task)
+        if request.deadline_us is not None:
+            blocked.deadline_timer = self.loop.call_later(
+                request.deadline_us / 1e6,
+                self.cancel_running,
+                request.id,
+                DeadlineExceeded(f"deadline of {request.deadline_us} µs exceeded"),
+            )
+
+    def _hand_off(self, task: asyncio.Task[Any]) -> None:
+        if self._dispatcher is task:
+            self._dispatcher = None
+            if self._queue and not self.closed:
+                self._dispatcher = self.loop.create_task(self._dispatch())
+
+    def cancel_running(self, request_id: int, reason: RemoteError) -> None:
+        blocked = self._blocked.get(request_id)
+        if blocked is None or blocked.reason is not None:
+            return  # finished, never blocked, or already being cancelled
+        self._hand_off(blocked.task)
+        blocked.reason = reason
+        blocked.task.cancel()
+
+
+class ClientProtocol(asyncio.Protocol, ClientSession):
+    """One client socket on the asyncio fast path."""
+
+    def __init__(self, endpoint: Endpoint, options: ClientOptions) -> None:
+        ClientSession.__init__(self, endpoint, options)
+        self.loop = asyncio.get_running_loop()
+        self.decoder = FrameDecoder(options.max_frame_size, expect="hello_reply")
+        self.transport: asyncio.Transport | None = None
+        self._out: list[bytes] = []
+        self._flush_scheduled = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        hello = Hello(SUPPORTED_VERSIONS[0], SUPPORTED_VERSIONS[-1], self.options.max_frame_size)
+        self.transport.write(encode_hello(hello))  # type: ignore[union-attr]
+
+    def data_received(self, data: bytes) -> None:
+        self.last_received = self.loop.time()
+        decoder = self.decoder
+        decoder.receive_data(data)
+        try:
+            while (frame := decoder.next_frame()) is not None:
+                self.frame_received(frame)
+        except RemoteProtocolError as exc:
+            self.abort(exc)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        ClientSession.connection_lost(self, exc)
+
+    def new_waiter(self) -> asyncio.Future[bytes]:
+        return self.loop.create_future()
+
+    def send(self, request_id: int, header: bytes, payload: bytes) -> None:
+        if self._flush_scheduled:
+            self.unsent.add(request_id)
+        if len(payload) <= self.flatten_limit:
+            self.write(header + payload)
+        else:
+            self.write(header)
+            self.write(payload)
+
+    def write(self, data: bytes) -> None:
+        if self._flush_scheduled:
+            self._out.append(data)
+            return
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        transport.write(data)
+        self._flush_scheduled = True
+        self.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        out = self._out
+        if out:
+            self.unsent.clear()
+            transport = self.transport
+            if transport is not None and not transport.is_closing():
+                if self.flatten_limit < 0:
+                    transport.writelines(out)
+                else:
+                    transport.write(b"".join(out) if len(out) > 1 else out[0])
+            out.clear()
+
+    def abort(self, error: BaseException) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+        ClientSession.connection_lost(self, error)
+
+
+@asynccontextmanager
+async def open_client(endpoint: Endpoint, options: ClientOptions) -> AsyncIterator[ClientSession]:
+    loop = asyncio.get_running_loop()
+    protocol: ClientProtocol | None = None
+
+    def factory() -> ClientProtocol:
+        nonlocal protocol
+        protocol = ClientProtocol(endpoint, options)
+        return protocol
+
+    try:
+        with anyio.fail_after(options.connect_timeout):
+            if endpoint.scheme == "tcp":
+                await loop.create_connection(factory, endpoint.host, endpoint.port)
+            else:
+                await loop.create_unix_connection(factory, endpoint.address)
+    except TimeoutError:
+        raise CommunicationError(f"connecting to {endpoint} timed out after {options.connect_timeout}s") from None
+    except OSError as exc:
+        raise CommunicationError(f"cannot connect to {endpoint}: {exc}") from exc
+    assert protocol is not None
+    try:
+        with anyio.fail_after(options.handshake_timeout):
+            await protocol.ready.wait()
+        if protocol.lost.is_set():
+            raise CommunicationError(f"{endpoint} closed the connection during the handshake") from protocol.error
+    except TimeoutError:
+        protocol.abort(CommunicationError("handshake timed out"))
+        raise CommunicationError(f"handshake with {endpoint} timed out after {options.handshake_timeout}s") from None
+    try:
+        yield protocol
+    finally:
+        protocol.abort(CommunicationError("connection closed by the client"))
+
+
+@asynccontextmanager
+async def listen_protocol(endpoint: Endpoint, server: Server) -> AsyncIterator[Endpoint]:
+    loop = asyncio.get_running_loop()
+
+    def factory() -> ServerProtocol:
+        return ServerProtocol(server)
+
+    if endpoint.scheme == "tcp":
+        srv = await loop.create_server(factory, endpoint.host, endpoint.port, reuse_address=True)
+        sockname = srv.sockets[0].getsockname()
+        host = f"[{sockname[0]}]" if ":" in sockname[0] else sockname[0]
+        bound = Endpoint("tcp", f"{host}:{sockname[1]}")
+    else:
+        srv = await loop.create_unix_server(factory, endpoint.address)
+        bound = endpoint
+    try:
+        yield bound
+    finally:
+        srv.close()  # stop accepting; live connections are drained by the server
+
+
+__all__ = ("ClientProtocol", "ServerProtocol", "listen_protocol", "open_client")

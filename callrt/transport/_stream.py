@@ -1,0 +1,291 @@
+"""The portable path: anyio byte streams, for trio (and asyncio when asked for).
+
+Each connection has a reader task and a writer task. The server's reader
+feeds the sans-IO decoder and runs handlers inline; when an async handler
+blocks, it starts a new reader task and retires once its handler is done.
+The writer sends everything written since it last ran in one ``send``, so
+frames ready together leave together.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+from anyio.abc import ByteStream, TaskGroup
+
+from ..client import ClientSession
+from ..endpoints import Endpoint
+from ..errors import CommunicationError, DeadlineExceeded, RemoteError, RemoteProtocolError
+from ..keys import RegisteredHandler
+from ..options import ClientOptions
+from ..protocol import (
+    SUPPORTED_VERSIONS,
+    FrameDecoder,
+    Hello,
+    HelloReply,
+    Request,
+    choose_version,
+    encode_hello,
+    encode_hello_reply,
+)
+from ..server import Server, ServerConnection
+
+__all__ = ("listen_stream", "open_stream_client")
+
+_BROKEN = (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStream, OSError)
+
+
+class _Writer:
+    """Coalesces writes: ``write`` is sync; one task sends whatever has accumulated."""
+
+    def __init__(self, stream: ByteStream, flatten_limit: int, on_sent: Callable[[], None] | None = None) -> None:
+        self.stream = stream
+        self.flatten_limit = flatten_limit
+        self.on_sent = on_sent
+        self.out: list[bytes] = []
+        self.wake = anyio.Event()
+
+    def write(self, data: bytes) -> None:
+        self.out.append(data)
+        self.wake.set()
+
+    async def run(self) -> None:
+        """Send until the stream breaks; returns the error that broke it."""
+        while True:
+            await self.wake.wait()
+            self.wake = anyio.Event()
+            out, self.out = self.out, []
+            if self.on_sent is not None:
+                self.on_sent()
+            if self.flatten_limit < 0:
+                for chunk in out:
+                    await self.stream.send(chunk)
+            else:
+                await self.stream.send(b"".join(out) if len(out) > 1 else out[0])
+
+
+# -- server ------------------------------------------------------------------
+
+
+class StreamServerConnection(ServerConnection):
+    def __init__(self, server: Server, stream: ByteStream, tg: TaskGroup) -> None:
+        super().__init__(server)
+        self.stream = stream
+        self.tg = tg
+        self.decoder = FrameDecoder(server.options.max_frame_size, expect="hello")
+        self.writer = _Writer(stream, self.flatten_limit)
+        self.reader: object | None = None
+        self.scopes: dict[int, tuple[anyio.CancelScope, list[RemoteError]]] = {}
+        self.task_per_call = server.options.inline_handler_duration < 0
+        self.inline: tuple[Request, RegisteredHandler] | None = None
+        self.handshake_done = False
+
+    def write(self, data: bytes) -> None:
+        self.writer.write(data)
+
+    def close(self) -> None:
+        self.closed = True
+        self.tg.cancel_scope.cancel()
+
+    def run_async(self, request: Request, entry: RegisteredHandler) -> None:
+        if self.task_per_call:
+            self.tg.start_soon(self.run_handler, request, entry, _no_hook)
+        else:
+            self.inline = (request, entry)  # the reader runs it as soon as this returns
+
+    async def run_handler(self, request: Request, entry: RegisteredHandler, on_block: Callable[[], None]) -> None:
+        deadline = self.deadline_of(request)
+        reasons: list[RemoteError] = []
+        with anyio.CancelScope(deadline=math.inf if deadline is None else deadline) as scope:
+            self.scopes[request.id] = (scope, reasons)
+            try:
+                await self.call_async(request, entry, on_block)
+            finally:
+                del self.scopes[request.id]
+        if scope.cancelled_caught:
+            self.fail(request.id, reasons[0] if reasons else DeadlineExceeded("deadline exceeded"))
+
+    def cancel_running(self, request_id: int, reason: RemoteError) -> None:
+        entry = self.scopes.get(request_id)
+        if entry is not None:
+            entry[1].append(reason)
+            entry[0].cancel()
+
+    def hand_off(self) -> None:
+        self.reader = None
+        self.tg.start_soon(self.read)
+
+    async def read(self) -> None:
+        """A reader, with inline execution: async handlers run here until they block.
+
+        When one blocks, :meth:`hand_off` starts the next reader and this one
+        retires after its handler. The reader that meets the end of the
+        stream or a protocol error closes the connection.
+        """
+        me = object()
+        self.reader = me
+        decoder = self.decoder
+        try:
+            while True:
+                while (frame := decoder.next_frame()) is not None:
+                    if type(frame) is Hello:
+                        self.hello_received(frame)
+                        continue
+                    self.frame_received(frame)
+                    if self.inline is not None:
+                        request, entry = self.inline
+                        self.inline = None
+                        await self.run_handler(request, entry, self.hand_off)
+                        if self.reader is not me:
+                            return  # a new reader took over while this handler was blocked
+                decoder.receive_data(await self.stream.receive())
+        except (*_BROKEN, RemoteProtocolError):
+            self.close()  # this connection ends; the server goes on
+
+    def hello_received(self, hello: Hello) -> None:
+        version = choose_version(hello)
+        self.write(encode_hello_reply(HelloReply(version, self.server.options.max_frame_size)))
+        if version == 0:
+            raise RemoteProtocolError("no common protocol version")
+        self.handshake_done = True
+
+    async def handshake_watchdog(self) -> None:
+        await anyio.sleep(self.server.options.handshake_timeout)
+        if not self.handshake_done:
+            self.close()
+
+
+def _no_hook() -> None:
+    pass
+
+
+async def _serve_stream(server: Server, stream: ByteStream) -> None:
+    async with stream:
+        async with anyio.create_task_group() as tg:
+            conn = StreamServerConnection(server, stream, tg)
+            server.connections.add(conn)
+            tg.start_soon(_write_until_broken, conn)
+            tg.start_soon(conn.handshake_watchdog)
+            tg.start_soon(conn.read)
+        conn.closed = True
+        server.connection_closed(conn)
+
+
+async def _write_until_broken(conn: StreamServerConnection) -> None:
+    try:
+        await conn.writer.run()
+    except _BROKEN:
+        conn.close()
+
+
+@asynccontextmanager
+async def listen_stream(endpoint: Endpoint, server: Server, conn_tg: TaskGroup) -> AsyncIterator[Endpoint]:
+    listener: Any
+    if endpoint.scheme == "tcp":
+        listener = await anyio.create_tcp_listener(local_host=endpoint.host, local_port=endpoint.port)
+        host, port = listener.listeners[0].extra(anyio.abc.SocketAttribute.local_address)[:2]
+        bound = Endpoint("tcp", f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+    else:
+        listener = await anyio.create_unix_listener(endpoint.address)
+        bound = endpoint
+
+    async def handle(stream: ByteStream) -> None:
+        await _serve_stream(server, stream)
+
+    async with anyio.create_task_group() as accept_tg:
+        # Accepted connections live in ``conn_tg``, so they outlive the listener for the drain.
+        accept_tg.start_soon(listener.serve, handle, conn_tg)
+        try:
+            yield bound
+        finally:
+            accept_tg.cancel_scope.cancel()
+    with anyio.CancelScope(shield=True):
+        await listener.aclose()
+
+
+# -- client ------------------------------------------------------------------
+
+
+class StreamClientSession(ClientSession):
+    def __init__(self, endpoint: Endpoint, options: ClientOptions, stream: ByteStream) -> None:
+        super().__init__(endpoint, options)
+        self.stream = stream
+        self.decoder = FrameDecoder(options.max_frame_size, expect="hello_reply")
+        self.writer = _Writer(stream, options.write_flatten_limit, self.unsent.clear)
+        self.cancel_scope = anyio.CancelScope()
+
+    def send(self, request_id: int, header: bytes, payload: bytes) -> None:
+        self.unsent.add(request_id)
+        if len(payload) <= self.flatten_limit:
+            self.writer.write(header + payload)
+        else:
+            self.writer.write(header)
+            self.writer.write(payload)
+
+    def write(self, data: bytes) -> None:
+        self.writer.write(data)
+
+    def abort(self, error: BaseException) -> None:
+        self.connection_lost(error)
+        self.cancel_scope.cancel()
+
+    async def run(self) -> None:
+        with self.cancel_scope:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._write_loop)
+                try:
+                    decoder = self.decoder
+                    while True:
+                        data = await self.stream.receive()
+                        self.last_received = time.monotonic()
+                        decoder.receive_data(data)
+                        while (frame := decoder.next_frame()) is not None:
+                            self.frame_received(frame)
+                except (*_BROKEN, RemoteProtocolError) as exc:
+                    self.connection_lost(exc)
+                finally:
+                    self.connection_lost(None)
+                    tg.cancel_scope.cancel()
+                    with anyio.CancelScope(shield=True):
+                        await self.stream.aclose()
+
+    async def _write_loop(self) -> None:
+        try:
+            await self.writer.run()
+        except _BROKEN as exc:
+            self.abort(exc)
+
+
+@asynccontextmanager
+async def open_stream_client(endpoint: Endpoint, options: ClientOptions) -> AsyncIterator[ClientSession]:
+    try:
+        with anyio.fail_after(options.connect_timeout):
+            if endpoint.scheme == "tcp":
+                stream: ByteStream = await anyio.connect_tcp(endpoint.host, endpoint.port)
+            else:
+                stream = await anyio.connect_unix(endpoint.address)
+    except TimeoutError:
+        raise CommunicationError(f"connecting to {endpoint} timed out after {options.connect_timeout}s") from None
+    except OSError as exc:
+        raise CommunicationError(f"cannot connect to {endpoint}: {exc}") from exc
+    session = StreamClientSession(endpoint, options, stream)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(session.run)
+        try:
+            session.write(encode_hello(Hello(SUPPORTED_VERSIONS[0], SUPPORTED_VERSIONS[-1], options.max_frame_size)))
+            with anyio.fail_after(options.handshake_timeout):
+                await session.ready.wait()
+            if session.lost.is_set():
+                raise CommunicationError(f"{endpoint} closed the connection during the handshake") from session.error
+        except TimeoutError:
+            session.abort(CommunicationError("handshake timed out"))
+            raise CommunicationError(f"handshake with {endpoint} timed out after {options.handshake_timeout}s") from None
+        try:
+            yield session
+        finally:
+            session.abort(CommunicationError("connection closed by the client"))
