@@ -43,7 +43,8 @@ class UnixDirectoryResolver(Resolver):
     The version is a digest of the sorted set, so it is the same in every
     process that sees the same sockets. A missing directory is an empty set
     until it appears. ``resolve(version)`` waits for a change for at most
-    ``max_wait`` seconds, then returns ``version`` to mean "ask again".
+    ``max_wait`` seconds, then returns ``version`` to mean "ask again"; while
+    it waits it holds one of anyio's worker threads.
     """
 
     def __init__(self, path: str | os.PathLike[str], pattern: str = "*.sock", *, max_wait: float = 30.0) -> None:
@@ -86,7 +87,8 @@ class UnixDirectoryResolver(Resolver):
             raise error
         if result is not None:
             return result
-        return self._list(), version
+        endpoints = self._list()
+        return endpoints, _version_of(endpoints)  # normally `version`: "ask again"
 
     async def _watch_until_changed(
         self, version: Version, stop: anyio.Event

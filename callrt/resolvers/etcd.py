@@ -24,10 +24,10 @@ import base64
 import json
 import logging
 import math
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import AbstractAsyncContextManager, aclosing, asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import anyio
 import httpx
@@ -233,26 +233,31 @@ class _Gateway:
             raise EtcdError(f"etcd at {where}: {exc!r}") from exc
         except TimeoutError:
             raise EtcdError(f"etcd at {where}: no answer within {self._timeout} s") from None
+        lines = response.aiter_lines()
         try:
             if response.status_code != 200:
                 _result(where, response.status_code, await response.aread())
-            async with aclosing(cast(AsyncGenerator[str, None], response.aiter_lines())) as lines:
 
-                async def receive() -> dict[str, Any]:
-                    try:
-                        line = ""
-                        while not line:
-                            line = await anext(lines)
-                    except StopAsyncIteration:
-                        raise EtcdError(f"etcd at {where}: the stream ended") from None
-                    except httpx.HTTPError as exc:
-                        raise EtcdError(f"etcd at {where}: {exc!r}") from exc
-                    return _result(where, 200, line.encode())
+            async def receive() -> dict[str, Any]:
+                try:
+                    line = ""
+                    while not line:
+                        line = await anext(lines)
+                except StopAsyncIteration:
+                    raise EtcdError(f"etcd at {where}: the stream ended") from None
+                except httpx.HTTPError as exc:
+                    raise EtcdError(f"etcd at {where}: {exc!r}") from exc
+                return _result(where, 200, line.encode())
 
-                yield receive
+            yield receive
         finally:
-            with anyio.CancelScope(shield=True):
+            with anyio.CancelScope(shield=True), anyio.move_on_after(self._timeout):
                 await response.aclose()
+                # httpx reads bodies through nested async generators that trio
+                # reports when they are dropped half-read (encode/httpx#3686);
+                # one read of the closed body ends them all.
+                with suppress(Exception):
+                    await anext(lines)
 
     async def aclose(self) -> None:
         await self._client.aclose()

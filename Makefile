@@ -1,0 +1,29 @@
+# Two commands do all the set-up on a fresh machine with Python 3.11+:
+#   make demo   - create .venv, install callrt, run examples/hello
+#   make test   - create .venv, install callrt with test extras, start etcd's package if missing, run the suite
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test,bench,etcd,watch,dns]'
+	touch $@
+
+.PHONY: demo shop test bench bench-full
+demo: $(BIN)/.installed
+	$(BIN)/python -m examples.hello
+
+shop: $(BIN)/.installed
+	$(BIN)/python -m examples.shop
+
+test: $(BIN)/.installed
+	bash scripts/setup-etcd.sh
+	$(BIN)/pytest
+
+bench: $(BIN)/.installed
+	$(BIN)/python -m bench --profile quick
+
+bench-full: $(BIN)/.installed
+	$(BIN)/python -m bench --profile full

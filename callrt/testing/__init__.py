@@ -1,0 +1,117 @@
+"""callrt's testing kit: real worker processes for tests, shipped for users' tests too.
+
+:class:`WorkerProcess` starts ``python -m callrt.testing.worker`` serving the
+components you name (``"package.module:Class"``) and tells you the endpoint it
+bound. Stop it gracefully (SIGTERM: the server drains) or kill it (SIGKILL).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from ..endpoints import Endpoint, parse_endpoint
+from ..options import ServerOptions
+
+__all__ = ("WorkerProcess",)
+
+
+class WorkerProcess:
+    """A server in a child process. Use as a context manager, or call :meth:`start` / :meth:`stop`.
+
+    :param address: where to listen, e.g. ``"tcp://127.0.0.1:0"`` or ``"unix:///tmp/x.sock"``.
+    :param components: ``"module:Class"`` names, each instantiated with no arguments.
+    :param options: keyword arguments for :class:`ServerOptions` (JSON-serializable).
+    :param backend: ``"asyncio"`` (uvloop when installed) or ``"trio"``.
+    """
+
+    def __init__(
+        self,
+        address: str,
+        components: Sequence[str],
+        *,
+        options: dict[str, Any] | None = None,
+        backend: str = "asyncio",
+        env: dict[str, str] | None = None,
+        start_timeout: float = 20.0,
+    ) -> None:
+        self.address = address
+        self.components = list(components)
+        self.options = options or {}
+        ServerOptions(**self.options)  # fail here, not in the child, on a bad option
+        self.backend = backend
+        self.env = env
+        self.start_timeout = start_timeout
+        self.proc: subprocess.Popen[str] | None = None
+        self.endpoint: Endpoint | None = None
+
+    def start(self) -> Endpoint:
+        cmd = [
+            sys.executable,
+            "-m",
+            "callrt.testing.worker",
+            "--address",
+            self.address,
+            "--backend",
+            self.backend,
+            "--options",
+            json.dumps(self.options),
+            *self.components,
+        ]
+        env = {**os.environ, **(self.env or {})}
+        env["PYTHONPATH"] = os.pathsep.join([os.getcwd(), env.get("PYTHONPATH", "")])
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + self.start_timeout
+        # The child prints one line once it is serving; a dead child gives EOF instead.
+        line = self.proc.stdout.readline()
+        if not line.startswith("READY ") or time.monotonic() > deadline:
+            self.kill()
+            raise RuntimeError(f"worker did not start: {line!r}")
+        self.endpoint = parse_endpoint(line.split(" ", 1)[1].strip())
+        return self.endpoint
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def stop(self, timeout: float = 15.0) -> int:
+        """SIGTERM (the worker drains and exits); SIGKILL if it has not exited within ``timeout``."""
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._close_pipes()
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        """SIGKILL: the server vanishes without a goaway."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._close_pipes()
+
+    def _close_pipes(self) -> None:
+        if self.proc is not None and self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+    def __enter__(self) -> WorkerProcess:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+

@@ -1,0 +1,50 @@
+"""``python -m callrt.testing.worker --address A [--backend B] [--options JSON] module:Class ...``
+
+Serves the named components until SIGTERM or SIGINT, then drains and exits 0.
+Prints ``READY <endpoint>`` on stdout once serving, for the parent to read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import signal
+import sys
+
+import anyio
+
+from .. import call
+
+
+def _load(name: str) -> object:
+    module, _, attr = name.partition(":")
+    return getattr(importlib.import_module(module), attr)()
+
+
+async def _main(address: str, components: list[object], options: call.ServerOptions) -> None:
+    async with anyio.create_task_group() as tg:
+        server = await tg.start(lambda task_status: call.serve(address, *components, options=options, task_status=task_status))
+        print("READY", server.endpoint, flush=True)
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for _ in signals:
+                server.stop()
+                break
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m callrt.testing.worker")
+    parser.add_argument("--address", required=True)
+    parser.add_argument("--backend", default="asyncio", choices=["asyncio", "trio"])
+    parser.add_argument("--options", default="{}")
+    parser.add_argument("components", nargs="+")
+    args = parser.parse_args(argv)
+    options = call.ServerOptions(**json.loads(args.options))
+    components = [_load(c) for c in args.components]
+    backend_options = {"use_uvloop": True} if args.backend == "asyncio" else {}
+    anyio.run(_main, args.address, components, options, backend=args.backend, backend_options=backend_options)
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

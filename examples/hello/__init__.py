@@ -1,0 +1,1 @@
+"""The smallest callrt program: a Greeter component in a worker process, called over a Unix socket and TCP."""

@@ -1,0 +1,33 @@
+"""``python -m examples.shop.worker pricing ADDRESS`` or ``... cart ADDRESS PRICING_ENDPOINT``."""
+
+from __future__ import annotations
+
+import signal
+import sys
+
+import anyio
+
+from callrt import call
+
+from .components import Cart, Pricing
+
+
+async def serve_until_signalled(address: str, component: object) -> None:
+    async with call.start_server(address, component) as server:
+        print("READY", server.endpoint, flush=True)
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for _ in signals:
+                return
+
+
+async def main(role: str, address: str, *deps: str) -> None:
+    if role == "pricing":
+        await serve_until_signalled(address, Pricing())
+    else:
+        # The cart worker is itself a client of the pricing worker.
+        async with call.connect(call.ConstantResolver(deps)) as pricing:
+            await serve_until_signalled(address, Cart(pricing.stub(Pricing)))
+
+
+if __name__ == "__main__":
+    anyio.run(main, *sys.argv[1:], backend_options={"use_uvloop": True})
