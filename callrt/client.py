@@ -32,7 +32,6 @@ import enum
 import math
 import random
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -68,7 +67,7 @@ from .protocol import (
     encode_request_header,
 )
 from .resolvers import Resolver, Version
-from .server import current_call
+from .server import current_deadline
 from .tracing import client_trace
 
 __all__ = ("ClientSession", "Connection", "Replica", "ReplicaState", "TRANSITIONS", "connect")
@@ -233,7 +232,7 @@ class ClientSession:
         if calls and self.on_call_done is not None:
             self.on_call_done()
 
-    async def call(
+    def start(
         self,
         key: bytes,
         payload: bytes,
@@ -241,8 +240,8 @@ class ClientSession:
         trace: TraceContext | None,
         metadata: tuple[tuple[str, str], ...],
         shard_key: int | None,
-    ) -> bytes:
-        """Send one request and wait for its reply. Raises on error replies and lost sessions."""
+    ) -> tuple[int, Any]:
+        """Send one request; returns its id and the waiter its reply will resolve."""
         if self.lost.is_set():
             raise SessionLost(f"connection to {self.endpoint} is closed", sent=False)
         request_id = self.next_id
@@ -260,25 +259,26 @@ class ClientSession:
         waiter = self.new_waiter()
         self.calls[request_id] = waiter
         self.send(request_id, header, payload)
-        try:
-            if self.options.optimistic_spin_duration > 0 and not waiter.done():
-                await self._spin(waiter)
-            return await waiter  # type: ignore[no-any-return]
-        except BaseException:
-            if self.calls.pop(request_id, None) is not None:
-                # We gave up (cancelled or timed out here). The server needs no cancel
-                # when the deadline has passed: it enforces the deadline itself.
-                if request_id in self.unsent:
-                    self.unsent.discard(request_id)
-                elif deadline is None or anyio.current_time() < deadline:
-                    self.write(encode_frame(Cancel(request_id)))
-                self._call_done()
-            raise
+        return request_id, waiter
 
-    async def _spin(self, waiter: Any) -> None:
-        # On an event loop, "spinning" is yielding to the loop with zero timeouts:
-        # the loop polls the socket without parking the thread in the kernel.
-        end = time.perf_counter() + self.options.optimistic_spin_duration
+    def give_up(self, request_id: int, deadline: float | None) -> None:
+        """The caller stopped waiting (cancelled, or timed out here): tell the server if it matters."""
+        if self.calls.pop(request_id, None) is None:
+            return
+        if request_id in self.unsent:
+            self.unsent.discard(request_id)
+        elif deadline is None or anyio.current_time() < deadline:
+            # Past the deadline the server needs no cancel: it enforces deadlines itself.
+            self.write(encode_frame(Cancel(request_id)))
+        self._call_done()
+
+    async def spin(self, waiter: Any, duration: float) -> None:
+        """Keep the loop polling for ``waiter``'s reply for up to ``duration`` seconds before parking.
+
+        On an event loop, "spinning" is yielding with zero timeouts: the loop
+        polls the socket instead of parking the thread in the kernel.
+        """
+        end = time.perf_counter() + duration
         while not waiter.done() and time.perf_counter() < end:
             await anyio.lowlevel.checkpoint()
 
@@ -344,25 +344,37 @@ class Replica:
 
 
 class RetryBudget:
-    """Retries allowed: ``ratio`` of recent calls plus ``min_per_second`` (Finagle's budget)."""
+    """Retries allowed: ``ratio`` of recent calls plus ``min_per_second`` (Finagle's budget).
+
+    Counts live in one-second buckets over ``budget_window`` seconds, so the
+    cost per call is an increment and memory does not grow with traffic.
+    """
 
     def __init__(self, policy: RetryPolicy) -> None:
         self._policy = policy
-        self._calls: deque[float] = deque()
-        self._retries: deque[float] = deque()
+        self._size = max(1, math.ceil(policy.budget_window))
+        self._calls = [0] * self._size
+        self._retries = [0] * self._size
+        self._second = int(time.monotonic())
+
+    def _advance(self, now: float) -> int:
+        second = int(now)
+        if second != self._second:
+            for s in range(self._second + 1, min(second, self._second + self._size) + 1):
+                self._calls[s % self._size] = self._retries[s % self._size] = 0
+            self._second = second
+        return second % self._size
 
     def record_call(self, now: float) -> None:
-        self._calls.append(now)
+        self._calls[self._advance(now)] += 1
 
     def try_spend(self, now: float) -> bool:
-        window = self._policy.budget_window
-        for q in (self._calls, self._retries):
-            while q and q[0] < now - window:
-                q.popleft()
-        allowed = self._policy.budget_ratio * len(self._calls) + self._policy.budget_min_per_second * window
-        if len(self._retries) >= allowed:
+        i = self._advance(now)
+        p = self._policy
+        allowed = p.budget_ratio * sum(self._calls) + p.budget_min_per_second * self._size
+        if sum(self._retries) >= allowed:
             return False
-        self._retries.append(now)
+        self._retries[i] += 1
         return True
 
 
@@ -406,15 +418,16 @@ class Connection:
         if self._closed:
             raise ClosedError("the connection is closed")
         deadline = anyio.current_effective_deadline()
-        parent = current_call()
-        if parent is not None and parent.deadline is not None and parent.deadline < deadline:
-            deadline = parent.deadline
+        inherited = current_deadline()  # a handler's own deadline, when this call is made from one
+        if inherited is not None and inherited < deadline:
+            deadline = inherited
         deadline_or_none = None if math.isinf(deadline) else deadline
         retry = options.retry if options is not None and options.retry is not None else method.retriable
         shard_key = options.shard_key if options is not None else None
         metadata = tuple(options.metadata.items()) if options is not None and options.metadata else ()
         trace = client_trace()
         policy = self.options.retry
+        spin = self.options.optimistic_spin_duration
         self._budget.record_call(time.monotonic())
         attempt = 0
         while True:
@@ -426,7 +439,14 @@ class Connection:
                     replica = await self._wait_for_replica(options, deadline)
                 session = replica.session
                 assert session is not None
-                return await session.call(method.key, payload, deadline_or_none, trace, metadata, shard_key)
+                request_id, waiter = session.start(method.key, payload, deadline_or_none, trace, metadata, shard_key)
+                try:
+                    if spin > 0 and not waiter.done():
+                        await session.spin(waiter, spin)
+                    return await waiter  # type: ignore[no-any-return]
+                except BaseException:
+                    session.give_up(request_id, deadline_or_none)
+                    raise
             except CommunicationError as exc:
                 never_sent = isinstance(exc, Unreachable) or (isinstance(exc, SessionLost) and not exc.sent)
                 if isinstance(exc, LocalProtocolError) or not (retry or never_sent):
@@ -610,6 +630,7 @@ async def connect(resolver: Resolver, *, options: ClientOptions | None = None) -
     endpoints, version = await resolver.resolve(None)
     if resolver.is_constant() and not endpoints:
         raise Unreachable(f"no endpoints: {resolver!r} is empty")
+    raised: BaseException | None = None
     async with anyio.create_task_group() as tg:
         conn = Connection(resolver, options, tg)
         conn.update_endpoints(endpoints)
@@ -617,6 +638,12 @@ async def connect(resolver: Resolver, *, options: ClientOptions | None = None) -
             tg.start_soon(conn._watch_resolver, version)
         try:
             yield conn
+        except BaseException as exc:
+            # Raised by the caller's block: re-raised below, outside our task group,
+            # so that it reaches the caller as itself, not inside an exception group.
+            raised = exc
         finally:
             await conn.aclose()
             tg.cancel_scope.cancel()
+    if raised is not None:
+        raise raised

@@ -58,9 +58,6 @@ from .tracing import detach, server_context
 
 __all__ = ("CallContext", "Server", "ServerConnection", "current_call", "serve", "start_server")
 
-_current_call: contextvars.ContextVar[CallContext | None] = contextvars.ContextVar("callrt_call", default=None)
-
-
 @dataclass(frozen=True, slots=True)
 class CallContext:
     """What a handler can learn about the call it is serving (:func:`current_call`)."""
@@ -72,9 +69,26 @@ class CallContext:
     shard_key: int | None
 
 
+# The serving path stores only what it already has; current_call() builds the
+# CallContext on demand, so calls whose handlers never ask pay nothing for it.
+_current: contextvars.ContextVar[tuple[Request, str, float | None] | None] = contextvars.ContextVar(
+    "callrt_call", default=None
+)
+
+
 def current_call() -> CallContext | None:
     """The call being served by the current handler, or ``None`` outside one."""
-    return _current_call.get()
+    current = _current.get()
+    if current is None:
+        return None
+    request, name, deadline = current
+    return CallContext(name, dict(request.metadata), request.caller, deadline, request.shard_key)
+
+
+def current_deadline() -> float | None:
+    """The deadline of the call being served, if any (cheaper than :func:`current_call`)."""
+    current = _current.get()
+    return None if current is None else current[2]
 
 
 def error_frame(request_id: int, exc: BaseException) -> Error:
@@ -82,13 +96,23 @@ def error_frame(request_id: int, exc: BaseException) -> Error:
     if isinstance(exc, RemoteError):
         code, message = exc.code, exc.message
         remote_type = exc.remote_type or _qualname(type(exc))
+        # One relayed from a nested call keeps the traceback of where it came from;
+        # one the handler raised itself gets the handler's traceback.
         tb = exc.remote_traceback
+        if not tb and exc.__traceback__ is not None:
+            tb = "".join(traceback.format_exception(exc))
     else:
         # A communication failure of a nested call must not look like one of this call.
         code = ErrorCode.UNAVAILABLE if isinstance(exc, CommunicationError) else ErrorCode.UNKNOWN
         message, remote_type = str(exc), _qualname(type(exc))
         tb = "".join(traceback.format_exception(exc))
-    return Error(request_id, code.value, remote_type, message, tb)
+    return Error(request_id, code.value, _utf8_safe(remote_type), _utf8_safe(message), _utf8_safe(tb))
+
+
+def _utf8_safe(text: str) -> str:
+    # An exception's text may hold lone surrogates (a surrogateescape'd file name,
+    # say), which UTF-8 cannot carry: escape them rather than fail the reply.
+    return text if text.isascii() else text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _qualname(cls: type) -> str:
@@ -225,18 +249,12 @@ class ServerConnection:
         return None if request.deadline_us is None else anyio.current_time() + request.deadline_us / 1e6
 
     def _enter(self, request: Request, entry: RegisteredHandler) -> tuple[contextvars.Token[Any], object]:
-        ctx = CallContext(
-            entry.name,
-            dict(request.metadata),
-            request.caller,
-            self.deadline_of(request),
-            request.shard_key,
-        )
+        deadline = None if request.deadline_us is None else self.deadline_of(request)
         otel = server_context(request.trace) if request.trace is not None else None
-        return _current_call.set(ctx), otel
+        return _current.set((request, entry.name, deadline)), otel
 
     def _exit(self, token: tuple[contextvars.Token[Any], object]) -> None:
-        _current_call.reset(token[0])
+        _current.reset(token[0])
         if token[1] is not None:
             detach(token[1])
 
