@@ -36,16 +36,23 @@ from ..protocol import (
 from ..server import Server, ServerConnection
 
 
-class _Blocked:
-    """A handler that suspended: its task, and why it was cancelled, if it was."""
+class _AsyncCall:
+    """An async handler's call, from the moment it is accepted until it replies.
 
-    __slots__ = ("deadline_timer", "handoff_timer", "reason", "task")
+    ``task`` is set when the handler first blocks; ``reason`` when the call is
+    cancelled (a cancel frame or its deadline), whether it is running, blocked
+    or still waiting for its turn, so no cancel is lost.
+    """
 
-    def __init__(self, task: asyncio.Task[Any]) -> None:
-        self.task = task
+    __slots__ = ("deadline", "entry", "reason", "request", "task", "timers")
+
+    def __init__(self, request: Request, entry: RegisteredHandler, deadline: float | None) -> None:
+        self.request = request
+        self.entry = entry
+        self.deadline = deadline  # loop time
+        self.task: asyncio.Task[Any] | None = None
         self.reason: RemoteError | None = None
-        self.deadline_timer: asyncio.TimerHandle | None = None
-        self.handoff_timer: asyncio.TimerHandle | None = None
+        self.timers: list[asyncio.TimerHandle] = []
 
 
 class ServerProtocol(asyncio.Protocol, ServerConnection):
@@ -60,11 +67,11 @@ class ServerProtocol(asyncio.Protocol, ServerConnection):
         self._out: list[bytes] = []
         self._batching = False
         self._flush_scheduled = False
-        self._queue: deque[tuple[Request, RegisteredHandler]] = deque()
+        self._queue: deque[_AsyncCall] = deque()
         self._dispatcher: asyncio.Task[None] | None = None
         self._parked: asyncio.Future[None] | None = None
-        self._blocked: dict[int, _Blocked] = {}
-        self._current: Request | None = None
+        self._calls: dict[int, _AsyncCall] = {}
+        self._current: _AsyncCall | None = None
         self._handshake_timer: asyncio.TimerHandle | None = None
 
     # -- asyncio.Protocol ------------------------------------------------------
@@ -96,8 +103,9 @@ class ServerProtocol(asyncio.Protocol, ServerConnection):
         self.closed = True
         if self._handshake_timer is not None:
             self._handshake_timer.cancel()
-        for blocked in list(self._blocked.values()):
-            blocked.task.cancel()
+        for call in list(self._calls.values()):
+            if call.task is not None:
+                call.task.cancel()
         if self._dispatcher is not None:
             self._dispatcher.cancel()
         self.server.connection_closed(self)
@@ -143,10 +151,12 @@ class ServerProtocol(asyncio.Protocol, ServerConnection):
     # -- async handlers: the dispatcher and inline execution ------------------
 
     def run_async(self, request: Request, entry: RegisteredHandler) -> None:
+        deadline = None if request.deadline_us is None else self.loop.time() + request.deadline_us / 1e6
+        call = self._calls[request.id] = _AsyncCall(request, entry, deadline)
         if self.inline_duration < 0:
-            self.loop.create_task(self._run_one(request, entry))
+            self.loop.create_task(self._run_one(call))
             return
-        self._queue.append((request, entry))
+        self._queue.append(call)
         if self._dispatcher is None:
             self._dispatcher = self.loop.create_task(self._dispatch())
         elif self._parked is not None and not self._parked.done():
@@ -165,47 +175,45 @@ class ServerProtocol(asyncio.Protocol, ServerConnection):
                 self._parked = parked = self.loop.create_future()
                 await parked
                 continue
-            request, entry = queue.popleft()
-            await self._run_one(request, entry)
+            await self._run_one(queue.popleft())
 
-    async def _run_one(self, request: Request, entry: RegisteredHandler) -> None:
-        self._current = request
+    async def _run_one(self, call: _AsyncCall) -> None:
+        request = call.request
+        if call.reason is None and call.deadline is not None and self.loop.time() >= call.deadline:
+            call.reason = DeadlineExceeded(f"{call.entry.name}: deadline passed while the call waited its turn")
+        if call.reason is not None:  # cancelled before it started
+            del self._calls[request.id]
+            self.fail(request.id, call.reason)
+            return
+        self._current = call
         try:
-            await self.call_async(request, entry, self._on_block)
+            await self.call_async(request, call.entry, self._on_block)
         except asyncio.CancelledError:
-            blocked = self._blocked.get(request.id)
             task = asyncio.current_task()
             assert task is not None
-            if blocked is None or blocked.reason is None or task.uncancel() > 0:
-                raise
-            self.fail(request.id, blocked.reason)
+            if call.reason is None or task.uncancel() > 0:
+                raise  # not ours: the connection or the server is going away
+            self.fail(request.id, call.reason)
         finally:
-            blocked = self._blocked.pop(request.id, None)
-            if blocked is not None:
-                for timer in (blocked.deadline_timer, blocked.handoff_timer):
-                    if timer is not None:
-                        timer.cancel()
+            del self._calls[request.id]
+            for timer in call.timers:
+                timer.cancel()
 
     def _on_block(self) -> None:
         # The handler of ``self._current`` suspended for the first time, on the current task.
-        request = self._current
-        assert request is not None
-        task = asyncio.current_task()
+        call = self._current
+        assert call is not None
+        task = call.task = asyncio.current_task()
         assert task is not None
-        blocked = self._blocked[request.id] = _Blocked(task)
         self._flush()  # replies already made must not wait for this handler
         if task is self._dispatcher:
             if self.inline_duration == 0:
                 self._hand_off(task)
             else:
-                blocked.handoff_timer = self.loop.call_later(self.inline_duration, self._hand_off, task)
-        if request.deadline_us is not None:
-            blocked.deadline_timer = self.loop.call_later(
-                request.deadline_us / 1e6,
-                self.cancel_running,
-                request.id,
-                DeadlineExceeded(f"deadline of {request.deadline_us} µs exceeded"),
-            )
+                call.timers.append(self.loop.call_later(self.inline_duration, self._hand_off, task))
+        if call.deadline is not None:
+            reason = DeadlineExceeded(f"{call.entry.name}: deadline exceeded")
+            call.timers.append(self.loop.call_at(call.deadline, self.cancel_running, call.request.id, reason))
 
     def _hand_off(self, task: asyncio.Task[Any]) -> None:
         if self._dispatcher is task:
@@ -214,12 +222,14 @@ class ServerProtocol(asyncio.Protocol, ServerConnection):
                 self._dispatcher = self.loop.create_task(self._dispatch())
 
     def cancel_running(self, request_id: int, reason: RemoteError) -> None:
-        blocked = self._blocked.get(request_id)
-        if blocked is None or blocked.reason is not None:
-            return  # finished, never blocked, or already being cancelled
-        self._hand_off(blocked.task)
-        blocked.reason = reason
-        blocked.task.cancel()
+        call = self._calls.get(request_id)
+        if call is None or call.reason is not None:
+            return  # finished, or already being cancelled
+        call.reason = reason
+        if call.task is not None:  # blocked: cancel it on its task
+            self._hand_off(call.task)
+            call.task.cancel()
+        # Otherwise it has not started; _run_one fails it when its turn comes.
 
 
 class ClientProtocol(asyncio.Protocol, ClientSession):

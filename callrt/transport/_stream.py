@@ -93,22 +93,25 @@ class StreamServerConnection(ServerConnection):
         self.tg.cancel_scope.cancel()
 
     def run_async(self, request: Request, entry: RegisteredHandler) -> None:
+        # The scope exists from now on, so a cancel that arrives before the handler starts is kept.
+        deadline = self.deadline_of(request)
+        self.scopes[request.id] = (anyio.CancelScope(deadline=math.inf if deadline is None else deadline), [])
         if self.task_per_call:
             self.tg.start_soon(self.run_handler, request, entry, _no_hook)
         else:
             self.inline = (request, entry)  # the reader runs it as soon as this returns
 
     async def run_handler(self, request: Request, entry: RegisteredHandler, on_block: Callable[[], None]) -> None:
-        deadline = self.deadline_of(request)
-        reasons: list[RemoteError] = []
-        with anyio.CancelScope(deadline=math.inf if deadline is None else deadline) as scope:
-            self.scopes[request.id] = (scope, reasons)
-            try:
+        scope, reasons = self.scopes[request.id]
+        try:
+            with scope:
+                if reasons:  # cancelled before it started
+                    await anyio.lowlevel.checkpoint()
                 await self.call_async(request, entry, on_block)
-            finally:
-                del self.scopes[request.id]
+        finally:
+            del self.scopes[request.id]
         if scope.cancelled_caught:
-            self.fail(request.id, reasons[0] if reasons else DeadlineExceeded("deadline exceeded"))
+            self.fail(request.id, reasons[0] if reasons else DeadlineExceeded(f"{entry.name}: deadline exceeded"))
 
     def cancel_running(self, request_id: int, reason: RemoteError) -> None:
         entry = self.scopes.get(request_id)
