@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from . import call, errors
 from .component import component, not_retriable
+from .runner import run
 
-__all__ = ("call", "component", "errors", "not_retriable")
+__all__ = ("call", "component", "errors", "not_retriable", "run")
 __version__ = "0.1.0"

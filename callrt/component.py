@@ -186,6 +186,9 @@ def _method_spec(component_name: str, name: str, fn: Callable[..., Any]) -> Meth
     for p in params:
         if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
             raise RegistrationError(f"{component_name}.{name}: *args/**kwargs are not supported in RPC methods")
+        if p.kind is p.KEYWORD_ONLY:
+            # Arguments travel as an array in parameter order and handlers are called positionally.
+            raise RegistrationError(f"{component_name}.{name}: keyword-only parameters are not supported in RPC methods")
     try:
         hints = typing.get_type_hints(fn)
     except Exception as exc:

@@ -54,6 +54,7 @@ __all__ = (
     "Unavailable",
     "UnknownMethod",
     "Unreachable",
+    "remote_error",
 )
 
 

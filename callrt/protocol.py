@@ -253,51 +253,68 @@ def encode_request_header(
     Keeping the payload out lets the transport send a large payload without
     copying it into the header's buffer (write flattening decides).
     """
-    _check(len(method_key) == 16, "method key must be 16 bytes")
-    if deadline_us is None and trace is None and not metadata and not caller and shard_key is None:
-        # The common case, kept short: no optional fields.
-        return _HEADER.pack(17 + payload_size, 1, request_id) + method_key + b"\x00"
-    flags = 0
-    parts = [method_key, b""]
-    if deadline_us is not None:
-        _check(0 <= deadline_us <= _MAX_U64, "deadline out of range")
-        flags |= _F_DEADLINE
-        parts.append(_U64.pack(deadline_us))
-    if trace is not None:
-        state = trace.tracestate.encode()
-        _check(len(trace.trace_id) == 16 and len(trace.span_id) == 8, "bad trace ids")
-        _check(0 <= trace.flags <= 0xFF and len(state) <= 0xFFFF, "bad trace flags or tracestate")
-        flags |= _F_TRACE
-        parts.append(_TRACE.pack(trace.trace_id, trace.span_id, trace.flags, len(state)))
-        parts.append(state)
-    if metadata:
-        _check(len(metadata) <= 0xFFFF, "too many metadata entries")
-        flags |= _F_METADATA
-        parts.append(_U16.pack(len(metadata)))
-        for key, value in metadata:
-            k, v = key.encode(), value.encode()
-            _check(len(k) <= 0xFFFF, "metadata key too long")
-            parts += (_U16.pack(len(k)), k, _U32.pack(len(v)), v)
-    if caller:
-        c = caller.encode()
-        _check(len(c) <= 0xFFFF, "caller name too long")
-        flags |= _F_CALLER
-        parts += (_U16.pack(len(c)), c)
-    if shard_key is not None:
-        _check(0 <= shard_key <= _MAX_U64, "shard key out of range")
-        flags |= _F_SHARD
-        parts.append(_U64.pack(shard_key))
-    parts[1] = bytes((flags,))
-    body = b"".join(parts)
-    return _HEADER.pack(len(body) + payload_size, 1, request_id) + body
+    try:
+        _check(len(method_key) == 16, "method key must be 16 bytes")
+        if deadline_us is None and trace is None and not metadata and not caller and shard_key is None:
+            # The common case, kept short: no optional fields.
+            return _HEADER.pack(17 + payload_size, 1, request_id) + method_key + b"\x00"
+        flags = 0
+        parts = [method_key, b""]
+        if deadline_us is not None:
+            _check(0 <= deadline_us <= _MAX_U64, "deadline out of range")
+            flags |= _F_DEADLINE
+            parts.append(_U64.pack(deadline_us))
+        if trace is not None:
+            state = trace.tracestate.encode()
+            _check(len(trace.trace_id) == 16 and len(trace.span_id) == 8, "bad trace ids")
+            _check(0 <= trace.flags <= 0xFF and len(state) <= 0xFFFF, "bad trace flags or tracestate")
+            flags |= _F_TRACE
+            parts.append(_TRACE.pack(trace.trace_id, trace.span_id, trace.flags, len(state)))
+            parts.append(state)
+        if metadata:
+            _check(len(metadata) <= 0xFFFF, "too many metadata entries")
+            flags |= _F_METADATA
+            parts.append(_U16.pack(len(metadata)))
+            for key, value in metadata:
+                k, v = key.encode(), value.encode()
+                _check(len(k) <= 0xFFFF, "metadata key too long")
+                parts += (_U16.pack(len(k)), k, _U32.pack(len(v)), v)
+        if caller:
+            c = caller.encode()
+            _check(len(c) <= 0xFFFF, "caller name too long")
+            flags |= _F_CALLER
+            parts += (_U16.pack(len(c)), c)
+        if shard_key is not None:
+            _check(0 <= shard_key <= _MAX_U64, "shard key out of range")
+            flags |= _F_SHARD
+            parts.append(_U64.pack(shard_key))
+        parts[1] = bytes((flags,))
+        body = b"".join(parts)
+        return _HEADER.pack(len(body) + payload_size, 1, request_id) + body
+    except struct.error as exc:  # request id or total length beyond the header's fields
+        raise LocalProtocolError(f"request field out of range: {exc}") from None
+    except UnicodeEncodeError as exc:  # a str with lone surrogates
+        raise LocalProtocolError(f"request has a string that is not UTF-8: {exc}") from None
 
 
 def encode_response_header(request_id: int, payload_size: int) -> bytes:
-    return _HEADER.pack(payload_size, 2, request_id)
+    try:
+        return _HEADER.pack(payload_size, 2, request_id)
+    except struct.error as exc:
+        raise LocalProtocolError(f"response field out of range: {exc}") from None
 
 
 def encode_frame(frame: Frame) -> bytes:
     """The bytes of ``frame``, header included."""
+    try:
+        return _encode_frame(frame)
+    except struct.error as exc:  # an id or length beyond the header's fields
+        raise LocalProtocolError(f"{type(frame).__name__} field out of range: {exc}") from None
+    except UnicodeEncodeError as exc:  # a str with lone surrogates
+        raise LocalProtocolError(f"{type(frame).__name__} has a string that is not UTF-8: {exc}") from None
+
+
+def _encode_frame(frame: Frame) -> bytes:
     if type(frame) is Request:
         return (
             encode_request_header(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
 
 from .endpoints import Endpoint

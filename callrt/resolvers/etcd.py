@@ -96,9 +96,13 @@ class EtcdResolver(Resolver):
             async with self._gateway.stream("/v3/watch", request) as receive:
                 try:
                     with anyio.fail_after(self._timeout):
-                        await receive()  # "created": the watch is in place
+                        created = await receive()
                 except TimeoutError:
                     raise EtcdError(f"etcd at {self._gateway.url} did not open a watch within {self._timeout} s") from None
+                if int(created["header"]["revision"]) < revision:
+                    # A version from the future: etcd was replaced or restored
+                    # from a backup, and its changes would never reach this watch.
+                    return True
                 while True:
                     message = await receive()
                     if message.get("events") or "compact_revision" in message:
@@ -161,11 +165,13 @@ class EtcdRegistrar(Registrar):
                     finally:
                         tg.cancel_scope.cancel()
             finally:
-                with anyio.CancelScope(shield=True):
+                with anyio.CancelScope(shield=True), anyio.move_on_after(self._timeout) as revoking:
                     try:
                         await gateway.post("/v3/lease/revoke", {"ID": lease.id})
                     except EtcdError as exc:
                         logger.warning("could not deregister %s (it expires in %d s): %s", endpoint, self._ttl, exc)
+                if revoking.cancelled_caught:
+                    logger.warning("could not deregister %s in %s s (it expires in %d s)", endpoint, self._timeout, self._ttl)
         finally:
             with anyio.CancelScope(shield=True):
                 await gateway.aclose()

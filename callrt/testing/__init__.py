@@ -3,6 +3,7 @@
 :class:`WorkerProcess` starts ``python -m callrt.testing.worker`` serving the
 components you name (``"package.module:Class"``) and tells you the endpoint it
 bound. Stop it gracefully (SIGTERM: the server drains) or kill it (SIGKILL).
+:class:`ManualResolver` is a resolver the test drives: set endpoints, inject errors.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from typing import Any
 
 from ..endpoints import Endpoint, parse_endpoint
 from ..options import ServerOptions
+from ._resolver import ManualResolver, ResolverError
 
-__all__ = ("WorkerProcess",)
+__all__ = ("ManualResolver", "ResolverError", "WorkerProcess")
 
 
 class WorkerProcess:

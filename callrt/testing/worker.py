@@ -15,6 +15,7 @@ import sys
 import anyio
 
 from .. import call
+from ..runner import run
 
 
 def _load(name: str) -> object:
@@ -23,10 +24,12 @@ def _load(name: str) -> object:
 
 
 async def _main(address: str, components: list[object], options: call.ServerOptions) -> None:
-    async with anyio.create_task_group() as tg:
-        server = await tg.start(lambda task_status: call.serve(address, *components, options=options, task_status=task_status))
-        print("READY", server.endpoint, flush=True)
-        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+    # The signal receiver is in place before READY is printed: a SIGTERM sent right
+    # after READY must drain the server, not kill the process with the default action.
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with anyio.create_task_group() as tg:
+            server = await tg.start(lambda task_status: call.serve(address, *components, options=options, task_status=task_status))
+            print("READY", server.endpoint, flush=True)
             async for _ in signals:
                 server.stop()
                 break
@@ -41,8 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     options = call.ServerOptions(**json.loads(args.options))
     components = [_load(c) for c in args.components]
-    backend_options = {"use_uvloop": True} if args.backend == "asyncio" else {}
-    anyio.run(_main, args.address, components, options, backend=args.backend, backend_options=backend_options)
+    run(_main, args.address, components, options, backend=args.backend)
     sys.stdout.flush()
 
 

@@ -38,6 +38,7 @@ from ..server import Server, ServerConnection
 __all__ = ("listen_stream", "open_stream_client")
 
 _BROKEN = (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStream, OSError)
+_CLOSE_FLUSH_TIMEOUT = 1.0
 
 
 class _Writer:
@@ -49,17 +50,27 @@ class _Writer:
         self.on_sent = on_sent
         self.out: list[bytes] = []
         self.wake = anyio.Event()
+        self.closing = False
 
     def write(self, data: bytes) -> None:
         self.out.append(data)
         self.wake.set()
 
+    def finish(self) -> None:
+        """Send what is queued, then make :meth:`run` return."""
+        self.closing = True
+        self.wake.set()
+
     async def run(self) -> None:
-        """Send until the stream breaks; returns the error that broke it."""
+        """Send until the stream breaks (raises) or :meth:`finish` was called and all is sent (returns)."""
         while True:
             await self.wake.wait()
             self.wake = anyio.Event()
             out, self.out = self.out, []
+            if not out:
+                if self.closing:
+                    return
+                continue
             if self.on_sent is not None:
                 self.on_sent()
             if self.flatten_limit < 0:
@@ -89,7 +100,16 @@ class StreamServerConnection(ServerConnection):
         self.writer.write(data)
 
     def close(self) -> None:
+        """End the connection. Replies already written (the last ones of a drain, say) are
+        sent first, for at most ``_CLOSE_FLUSH_TIMEOUT`` seconds if the peer does not read."""
+        if self.closed:
+            return
         self.closed = True
+        self.writer.finish()  # _write_until_broken cancels the connection once all is sent
+        self.tg.start_soon(self._close_after, _CLOSE_FLUSH_TIMEOUT)
+
+    async def _close_after(self, delay: float) -> None:
+        await anyio.sleep(delay)
         self.tg.cancel_scope.cancel()
 
     def run_async(self, request: Request, entry: RegisteredHandler) -> None:
@@ -183,7 +203,9 @@ async def _write_until_broken(conn: StreamServerConnection) -> None:
     try:
         await conn.writer.run()
     except _BROKEN:
-        conn.close()
+        pass
+    conn.closed = True
+    conn.tg.cancel_scope.cancel()
 
 
 @asynccontextmanager

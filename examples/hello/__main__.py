@@ -7,8 +7,7 @@ import subprocess
 import sys
 import tempfile
 
-import anyio
-
+import callrt
 from callrt import call
 
 from .greeter import Greeter
@@ -38,4 +37,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    anyio.run(main, backend_options={"use_uvloop": True})
+    callrt.run(main)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from callrt import component
 
@@ -19,7 +19,7 @@ class Greeting:
 @component(name="hello.Greeter")
 class Greeter:
     def greet(self, name: str) -> Greeting:
-        return Greeting(f"Hello, {name}!", os.getpid(), datetime.now(timezone.utc))
+        return Greeting(f"Hello, {name}!", os.getpid(), datetime.now(UTC))
 
     async def add(self, a: int, b: int = 1) -> int:
         return a + b

@@ -7,6 +7,7 @@ import sys
 
 import anyio
 
+import callrt
 from callrt import call
 
 from .greeter import Greeter
@@ -21,4 +22,4 @@ async def main(addresses: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    anyio.run(main, sys.argv[1:], backend_options={"use_uvloop": True})
+    callrt.run(main, sys.argv[1:])

@@ -5,8 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import anyio
-
+import callrt
 from callrt import call
 
 from .components import Cart, Item
@@ -38,4 +37,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    anyio.run(main, backend_options={"use_uvloop": True})
+    callrt.run(main)

@@ -7,6 +7,7 @@ import sys
 
 import anyio
 
+import callrt
 from callrt import call
 
 from .components import Cart, Pricing
@@ -30,4 +31,4 @@ async def main(role: str, address: str, *deps: str) -> None:
 
 
 if __name__ == "__main__":
-    anyio.run(main, *sys.argv[1:], backend_options={"use_uvloop": True})
+    callrt.run(main, *sys.argv[1:])
