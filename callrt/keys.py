@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from typing import NewType, Union
+from typing import NewType
 
 import xxhash
 
@@ -16,7 +16,7 @@ __all__ = ("Handler", "HandlerMap", "MethodKey", "RegisteredHandler", "make_meth
 MethodKey = NewType("MethodKey", bytes)
 """16 bytes: the xxh3-128 digest of ``"<component>.<method>"``."""
 
-Handler = Union[Callable[[bytes], bytes], Callable[[bytes], Awaitable[bytes]]]
+Handler = Callable[[bytes], bytes] | Callable[[bytes], Awaitable[bytes]]
 """Arguments' bytes in, result's bytes out; sync or async."""
 
 

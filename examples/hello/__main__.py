@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import tempfile
+
+import anyio
+from anyio.streams.buffered import BufferedByteReceiveStream
 
 import callrt
 from callrt import call
@@ -15,14 +17,10 @@ from .greeter import Greeter
 
 async def main() -> None:
     sock = os.path.join(tempfile.mkdtemp(prefix="callrt-hello-"), "greeter.sock")
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "examples.hello.worker", f"unix://{sock}", "tcp://127.0.0.1:0"],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
+    command = [sys.executable, "-m", "examples.hello.worker", f"unix://{sock}", "tcp://127.0.0.1:0"]
+    async with await anyio.open_process(command, stderr=None) as worker:
         assert worker.stdout is not None
-        ready = worker.stdout.readline().split()
+        ready = (await BufferedByteReceiveStream(worker.stdout).receive_until(b"\n", 4096)).decode().split()
         if not ready or ready[0] != "READY":
             raise SystemExit("the worker did not start")
         for endpoint in ready[1:]:
@@ -31,9 +29,8 @@ async def main() -> None:
                 greeting = await greeter.greet("world")
                 total = await greeter.add(40, b=2)
                 print(f"{endpoint:<40} {greeting.text} (worker pid {greeting.served_by_pid}), 40 + 2 = {total}")
-    finally:
-        worker.terminate()
-        print("worker exited with", worker.wait(10))
+        worker.terminate()  # the worker drains and exits
+        print("worker exited with", await worker.wait())
 
 
 if __name__ == "__main__":
