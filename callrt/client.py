@@ -9,10 +9,11 @@ every change goes through :meth:`Replica.set_state`, which checks it against
 :data:`TRANSITIONS` and keeps the balancer in step (only AVAILABLE replicas
 are in the balancer)::
 
-    CONNECTING ──handshake done──▶ AVAILABLE ──goaway / removed──▶ DRAINING
-        ▲   │                          │                              │
-        │   └──failed──▶ UNAVAILABLE ◀─┴──lost / keepalive failed─────┘
-        └──────backoff────────┘                (drained: calls done, closed)
+    CONNECTING ──handshake done──▶ AVAILABLE ◀──address back──┐
+        ▲   │                          │                         │
+        │   │                          └──goaway / removed──▶ DRAINING
+        │   └──failed──▶ UNAVAILABLE ◀──lost / keepalive failed──┘ │
+        └──────backoff────────┘        ◀──drained: calls done, closed─┘
 
 A replica's socket is a :class:`ClientSession`: protocol logic (call table,
 frame handling, cancel) shared by both transport shells. A failure of one
@@ -85,7 +86,7 @@ class ReplicaState(enum.Enum):
 TRANSITIONS: dict[ReplicaState, frozenset[ReplicaState]] = {
     ReplicaState.CONNECTING: frozenset({ReplicaState.AVAILABLE, ReplicaState.UNAVAILABLE}),
     ReplicaState.AVAILABLE: frozenset({ReplicaState.DRAINING, ReplicaState.UNAVAILABLE}),
-    ReplicaState.DRAINING: frozenset({ReplicaState.UNAVAILABLE}),
+    ReplicaState.DRAINING: frozenset({ReplicaState.AVAILABLE, ReplicaState.UNAVAILABLE}),
     ReplicaState.UNAVAILABLE: frozenset({ReplicaState.CONNECTING}),
 }
 
@@ -145,10 +146,9 @@ class ClientSession:
         self.ready = anyio.Event()  # hello reply received
         self.lost = anyio.Event()  # socket gone
         self.goaway = anyio.Event()  # server draining
-        self.idle = anyio.Event()  # no calls in flight (set only while draining)
+        self._idle: anyio.Event | None = None  # set when the last call finishes, if someone waits
         self.error: BaseException | None = None
         self.last_received = time.monotonic()
-        self.on_call_done: Callable[[], None] | None = None
 
     # -- hooks for shells ----------------------------------------------------
 
@@ -191,8 +191,6 @@ class ClientSession:
             self.write(encode_frame(Pong(frame.id)))  # type: ignore[attr-defined]
         elif kind is GoAway:
             self.goaway.set()
-            if not self.calls:
-                self.idle.set()
         else:
             from .errors import RemoteProtocolError
 
@@ -207,10 +205,14 @@ class ClientSession:
         self.ready.set()
 
     def _call_done(self) -> None:
-        if self.on_call_done is not None:
-            self.on_call_done()
-        if not self.calls and self.goaway.is_set():
-            self.idle.set()
+        if self._idle is not None and not self.calls:
+            self._idle.set()
+
+    async def wait_idle(self) -> None:
+        """Return once no call is in flight on this session."""
+        while self.calls:
+            self._idle = anyio.Event()
+            await self._idle.wait()
 
     def connection_lost(self, error: BaseException | None) -> None:
         """The socket is gone: fail every call still waiting, once."""
@@ -227,10 +229,8 @@ class ClientSession:
                     exc.__cause__ = error
                 waiter.set_exception(exc)
         self.lost.set()
-        self.idle.set()
         self.ready.set()  # wake a handshake waiter; it checks ``lost``
-        if calls and self.on_call_done is not None:
-            self.on_call_done()
+        self._call_done()
 
     def start(
         self,
@@ -334,13 +334,6 @@ class Replica:
             balancer.add(self)
         self._conn.replicas_changed()
 
-    def stop_using(self) -> None:
-        """The resolver dropped this endpoint: no new calls; finish the ones in flight."""
-        self.wanted = False
-        if self.state is ReplicaState.AVAILABLE:
-            self.set_state(ReplicaState.DRAINING)
-            if self.session is not None and not self.session.calls:
-                self.session.idle.set()
 
 
 class RetryBudget:
@@ -498,10 +491,11 @@ class Connection:
                 replica.wanted = True  # an address that went away and came back is used again
         for endpoint, replica in list(self.replicas.items()):
             if endpoint not in wanted:
-                replica.stop_using()
+                replica.wanted = False  # its task drains it and lets it go
         self.replicas_changed()
 
     async def _manage(self, replica: Replica) -> None:
+        """The one task that owns ``replica``: connect, serve calls, drain, reconnect with backoff."""
         from .transport import open_session
 
         opts = self.options
@@ -513,29 +507,43 @@ class Connection:
                     async with open_session(replica.endpoint, opts, self._use_protocol) as session:
                         backoff = opts.reconnect_initial_backoff  # reset after a successful handshake
                         replica.session = session
-                        replica.set_state(ReplicaState.AVAILABLE if replica.wanted else ReplicaState.DRAINING)
                         async with anyio.create_task_group() as tg:
                             tg.start_soon(session.keepalive)
-                            await _first(session.lost.wait, session.goaway.wait, _until_not_wanted(replica))
-                            if not session.lost.is_set():
-                                if replica.state is ReplicaState.AVAILABLE:
-                                    replica.set_state(ReplicaState.DRAINING)
-                                await _first(session.lost.wait, session.idle.wait)
+                            await self._use_session(replica, session)
                             tg.cancel_scope.cancel()
-                    drained = session.goaway.is_set()
                 except (OSError, CallrtError, TimeoutError):
-                    drained = False
+                    pass  # connect or handshake failed: back off and try again
                 replica.session = None
                 replica.set_state(ReplicaState.UNAVAILABLE)
                 if not replica.wanted or self._closed:
                     break
-                if not drained or True:
-                    await anyio.sleep(backoff * (1 - 0.4 * random.random()))
-                    backoff = min(opts.reconnect_max_backoff, backoff * 2)
+                await anyio.sleep(backoff * (1 - 0.4 * random.random()))
+                backoff = min(opts.reconnect_max_backoff, backoff * 2)
         finally:
             if self.replicas.get(replica.endpoint) is replica and not replica.wanted:
                 del self.replicas[replica.endpoint]
             self.replicas_changed()
+
+    async def _use_session(self, replica: Replica, session: ClientSession) -> None:
+        """AVAILABLE until the session is lost, the server says goaway, or the resolver drops it; then drain."""
+        gone = session.lost.wait
+        while replica.wanted:
+            replica.set_state(ReplicaState.AVAILABLE)
+            await _first(gone, session.goaway.wait, self._until(lambda: not replica.wanted))
+            if session.lost.is_set() or session.goaway.is_set():
+                break
+            # Dropped by the resolver: finish the calls in flight, unless it comes back first.
+            replica.set_state(ReplicaState.DRAINING)
+            await _first(gone, session.goaway.wait, session.wait_idle, self._until(lambda: replica.wanted))
+            if session.lost.is_set() or session.goaway.is_set() or not replica.wanted:
+                break
+        if not session.lost.is_set():
+            replica.set_state(ReplicaState.DRAINING)  # goaway or dropped: no new calls here
+            await _first(gone, session.wait_idle)
+
+    async def _until(self, condition: Callable[[], bool]) -> None:
+        while not condition():
+            await self._changed.wait()
 
     async def _watch_resolver(self, version: Version | None) -> None:
         backoff = 0.01
@@ -557,11 +565,6 @@ class Connection:
     async def aclose(self) -> None:
         self._closed = True
         self.replicas_changed()
-
-
-async def _until_not_wanted(replica: Replica) -> None:
-    while replica.wanted:
-        await replica._conn._changed.wait()
 
 
 async def _first(*waits: Any) -> None:
