@@ -147,7 +147,7 @@ def component(cls: type[T] | None = None, /, *, name: str | None = None) -> Any:
     """Make a class a component; its public methods (sync or async) become RPC methods.
 
     The default name is ``"<module>.<qualname>"``. Every public method must
-    have plain parameters (no ``*args``/``**kwargs``); annotations choose the
+    have plain parameters (no ``*args``/``**kwargs``, none keyword-only); annotations choose the
     encoding, and a missing one means "any MessagePack value".
     """
 
@@ -188,7 +188,9 @@ def _method_spec(component_name: str, name: str, fn: Callable[..., Any]) -> Meth
             raise RegistrationError(f"{component_name}.{name}: *args/**kwargs are not supported in RPC methods")
         if p.kind is p.KEYWORD_ONLY:
             # Arguments travel as an array in parameter order and handlers are called positionally.
-            raise RegistrationError(f"{component_name}.{name}: keyword-only parameters are not supported in RPC methods")
+            raise RegistrationError(
+                f"{component_name}.{name}: keyword-only parameters are not supported in RPC methods"
+            )
     try:
         hints = typing.get_type_hints(fn)
     except Exception as exc:

@@ -278,6 +278,7 @@ class Server:
     draining: bool = False
     _stop: anyio.Event = field(default_factory=anyio.Event)
     _idle: anyio.Event | None = None
+    _all_closed: anyio.Event | None = None
 
     @property
     def endpoint(self) -> Endpoint:
@@ -296,6 +297,8 @@ class Server:
         self.connections.discard(conn)
         if self.draining:
             self.connection_idle(conn)
+            if not self.connections and self._all_closed is not None:
+                self._all_closed.set()
 
     async def drain(self) -> None:
         """Goaway to every connection; wait up to ``drain_grace`` for calls in flight; close."""
@@ -308,7 +311,16 @@ class Server:
                 await self._idle.wait()
         for conn in list(self.connections):
             conn.close()
+        # A closing connection still sends what it has queued (the replies that just made
+        # the server idle): wait for that, briefly, before the connections are torn down.
+        if self.connections:
+            self._all_closed = anyio.Event()
+            with anyio.move_on_after(_CLOSE_FLUSH_GRACE):
+                await self._all_closed.wait()
         self.connections.clear()
+
+
+_CLOSE_FLUSH_GRACE = 1.0
 
 
 def _handler_map(components: Sequence[object]) -> HandlerMap:
