@@ -176,13 +176,16 @@ class ClientSession:
         if kind is Response:
             waiter = self.calls.pop(frame.id, None)  # type: ignore[attr-defined]
             if waiter is not None:
-                waiter.set_result(frame.payload)  # type: ignore[attr-defined]
+                # A caller cancelled an instant ago has a done waiter but has not yet given up.
+                if not waiter.done():
+                    waiter.set_result(frame.payload)  # type: ignore[attr-defined]
                 self._call_done()
         elif kind is Error:
             waiter = self.calls.pop(frame.id, None)  # type: ignore[attr-defined]
             if waiter is not None:
-                f: Error = frame  # type: ignore[assignment]
-                waiter.set_exception(remote_error(ErrorCode.parse(f.code), f.remote_type, f.message, f.traceback))
+                if not waiter.done():
+                    f: Error = frame  # type: ignore[assignment]
+                    waiter.set_exception(remote_error(ErrorCode.parse(f.code), f.remote_type, f.message, f.traceback))
                 self._call_done()
         elif kind is Pong or kind is HelloReply:
             if kind is HelloReply:
@@ -538,6 +541,8 @@ class Connection:
             if session.lost.is_set() or session.goaway.is_set() or not replica.wanted:
                 break
         if not session.lost.is_set():
+            if replica.state is ReplicaState.CONNECTING:
+                return  # dropped before its handshake finished: never used, nothing to drain
             replica.set_state(ReplicaState.DRAINING)  # goaway or dropped: no new calls here
             await _first(gone, session.wait_idle)
 
@@ -546,8 +551,10 @@ class Connection:
             await self._changed.wait()
 
     async def _watch_resolver(self, version: Version | None) -> None:
+        """Follow the resolver; errors and quick "nothing new" answers back off, capped."""
         backoff = 0.01
         while True:
+            asked = anyio.current_time()
             try:
                 endpoints, new_version = await self.resolver.resolve(version)
             except Exception:
@@ -555,8 +562,12 @@ class Connection:
                 backoff = min(backoff * 2, 5.0)
                 continue
             if new_version is None or new_version == version:
-                await anyio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+                if anyio.current_time() - asked < 1.0:
+                    # It did not block: ask again later, not in a busy loop.
+                    await anyio.sleep(backoff)
+                    backoff = min(backoff * 2, 5.0)
+                else:
+                    backoff = 0.01  # it blocked and timed out: its watch is live, ask again now
                 continue
             backoff = 0.01
             version = new_version

@@ -161,6 +161,7 @@ class ServerConnection:
         self.flatten_limit = server.options.write_flatten_limit
         self.inflight = 0
         self.closed = False
+        self.handshake_done = False
 
     # -- hooks for shells ----------------------------------------------------
 
@@ -221,8 +222,6 @@ class ServerConnection:
         else:
             self.write(header)
             self.write(payload)
-        if self.inflight == 0 and self.server.draining:
-            self.server.connection_idle(self)
 
     def write_error(self, frame: Error) -> None:
         self.write(encode_frame(frame))
@@ -230,8 +229,6 @@ class ServerConnection:
     def fail(self, request_id: int, exc: BaseException) -> None:
         self.inflight -= 1
         self.write(encode_frame(error_frame(request_id, exc)))
-        if self.inflight == 0 and self.server.draining:
-            self.server.connection_idle(self)
 
     async def call_async(self, request: Request, entry: RegisteredHandler, on_block: Callable[[], None]) -> None:
         """Run an async handler with ``on_block`` as its first-suspension hook, then reply."""
@@ -259,7 +256,9 @@ class ServerConnection:
             detach(token[1])
 
     def goaway(self, reason: str) -> None:
-        if not self.closed:
+        if not self.handshake_done:
+            self.close()  # nothing in flight, and a goaway must not come before the hello reply
+        elif not self.closed:
             self.write(encode_frame(GoAway(reason)))
 
 
@@ -277,7 +276,7 @@ class Server:
     connections: set[ServerConnection] = field(default_factory=set)
     draining: bool = False
     _stop: anyio.Event = field(default_factory=anyio.Event)
-    _idle: anyio.Event | None = None
+    _all_closed: anyio.Event | None = None
     _all_closed: anyio.Event | None = None
 
     @property
@@ -289,38 +288,28 @@ class Server:
         """Ask :func:`serve` to drain and return."""
         self._stop.set()
 
-    def connection_idle(self, conn: ServerConnection) -> None:
-        if self._idle is not None and all(c.inflight == 0 for c in self.connections):
-            self._idle.set()
-
     def connection_closed(self, conn: ServerConnection) -> None:
         self.connections.discard(conn)
-        if self.draining:
-            self.connection_idle(conn)
-            if not self.connections and self._all_closed is not None:
-                self._all_closed.set()
+        if self._all_closed is not None and not self.connections:
+            self._all_closed.set()
 
     async def drain(self) -> None:
-        """Goaway to every connection; wait up to ``drain_grace`` for calls in flight; close."""
+        """Goaway to every connection; wait up to ``drain_grace`` for clients to finish and close; close the rest.
+
+        Connections are left for their clients to close: a request that crossed
+        the goaway on the wire is still served, which closing at the moment of
+        zero calls in flight would lose.
+        """
         self.draining = True
-        self._idle = anyio.Event()
+        self._all_closed = anyio.Event()
         for conn in list(self.connections):
             conn.goaway("server draining")
-        with anyio.move_on_after(self.options.drain_grace):
-            if any(c.inflight for c in self.connections):
-                await self._idle.wait()
+        if self.connections:
+            with anyio.move_on_after(self.options.drain_grace):
+                await self._all_closed.wait()
         for conn in list(self.connections):
             conn.close()
-        # A closing connection still sends what it has queued (the replies that just made
-        # the server idle): wait for that, briefly, before the connections are torn down.
-        if self.connections:
-            self._all_closed = anyio.Event()
-            with anyio.move_on_after(_CLOSE_FLUSH_GRACE):
-                await self._all_closed.wait()
         self.connections.clear()
-
-
-_CLOSE_FLUSH_GRACE = 1.0
 
 
 def _handler_map(components: Sequence[object]) -> HandlerMap:

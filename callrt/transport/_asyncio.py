@@ -11,6 +11,8 @@ iteration are joined and sent by one callback (fewest syscalls under load).
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import time
 from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -61,6 +63,9 @@ class ServerProtocol(asyncio.Protocol, ServerConnection):
     def __init__(self, server: Server) -> None:
         ServerConnection.__init__(self, server)
         self.loop = asyncio.get_running_loop()
+        # Tasks that run handlers start from this context, never from the context of the
+        # handler that happened to hand off to them (its trace context, say).
+        self._context = contextvars.copy_context()
         self.decoder = FrameDecoder(server.options.max_frame_size, expect="hello")
         self.transport: asyncio.Transport | None = None
         self.inline_duration = server.options.inline_handler_duration
@@ -117,6 +122,7 @@ class ServerProtocol(asyncio.Protocol, ServerConnection):
         if self._handshake_timer is not None:
             self._handshake_timer.cancel()
             self._handshake_timer = None
+        self.handshake_done = version != 0
         if version == 0:
             raise RemoteProtocolError("no common protocol version")
 
@@ -154,11 +160,11 @@ class ServerProtocol(asyncio.Protocol, ServerConnection):
         deadline = None if request.deadline_us is None else self.loop.time() + request.deadline_us / 1e6
         call = self._calls[request.id] = _AsyncCall(request, entry, deadline)
         if self.inline_duration < 0:
-            self.loop.create_task(self._run_one(call))
+            self.loop.create_task(self._run_one(call), context=self._context.copy())
             return
         self._queue.append(call)
         if self._dispatcher is None:
-            self._dispatcher = self.loop.create_task(self._dispatch())
+            self._dispatcher = self.loop.create_task(self._dispatch(), context=self._context.copy())
         elif self._parked is not None and not self._parked.done():
             self._parked.set_result(None)
 
@@ -219,7 +225,7 @@ class ServerProtocol(asyncio.Protocol, ServerConnection):
         if self._dispatcher is task:
             self._dispatcher = None
             if self._queue and not self.closed:
-                self._dispatcher = self.loop.create_task(self._dispatch())
+                self._dispatcher = self.loop.create_task(self._dispatch(), context=self._context.copy())
 
     def cancel_running(self, request_id: int, reason: RemoteError) -> None:
         call = self._calls.get(request_id)
@@ -249,7 +255,9 @@ class ClientProtocol(asyncio.Protocol, ClientSession):
         self.transport.write(encode_hello(hello))  # type: ignore[union-attr]
 
     def data_received(self, data: bytes) -> None:
-        self.last_received = self.loop.time()
+        # The clock keepalive() reads: uvloop's loop.time() counts whole milliseconds, so a
+        # pong arriving within a millisecond of its ping would look older than the ping.
+        self.last_received = time.monotonic()
         decoder = self.decoder
         decoder.receive_data(data)
         try:

@@ -9,6 +9,7 @@ frames ready together leave together.
 
 from __future__ import annotations
 
+import contextvars
 import math
 import time
 from collections.abc import AsyncIterator, Callable
@@ -64,12 +65,12 @@ class _Writer:
     async def run(self) -> None:
         """Send until the stream breaks (raises) or :meth:`finish` was called and all is sent (returns)."""
         while True:
+            if self.closing and not self.out:
+                return
             await self.wake.wait()
             self.wake = anyio.Event()
             out, self.out = self.out, []
             if not out:
-                if self.closing:
-                    return
                 continue
             if self.on_sent is not None:
                 self.on_sent()
@@ -88,13 +89,15 @@ class StreamServerConnection(ServerConnection):
         super().__init__(server)
         self.stream = stream
         self.tg = tg
+        # Readers start from this context, never from the context of the handler that
+        # handed off to them (its trace context, say).
+        self.context = contextvars.copy_context()
         self.decoder = FrameDecoder(server.options.max_frame_size, expect="hello")
         self.writer = _Writer(stream, self.flatten_limit)
         self.reader: object | None = None
         self.scopes: dict[int, tuple[anyio.CancelScope, list[RemoteError]]] = {}
         self.task_per_call = server.options.inline_handler_duration < 0
         self.inline: tuple[Request, RegisteredHandler] | None = None
-        self.handshake_done = False
 
     def write(self, data: bytes) -> None:
         self.writer.write(data)
@@ -141,7 +144,7 @@ class StreamServerConnection(ServerConnection):
 
     def hand_off(self) -> None:
         self.reader = None
-        self.tg.start_soon(self.read)
+        self.context.run(self.tg.start_soon, self.read)
 
     async def read(self) -> None:
         """A reader, with inline execution: async handlers run here until they block.
@@ -299,18 +302,24 @@ async def open_stream_client(endpoint: Endpoint, options: ClientOptions) -> Asyn
     except OSError as exc:
         raise CommunicationError(f"cannot connect to {endpoint}: {exc}") from exc
     session = StreamClientSession(endpoint, options, stream)
+    # A failed handshake is raised after the task group has closed: raised inside it, it
+    # would reach the caller wrapped in an exception group instead of as itself.
+    failure: CommunicationError | None = None
     async with anyio.create_task_group() as tg:
         tg.start_soon(session.run)
-        try:
-            session.write(encode_hello(Hello(SUPPORTED_VERSIONS[0], SUPPORTED_VERSIONS[-1], options.max_frame_size)))
-            with anyio.fail_after(options.handshake_timeout):
-                await session.ready.wait()
-            if session.lost.is_set():
-                raise CommunicationError(f"{endpoint} closed the connection during the handshake") from session.error
-        except TimeoutError:
+        session.write(encode_hello(Hello(SUPPORTED_VERSIONS[0], SUPPORTED_VERSIONS[-1], options.max_frame_size)))
+        with anyio.move_on_after(options.handshake_timeout) as handshake:
+            await session.ready.wait()
+        if handshake.cancelled_caught:
             session.abort(CommunicationError("handshake timed out"))
-            raise CommunicationError(f"handshake with {endpoint} timed out after {options.handshake_timeout}s") from None
-        try:
-            yield session
-        finally:
-            session.abort(CommunicationError("connection closed by the client"))
+            failure = CommunicationError(f"handshake with {endpoint} timed out after {options.handshake_timeout}s")
+        elif session.lost.is_set():
+            failure = CommunicationError(f"{endpoint} closed the connection during the handshake")
+            failure.__cause__ = session.error
+        if failure is None:
+            try:
+                yield session
+            finally:
+                session.abort(CommunicationError("connection closed by the client"))
+    if failure is not None:
+        raise failure
