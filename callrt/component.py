@@ -52,6 +52,7 @@ class MethodSpec:
     key: MethodKey
     signature: inspect.Signature
     params: tuple[str, ...]
+    positional: int  # how many of ``params`` can be passed by position (the rest are keyword-only)
     is_async: bool
     retriable: bool
     encode_args: Callable[[tuple[Any, ...]], bytes]
@@ -80,7 +81,7 @@ class MethodSpec:
             except TypeError as exc:
                 raise TypeError(f"{self.full_name}(): {exc}") from None
             bound.apply_defaults()
-            args = bound.args
+            args = tuple(bound.arguments[p] for p in self.params)
         try:
             return self.encode_args(args)
         except (TypeError, ValueError, OverflowError) as exc:
@@ -100,6 +101,13 @@ class MethodSpec:
         """A bytes-in, bytes-out handler calling this method on ``instance``."""
         method = getattr(instance, self.name)
         decode, encode = self.args_from_payload, self.encode_result
+        keyword_only = self.params[self.positional :]
+        if keyword_only:
+            # Arguments travel in parameter order; keyword-only ones are passed back by name.
+            positional, plain = self.positional, method
+
+            def method(*args: Any) -> Any:
+                return plain(*args[:positional], **dict(zip(keyword_only, args[positional:], strict=True)))
 
         def encode_or_fail(result: object) -> bytes:
             try:
@@ -147,7 +155,7 @@ def component(cls: type[T] | None = None, /, *, name: str | None = None) -> Any:
     """Make a class a component; its public methods (sync or async) become RPC methods.
 
     The default name is ``"<module>.<qualname>"``. Every public method must
-    have plain parameters (no ``*args``/``**kwargs``, none keyword-only); annotations choose the
+    have named parameters (no ``*args``/``**kwargs``); annotations choose the
     encoding, and a missing one means "any MessagePack value".
     """
 
@@ -186,11 +194,6 @@ def _method_spec(component_name: str, name: str, fn: Callable[..., Any]) -> Meth
     for p in params:
         if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
             raise RegistrationError(f"{component_name}.{name}: *args/**kwargs are not supported in RPC methods")
-        if p.kind is p.KEYWORD_ONLY:
-            # Arguments travel as an array in parameter order and handlers are called positionally.
-            raise RegistrationError(
-                f"{component_name}.{name}: keyword-only parameters are not supported in RPC methods"
-            )
     try:
         hints = typing.get_type_hints(fn)
     except Exception as exc:
@@ -213,6 +216,7 @@ def _method_spec(component_name: str, name: str, fn: Callable[..., Any]) -> Meth
         key=make_method_key(component_name, name),
         signature=public_sig,
         params=tuple(p.name for p in params),
+        positional=sum(p.kind is not p.KEYWORD_ONLY for p in params),
         is_async=inspect.iscoroutinefunction(fn),
         retriable=not getattr(fn, _NOT_RETRIABLE_ATTR, False),
         encode_args=encoder.encode,

@@ -332,16 +332,28 @@ def test_not_retriable_returns_the_function() -> None:
         "def m(self, *args: int) -> None: pass",
         "def m(self, **kwargs: int) -> None: pass",
         "def m(self, a: int, *rest: int) -> None: pass",
-        "def m(self, a: int, *, b: int = 1) -> None: pass",
-        "async def m(self, *, b: int) -> None: pass",
     ],
 )
-def test_variadic_and_keyword_only_parameters_rejected(source: str) -> None:
+def test_variadic_parameters_rejected(source: str) -> None:
     namespace: dict[str, Any] = {}
     exec(source, namespace)  # noqa: S102
     cls = type("Variadic", (), {"m": namespace["m"], "__module__": __name__})
     with pytest.raises(RegistrationError, match="not supported"):
         component(cls)
+
+
+def test_keyword_only_parameters_work() -> None:
+    @component(name="x.KwOnly")
+    class KwOnly:
+        def m(self, a: int, *, b: int = 1, c: str = "c") -> str:
+            return f"{a}{b}{c}"
+
+    spec = component_spec(KwOnly).methods["m"]
+    handler = spec.handler(KwOnly())
+    assert spec.decode_result(handler(spec.payload_from_args((1,), {}))) == "11c"  # type: ignore[arg-type]
+    assert spec.decode_result(handler(spec.payload_from_args((1,), {"c": "z", "b": 7}))) == "17z"  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        spec.payload_from_args((1, 2), {})
 
 
 def test_positional_only_parameters_work() -> None:
