@@ -277,7 +277,6 @@ class Server:
     draining: bool = False
     _stop: anyio.Event = field(default_factory=anyio.Event)
     _all_closed: anyio.Event | None = None
-    _all_closed: anyio.Event | None = None
 
     @property
     def endpoint(self) -> Endpoint:
