@@ -95,7 +95,8 @@ class CallOptions:
     """Per-call choices.
 
     :ivar retry: ``None`` follows the method (retriable unless ``@not_retriable``);
-        ``False`` never retries; ``True`` retries even a not-retriable method.
+        ``False`` treats the call as not retriable (retried only if the request
+        provably never left the client); ``True`` retries even a not-retriable method.
     :ivar shard_key: routes the call with shard-aware balancers and travels in the request.
     :ivar fail_fast: fail at once with Unreachable when no replica is available.
     """

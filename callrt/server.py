@@ -369,16 +369,25 @@ async def start_server(
     endpoints = [parse_endpoint(a) for a in addresses]
     server = Server(_handler_map(components), options or ServerOptions())
     use_protocol = _use_protocol(server.options)
+    raised: BaseException | None = None
     async with anyio.create_task_group() as connections:
         try:
             async with AsyncExitStack() as stack:
                 for endpoint in endpoints:
-                    server.endpoints.append(await stack.enter_async_context(listen(endpoint, server, use_protocol, connections)))
+                    bound = await stack.enter_async_context(listen(endpoint, server, use_protocol, connections))
+                    server.endpoints.append(bound)
                 for registrar in server.options.registrars:
                     for endpoint in server.endpoints:
                         await stack.enter_async_context(registrar.registered(endpoint))
-                yield server
+                try:
+                    yield server
+                except BaseException as exc:
+                    # Raised by the caller's block: re-raised below, outside our task group,
+                    # so that it reaches the caller as itself, not inside an exception group.
+                    raised = exc
         finally:
             with anyio.CancelScope(shield=True):
                 await server.drain()
             connections.cancel_scope.cancel()
+    if raised is not None:
+        raise raised
