@@ -81,6 +81,7 @@ _TRACE = struct.Struct("<16s8sBH")
 HELLO_SIZE: Final = _HELLO.size  # 12
 HEADER_SIZE: Final = _HEADER.size  # 13
 _MAX_U32: Final = (1 << 32) - 1
+_LARGE_BODY: Final = 64 << 10  # bodies this large are received into a buffer of their own
 _MAX_U64: Final = (1 << 64) - 1
 
 
@@ -364,7 +365,7 @@ class FrameDecoder:
         ``expect`` is given.
     """
 
-    __slots__ = ("_buf", "_expect", "_pos", "max_frame_size", "version")
+    __slots__ = ("_buf", "_expect", "_filled", "_large", "_large_head", "_pos", "max_frame_size", "version")
 
     def __init__(
         self,
@@ -380,13 +381,28 @@ class FrameDecoder:
         self._expect = expect
         self._buf = bytearray()
         self._pos = 0
+        # A large body is received straight into a buffer of its own, sized from its
+        # (already checked) header, and handed over without being copied again.
+        self._large: bytearray | None = None
+        self._large_head: tuple[int, int] = (0, 0)  # kind, id
+        self._filled = 0
 
     @property
     def buffered(self) -> int:
         """Bytes received but not yet returned as frames."""
-        return len(self._buf) - self._pos
+        pending_large = 0 if self._large is None else HEADER_SIZE + self._filled
+        return len(self._buf) - self._pos + pending_large
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
+        large = self._large
+        if large is not None:
+            n = min(len(data), len(large) - self._filled)
+            with memoryview(data) as view:
+                large[self._filled : self._filled + n] = view[:n]
+                self._filled += n
+                if n == len(data):
+                    return
+                data = bytes(view[n:])
         buf = self._buf
         if self._pos and self._pos == len(buf):
             buf.clear()
@@ -420,6 +436,13 @@ class FrameDecoder:
                     self.version = hello.version
             self._expect = None
             return hello
+        large = self._large
+        if large is not None:
+            if self._filled < len(large):
+                return None
+            kind, ident = self._large_head
+            self._large, self._filled = None, 0
+            return self._frame(kind, ident, large, 0, len(large))
         if avail < HEADER_SIZE:
             return None
         size, kind, ident = _HEADER.unpack_from(buf, pos)
@@ -428,14 +451,28 @@ class FrameDecoder:
         end = pos + HEADER_SIZE + size
         if kind > 7 or kind == 0:
             raise RemoteProtocolError(f"unknown frame kind {kind}")
-        if len(buf) < end:
-            return None
         start = pos + HEADER_SIZE
+        if len(buf) < end:
+            if size >= _LARGE_BODY and kind <= 2:
+                self._large = large = bytearray(size)
+                self._large_head = (kind, ident)
+                self._filled = len(buf) - start
+                with memoryview(buf) as view:
+                    large[: self._filled] = view[start:]
+                buf.clear()
+                self._pos = 0
+            return None
         self._pos = end
+        return self._frame(kind, ident, buf, start, end)
+
+    def _frame(self, kind: int, ident: int, buf: bytearray, start: int, end: int) -> Frame:
+        """The frame of ``kind`` whose body is ``buf[start:end]``."""
+        size = end - start
         if kind == 1:
             return self._request(ident, buf, start, end)
         if kind == 2:
-            return Response(ident, bytes(buf[start:end]))
+            own = buf is not self._buf and start == 0 and end == len(buf)  # a large body's own buffer
+            return Response(ident, buf if own else _copy(buf, start, end))
         if kind == 3:
             try:
                 code, remote_type, message, tb = _error_body_decoder.decode(buf[start:end])
@@ -463,7 +500,7 @@ class FrameDecoder:
         flags = buf[p + 16]
         p += 17
         if flags == 0:
-            return Request(ident, key, bytes(buf[p:end]))
+            return Request(ident, key, _copy(buf, p, end))
         if flags & ~_F_KNOWN:
             raise RemoteProtocolError(f"unknown request flags {flags:#x}")
         deadline = trace = shard = None
@@ -500,7 +537,13 @@ class FrameDecoder:
             caller = _utf8(buf, s, p)
         if flags & _F_SHARD:
             (shard,) = _U64.unpack_from(buf, take(8))
-        return Request(ident, key, bytes(buf[p:end]), deadline, trace, metadata, caller, shard)
+        return Request(ident, key, _copy(buf, p, end), deadline, trace, metadata, caller, shard)
+
+
+def _copy(buf: bytearray, start: int, stop: int) -> bytes:
+    """``bytes(buf[start:stop])`` with one copy instead of two."""
+    with memoryview(buf) as view:
+        return view[start:stop].tobytes()
 
 
 def _utf8(buf: bytearray, start: int, stop: int) -> str:

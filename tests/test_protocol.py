@@ -796,3 +796,28 @@ def test_decoded_payload_does_not_alias_the_buffer() -> None:
     decoder.receive_data(encode_frame(Response(2, b"zzz")))  # may reuse the buffer
     assert frame == Response(1, b"abc")
     assert decoder.next_frame() == Response(2, b"zzz")
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    sizes=st.lists(st.sampled_from([0, 1, 1000, 65535, 65536, 300_000]), min_size=1, max_size=4),
+    cuts=st.lists(st.integers(min_value=1, max_value=200_000), min_size=1, max_size=30),
+)
+def test_large_bodies_arrive_whole_in_any_pieces(sizes: list[int], cuts: list[int]) -> None:
+    frames: list[Frame] = []
+    for i, size in enumerate(sizes, 1):
+        payload = bytes([i % 251]) * size
+        frames.append(Response(i, payload) if i % 2 else Request(i, b"k" * 16, payload, deadline_us=5))
+    stream = b"".join(encode_frame(f) for f in frames)
+    decoder = FrameDecoder(max_frame_size=1 << 20)
+    got: list[Frame] = []
+    pos = 0
+    for cut in [*cuts, len(stream)]:
+        decoder.receive_data(stream[pos : pos + cut])
+        pos += cut
+        while (frame := decoder.next_frame()) is not None:
+            got.append(frame)
+        if pos >= len(stream):
+            break
+    assert got == frames
+    assert decoder.buffered == 0
