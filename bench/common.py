@@ -1,0 +1,101 @@
+"""Small pieces shared by the orchestrator and both process entry points."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Literal, get_args
+
+import anyio
+
+__all__ = (
+    "LOOPS",
+    "Address",
+    "Loop",
+    "free_tcp_port",
+    "last_cpu",
+    "probe",
+    "read_rss_kib",
+    "run_on_loop",
+)
+
+Loop = Literal["uvloop", "asyncio", "trio"]
+LOOPS: tuple[Loop, ...] = get_args(Loop)
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """Where a server listens: ``tcp://host:port`` or ``unix:///path``."""
+
+    url: str
+
+    @property
+    def is_unix(self) -> bool:
+        return self.url.startswith("unix://")
+
+    @property
+    def path(self) -> str:
+        """The socket path of a Unix address."""
+        assert self.is_unix, self.url
+        return self.url.removeprefix("unix://")
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        """Host and port of a TCP address."""
+        assert self.url.startswith("tcp://"), self.url
+        host, _, port = self.url.removeprefix("tcp://").rpartition(":")
+        return host, int(port)
+
+    @classmethod
+    def tcp(cls, host: str, port: int) -> Address:
+        return cls(f"tcp://{host}:{port}")
+
+    @classmethod
+    def unix(cls, path: str) -> Address:
+        return cls(f"unix://{path}")
+
+
+def free_tcp_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on right now (the kernel picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def probe(address: Address) -> bool:
+    """Whether something accepts connections at ``address`` (connects and closes at once)."""
+    family = socket.AF_UNIX if address.is_unix else socket.AF_INET
+    target: str | tuple[str, int] = address.path if address.is_unix else address.host_port
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        try:
+            sock.connect(target)
+        except OSError:
+            return False
+        return True
+
+
+def read_rss_kib(pid: int) -> int:
+    """Resident set size of process ``pid`` in KiB (``VmRSS`` of ``/proc/PID/status``)."""
+    with open(f"/proc/{pid}/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+def last_cpu(pid: int) -> int:
+    """The CPU process ``pid``'s main thread last ran on (field 39 of ``/proc/PID/stat``)."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+        fields = stat.read().rpartition(")")[2].split()
+    return int(fields[36])  # fields[0] is field 3 (state)
+
+
+def run_on_loop(main: Callable[[], Awaitable[object]], loop: Loop) -> None:
+    """Run ``main`` on the named event loop (through anyio, so trio works too)."""
+    if loop == "trio":
+        anyio.run(main, backend="trio")
+    else:
+        anyio.run(main, backend="asyncio", backend_options={"use_uvloop": loop == "uvloop"})

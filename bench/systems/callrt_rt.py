@@ -1,0 +1,84 @@
+"""``callrt``: the runtime under test, serving a one-method echo component.
+
+Its flags map onto :class:`callrt.call.ServerOptions` and
+:class:`callrt.call.ClientOptions`, so each mechanism (inline handlers, write
+flattening, optimistic spinning, the transport) can be measured on and off;
+a flag left out keeps the library default.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+
+from bench.common import Address
+from bench.systems import Client, System
+from callrt import call, component
+
+__all__ = ("SYSTEM", "Echo")
+
+
+@component(name="bench.Echo")
+class Echo:
+    """Echoes bytes; ``hold`` parks a call to measure per-call server memory."""
+
+    def echo(self, data: bytes) -> bytes:
+        return data
+
+    async def hold(self, ms: int) -> int:
+        await anyio.sleep(ms / 1000)
+        return ms
+
+
+# (flag, option field, type, which side)
+_FLAGS: tuple[tuple[str, str, type, str], ...] = (
+    ("--inline-handler-duration", "inline_handler_duration", float, "server"),
+    ("--server-write-flatten-limit", "write_flatten_limit", int, "server"),
+    ("--server-transport", "transport", str, "server"),
+    ("--client-write-flatten-limit", "write_flatten_limit", int, "client"),
+    ("--optimistic-spin-duration", "optimistic_spin_duration", float, "client"),
+    ("--client-transport", "transport", str, "client"),
+)
+
+
+def _dest(flag: str) -> str:
+    return flag.removeprefix("--").replace("-", "_")
+
+
+def _add_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("callrt options (default: the library's)")
+    for flag, field, kind, side in _FLAGS:
+        choices = ("auto", "protocol", "stream") if field == "transport" else None
+        group.add_argument(flag, type=kind, choices=choices, help=f"{side} option {field}")
+
+
+def _options(args: argparse.Namespace, side: str) -> dict[str, Any]:
+    chosen = ((field, getattr(args, _dest(flag))) for flag, field, _, s in _FLAGS if s == side)
+    return {field: value for field, value in chosen if value is not None}
+
+
+async def _serve(address: Address, args: argparse.Namespace) -> None:
+    options = call.ServerOptions(**_options(args, "server"))
+    await call.serve(address.url, Echo(), options=options)
+
+
+@asynccontextmanager
+async def _connect(address: Address, args: argparse.Namespace) -> AsyncIterator[Client]:
+    options = call.ClientOptions(**_options(args, "client"))
+    async with call.connect(call.ConstantResolver([address.url]), options=options) as conn:
+        stub: Any = conn.stub(Echo)  # the stub's methods are awaitable versions of Echo's
+        await stub.echo(b"")  # handshake done before the connection counts as open
+        yield Client(call=stub.echo, hold=stub.hold)
+
+
+SYSTEM = System(
+    name="callrt",
+    serve=_serve,
+    connect=_connect,
+    loops=("uvloop", "asyncio", "trio"),
+    add_arguments=_add_arguments,
+)

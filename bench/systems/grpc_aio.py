@@ -1,0 +1,87 @@
+"""``grpc``: grpc.aio unary-unary calls carrying raw bytes (no protobuf).
+
+The server registers a generic handler whose methods have no request
+deserializer and no response serializer, so handlers see and return bytes;
+the client calls ``channel.unary_unary(path)`` without serializers either.
+``Hold`` parks a call for the number of milliseconds in its 4-byte request.
+Every channel uses a local subchannel pool, so each one is its own
+connection (grpc otherwise shares one connection among identical channels).
+The server's limit on calls it has not yet handed to the application
+(``grpc.server.max_pending_requests``, 1,000 by default) is raised: beyond it
+grpc sheds calls as CANCELLED, and the 64×16 load keeps 1,024 in flight.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import grpc
+import grpc.aio
+
+from bench.common import Address
+from bench.systems import Client, System
+
+__all__ = ("SYSTEM",)
+
+_SERVICE = "bench.Echo"
+_MAX_MESSAGE = 64 * 1024 * 1024
+_OPTIONS: list[tuple[str, int]] = [
+    ("grpc.max_send_message_length", _MAX_MESSAGE),
+    ("grpc.max_receive_message_length", _MAX_MESSAGE),
+]
+
+
+async def _echo(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+    return request
+
+
+async def _hold(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+    await asyncio.sleep(int.from_bytes(request, "big") / 1000)
+    return request
+
+
+def _target(address: Address) -> str:
+    if address.is_unix:
+        return f"unix:{address.path}"
+    host, port = address.host_port
+    return f"{host}:{port}"
+
+
+async def _serve(address: Address, args: argparse.Namespace) -> None:
+    handler = grpc.method_handlers_generic_handler(
+        _SERVICE,
+        {
+            "Echo": grpc.unary_unary_rpc_method_handler(_echo),
+            "Hold": grpc.unary_unary_rpc_method_handler(_hold),
+        },
+    )
+    options = [*_OPTIONS, ("grpc.server.max_pending_requests", 1 << 16)]
+    server = grpc.aio.server(options=options)
+    server.add_generic_rpc_handlers((handler,))
+    server.add_insecure_port(_target(address))
+    await server.start()
+    try:
+        await server.wait_for_termination()
+    finally:
+        await server.stop(None)
+
+
+@asynccontextmanager
+async def _connect(address: Address, args: argparse.Namespace) -> AsyncIterator[Client]:
+    options = [*_OPTIONS, ("grpc.use_local_subchannel_pool", 1)]
+    async with grpc.aio.insecure_channel(_target(address), options=options) as channel:
+        await channel.channel_ready()
+        echo = channel.unary_unary(f"/{_SERVICE}/Echo")
+        hold = channel.unary_unary(f"/{_SERVICE}/Hold")
+
+        async def park(ms: int) -> bytes:
+            reply: bytes = await hold(ms.to_bytes(4, "big"))
+            return reply
+
+        yield Client(call=echo, hold=park)
+
+
+SYSTEM = System(name="grpc", serve=_serve, connect=_connect, loops=("uvloop", "asyncio"))
