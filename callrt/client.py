@@ -149,6 +149,7 @@ class ClientSession:
         self._idle: anyio.Event | None = None  # set when the last call finishes, if someone waits
         self.error: BaseException | None = None
         self.last_received = time.monotonic()
+        self.on_lost: Callable[[], None] | None = None  # called once, when the socket is gone
 
     # -- hooks for shells ----------------------------------------------------
 
@@ -234,6 +235,8 @@ class ClientSession:
         self.lost.set()
         self.ready.set()  # wake a handshake waiter; it checks ``lost``
         self._call_done()
+        if self.on_lost is not None:
+            self.on_lost()
 
     def start(
         self,
@@ -353,19 +356,22 @@ class RetryBudget:
         self._retries = [0] * self._size
         self._second = int(time.monotonic())
 
-    def _advance(self, now: float) -> int:
-        second = int(now)
-        if second != self._second:
-            for s in range(self._second + 1, min(second, self._second + self._size) + 1):
-                self._calls[s % self._size] = self._retries[s % self._size] = 0
-            self._second = second
-        return second % self._size
+    def _advance(self, second: int) -> None:
+        for s in range(self._second + 1, min(second, self._second + self._size) + 1):
+            self._calls[s % self._size] = self._retries[s % self._size] = 0
+        self._second = second
 
     def record_call(self, now: float) -> None:
-        self._calls[self._advance(now)] += 1
+        second = int(now)
+        if second != self._second:
+            self._advance(second)
+        self._calls[second % self._size] += 1
 
     def try_spend(self, now: float) -> bool:
-        i = self._advance(now)
+        second = int(now)
+        if second != self._second:
+            self._advance(second)
+        i = second % self._size
         p = self._policy
         allowed = p.budget_ratio * sum(self._calls) + p.budget_min_per_second * self._size
         if sum(self._retries) >= allowed:
@@ -390,7 +396,9 @@ class Connection:
         self._changed = anyio.Event()
         self._closed = False
         self._budget = RetryBudget(options.retry)
+        self.resolver_error: BaseException | None = None  # the last resolve() failure, until one succeeds
         self._use_protocol = _use_protocol(options)
+        self._effective_deadline = _effective_deadline_function()
 
     # -- stubs ---------------------------------------------------------------
 
@@ -413,7 +421,7 @@ class Connection:
         """Call ``method`` with encoded arguments, retrying as policy allows."""
         if self._closed:
             raise ClosedError("the connection is closed")
-        deadline = anyio.current_effective_deadline()
+        deadline = self._effective_deadline()
         inherited = current_deadline()  # a handler's own deadline, when this call is made from one
         if inherited is not None and inherited < deadline:
             deadline = inherited
@@ -429,12 +437,14 @@ class Connection:
         while True:
             attempt += 1
             self.retry_counts["attempts"] += 1
+            replica = self.balancer.pick(options)
+            if replica is None or replica.session is None:
+                # This wait (until the deadline, or pick_timeout) is the call's whole wait for a
+                # replica: its Unreachable is final, not retried into another full wait.
+                replica = await self._wait_for_replica(options, deadline)
+            session = replica.session
+            assert session is not None
             try:
-                replica = self.balancer.pick(options)
-                if replica is None or replica.session is None:
-                    replica = await self._wait_for_replica(options, deadline)
-                session = replica.session
-                assert session is not None
                 request_id, waiter = session.start(method.key, payload, deadline_or_none, trace, metadata, shard_key)
                 try:
                     if spin > 0 and not waiter.done():
@@ -444,6 +454,8 @@ class Connection:
                     session.give_up(request_id, deadline_or_none)
                     raise
             except CommunicationError as exc:
+                if self._closed:
+                    raise ClosedError("the connection is closed") from exc
                 never_sent = isinstance(exc, Unreachable) or (isinstance(exc, SessionLost) and not exc.sent)
                 if isinstance(exc, LocalProtocolError) or not (retry or never_sent):
                     raise
@@ -458,7 +470,9 @@ class Connection:
 
     async def _wait_for_replica(self, options: CallOptions | None, deadline: float) -> Replica:
         fail_fast = options.fail_fast if options is not None and options.fail_fast is not None else self.options.fail_fast
-        limit = min(deadline, anyio.current_time() + self.options.pick_timeout)
+        # YARPC's choose: wait for a replica until the call's deadline; a call without one
+        # waits pick_timeout.
+        limit = deadline if not math.isinf(deadline) else anyio.current_time() + self.options.pick_timeout
         while True:
             replica = self.balancer.pick(options)
             if replica is not None and replica.session is not None:
@@ -472,6 +486,8 @@ class Connection:
                 await changed.wait()
 
     def _unreachable(self) -> Unreachable:
+        if self.resolver_error is not None and not self.replicas:
+            return Unreachable(f"no endpoints: {self.resolver!r} failed: {self.resolver_error!r}")
         if not self.replicas:
             return Unreachable(f"no endpoints: {self.resolver!r} returned none")
         states = ", ".join(f"{r.endpoint} {r.state.value}" for r in self.replicas.values())
@@ -510,6 +526,7 @@ class Connection:
                     async with open_session(replica.endpoint, opts, self._use_protocol) as session:
                         backoff = opts.reconnect_initial_backoff  # reset after a successful handshake
                         replica.session = session
+                        session.on_lost = lambda s=session: self._session_lost(replica, s)
                         async with anyio.create_task_group() as tg:
                             tg.start_soon(session.keepalive)
                             await self._use_session(replica, session)
@@ -526,6 +543,13 @@ class Connection:
             if self.replicas.get(replica.endpoint) is replica and not replica.wanted:
                 del self.replicas[replica.endpoint]
             self.replicas_changed()
+
+    def _session_lost(self, replica: Replica, session: ClientSession) -> None:
+        # At once, not when this replica's task next runs: until then a balancer would keep
+        # picking a dead replica (a load-aware one even prefers it, its count being 0), and
+        # the retries of the calls it just failed would be spent on it.
+        if replica.session is session and replica.state in (ReplicaState.AVAILABLE, ReplicaState.DRAINING):
+            replica.set_state(ReplicaState.UNAVAILABLE)
 
     async def _use_session(self, replica: Replica, session: ClientSession) -> None:
         """AVAILABLE until the session is lost, the server says goaway, or the resolver drops it; then drain."""
@@ -557,7 +581,8 @@ class Connection:
             asked = anyio.current_time()
             try:
                 endpoints, new_version = await self.resolver.resolve(version)
-            except Exception:
+            except Exception as exc:
+                self.resolver_error = exc
                 await anyio.sleep(backoff * (1 - 0.4 * random.random()))
                 backoff = min(backoff * 2, 5.0)
                 continue
@@ -571,6 +596,7 @@ class Connection:
                 continue
             backoff = 0.01
             version = new_version
+            self.resolver_error = None
             self.update_endpoints(endpoints)
 
     async def aclose(self) -> None:
@@ -588,6 +614,25 @@ async def _first(*waits: Any) -> None:
 
         for w in waits:
             tg.start_soon(run, w)
+
+
+def _effective_deadline_function() -> Callable[[], float]:
+    """``anyio.current_effective_deadline`` without its per-call backend lookup.
+
+    The backend's own function is bound once per connection: on asyncio the
+    lookup (sniffio, then the current task, twice) was a quarter of a call's
+    client-side CPU. Any surprise falls back to the public function.
+    """
+    try:
+        if sniffio.current_async_library() == "asyncio":
+            from anyio._backends._asyncio import AsyncIOBackend
+
+            return AsyncIOBackend.current_effective_deadline
+        import trio
+
+        return trio.current_effective_deadline
+    except (ImportError, AttributeError, sniffio.AsyncLibraryNotFoundError):
+        return anyio.current_effective_deadline
 
 
 def _use_protocol(options: ClientOptions) -> bool:
@@ -638,15 +683,25 @@ async def connect(resolver: Resolver, *, options: ClientOptions | None = None) -
     """``async with connect(resolver) as conn:`` — a client of the service ``resolver`` finds.
 
     A constant resolver with no endpoints raises :class:`~callrt.errors.Unreachable`;
-    otherwise calls wait (up to ``pick_timeout`` or their deadline) for a replica.
+    otherwise calls wait (up to their deadline, or ``pick_timeout`` without one) for a
+    replica. A non-constant resolver that fails is asked again with capped backoff,
+    at start-up too: its errors never end the connection.
     """
     options = options or ClientOptions()
-    endpoints, version = await resolver.resolve(None)
+    first_error: Exception | None = None
+    try:
+        endpoints, version = await resolver.resolve(None)
+    except Exception as exc:
+        if resolver.is_constant():
+            raise
+        # A resolver that may change can also recover: the watch keeps asking, with backoff.
+        endpoints, version, first_error = (), None, exc
     if resolver.is_constant() and not endpoints:
         raise Unreachable(f"no endpoints: {resolver!r} is empty")
     raised: BaseException | None = None
     async with anyio.create_task_group() as tg:
         conn = Connection(resolver, options, tg)
+        conn.resolver_error = first_error
         conn.update_endpoints(endpoints)
         if not resolver.is_constant():
             tg.start_soon(conn._watch_resolver, version)

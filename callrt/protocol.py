@@ -541,7 +541,9 @@ class FrameDecoder:
 
 
 def _copy(buf: bytearray, start: int, stop: int) -> bytes:
-    """``bytes(buf[start:stop])`` with one copy instead of two."""
+    """``bytes(buf[start:stop])``, copying a large slice once instead of twice."""
+    if stop - start < 4096:
+        return bytes(buf[start:stop])  # cheaper than a memoryview when the copy is small
     with memoryview(buf) as view:
         return view[start:stop].tobytes()
 
