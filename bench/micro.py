@@ -185,14 +185,14 @@ def main() -> None:
 
     rows = []
     for k in (1, 64):
-        rows.append((f"client, {k} in flight", best(args.runs, lambda: run(client_cost, k, args.calls, payload))))
+        rows.append((f"client, {k} in flight", best(args.runs, lambda k=k: run(client_cost, k, args.calls, payload))))
     for method, inline, label in (
         ("echo", 20e-6, "sync handler"),
         ("aecho", 20e-6, "async handler, inline"),
         ("aecho", -1.0, "async handler, task per call"),
     ):
         for k in (1, 64):
-            cost = best(args.runs, lambda: run(server_cost, k, args.calls // 4, payload, method, inline))
+            cost = best(args.runs, lambda k=k, m=method, i=inline: run(server_cost, k, args.calls // 4, payload, m, i))
             rows.append((f"server, {label}, {k} per read", cost))
     print(f"| path ({args.payload} B payload, uvloop) | CPU per call |")
     print("|---|---|")
