@@ -41,6 +41,7 @@ import anyio
 import sniffio
 from anyio.abc import TaskGroup
 
+from ._deadline import deadline_function
 from .balancers import Balancer, RoundRobin
 from .component import MethodSpec, component_spec
 from .endpoints import Endpoint
@@ -398,7 +399,7 @@ class Connection:
         self._budget = RetryBudget(options.retry)
         self.resolver_error: BaseException | None = None  # the last resolve() failure, until one succeeds
         self._use_protocol = _use_protocol(options)
-        self._effective_deadline = _effective_deadline_function()
+        self._effective_deadline = deadline_function()
 
     # -- stubs ---------------------------------------------------------------
 
@@ -614,25 +615,6 @@ async def _first(*waits: Any) -> None:
 
         for w in waits:
             tg.start_soon(run, w)
-
-
-def _effective_deadline_function() -> Callable[[], float]:
-    """``anyio.current_effective_deadline`` without its per-call backend lookup.
-
-    The backend's own function is bound once per connection: on asyncio the
-    lookup (sniffio, then the current task, twice) was a quarter of a call's
-    client-side CPU. Any surprise falls back to the public function.
-    """
-    try:
-        if sniffio.current_async_library() == "asyncio":
-            from anyio._backends._asyncio import AsyncIOBackend
-
-            return AsyncIOBackend.current_effective_deadline
-        import trio
-
-        return trio.current_effective_deadline
-    except (ImportError, AttributeError, sniffio.AsyncLibraryNotFoundError):
-        return anyio.current_effective_deadline
 
 
 def _use_protocol(options: ClientOptions) -> bool:
