@@ -340,6 +340,11 @@ async def open_client(endpoint: Endpoint, options: ClientOptions) -> AsyncIterat
     except TimeoutError:
         protocol.abort(CommunicationError("handshake timed out"))
         raise CommunicationError(f"handshake with {endpoint} timed out after {options.handshake_timeout}s") from None
+    except BaseException:
+        # Cancelled mid-handshake (the client is closing, say): close the socket now, not
+        # whenever the transport is collected (uvloop warns, and may not cope).
+        protocol.abort(CommunicationError("handshake interrupted"))
+        raise
     try:
         yield protocol
     finally:
