@@ -149,6 +149,8 @@ class ClientSession:
         self.goaway = anyio.Event()  # server draining
         self._idle: anyio.Event | None = None  # set when the last call finishes, if someone waits
         self.error: BaseException | None = None
+        self.is_lost = False  # ``lost`` as a plain flag, for the per-call check
+        self.caller = options.caller
         self.last_received = time.monotonic()
         self.on_lost: Callable[[], None] | None = None  # called once, when the socket is gone
 
@@ -221,8 +223,9 @@ class ClientSession:
 
     def connection_lost(self, error: BaseException | None) -> None:
         """The socket is gone: fail every call still waiting, once."""
-        if self.lost.is_set():
+        if self.is_lost:
             return
+        self.is_lost = True
         self.error = error
         reason = f"connection to {self.endpoint} lost" + (f": {error}" if error else "")
         calls, self.calls = self.calls, {}
@@ -249,7 +252,7 @@ class ClientSession:
         shard_key: int | None,
     ) -> tuple[int, Any]:
         """Send one request; returns its id and the waiter its reply will resolve."""
-        if self.lost.is_set():
+        if self.is_lost:
             raise SessionLost(f"connection to {self.endpoint} is closed", sent=False)
         request_id = self.next_id
         self.next_id = request_id + 1
@@ -257,7 +260,7 @@ class ClientSession:
         if deadline is not None:
             deadline_us = max(0, int((deadline - anyio.current_time()) * 1e6))
         header = encode_request_header(
-            request_id, key, len(payload), deadline_us, trace, metadata, self.options.caller, shard_key
+            request_id, key, len(payload), deadline_us, trace, metadata, self.caller, shard_key
         )
         if len(header) - 13 + len(payload) > self.peer_max_frame:
             raise LocalProtocolError(
@@ -426,18 +429,20 @@ class Connection:
         inherited = current_deadline()  # a handler's own deadline, when this call is made from one
         if inherited is not None and inherited < deadline:
             deadline = inherited
-        deadline_or_none = None if math.isinf(deadline) else deadline
-        retry = options.retry if options is not None and options.retry is not None else method.retriable
-        shard_key = options.shard_key if options is not None else None
-        metadata = tuple(options.metadata.items()) if options is not None and options.metadata else ()
+        deadline_or_none = None if deadline == math.inf else deadline
+        if options is None:
+            shard_key, metadata = None, ()
+        else:
+            shard_key = options.shard_key
+            metadata = tuple(options.metadata.items()) if options.metadata else ()
         trace = client_trace()
-        policy = self.options.retry
         spin = self.options.optimistic_spin_duration
         self._budget.record_call(time.monotonic())
+        counts = self.retry_counts
         attempt = 0
         while True:
             attempt += 1
-            self.retry_counts["attempts"] += 1
+            counts["attempts"] += 1
             replica = self.balancer.pick(options)
             if replica is None or replica.session is None:
                 # This wait (until the deadline, or pick_timeout) is the call's whole wait for a
@@ -455,19 +460,28 @@ class Connection:
                     session.give_up(request_id, deadline_or_none)
                     raise
             except CommunicationError as exc:
-                if self._closed:
-                    raise ClosedError("the connection is closed") from exc
-                never_sent = isinstance(exc, Unreachable) or (isinstance(exc, SessionLost) and not exc.sent)
-                if isinstance(exc, LocalProtocolError) or not (retry or never_sent):
+                delay = self._retry_delay(exc, method, options, attempt, deadline)
+                if delay is None:
                     raise
-                if attempt >= policy.max_attempts or not self._budget.try_spend(time.monotonic()):
-                    raise
-                delay = min(policy.max_backoff, policy.initial_backoff * policy.multiplier ** (attempt - 1))
-                delay *= 1 - policy.jitter * random.random()
-                if anyio.current_time() + delay >= deadline:
-                    raise
-                self.retry_counts["retries"] += 1
+                counts["retries"] += 1
                 await anyio.sleep(delay)
+
+    def _retry_delay(
+        self, exc: CommunicationError, method: MethodSpec, options: CallOptions | None, attempt: int, deadline: float
+    ) -> float | None:
+        """How long to wait before retrying a call that failed with ``exc``, or ``None``: don't."""
+        if self._closed:
+            raise ClosedError("the connection is closed") from exc
+        retry = options.retry if options is not None and options.retry is not None else method.retriable
+        never_sent = isinstance(exc, Unreachable) or (isinstance(exc, SessionLost) and not exc.sent)
+        if isinstance(exc, LocalProtocolError) or not (retry or never_sent):
+            return None
+        policy = self.options.retry
+        if attempt >= policy.max_attempts or not self._budget.try_spend(time.monotonic()):
+            return None
+        delay = min(policy.max_backoff, policy.initial_backoff * policy.multiplier ** (attempt - 1))
+        delay *= 1 - policy.jitter * random.random()
+        return None if anyio.current_time() + delay >= deadline else delay
 
     async def _wait_for_replica(self, options: CallOptions | None, deadline: float) -> Replica:
         fail_fast = options.fail_fast if options is not None and options.fail_fast is not None else self.options.fail_fast
