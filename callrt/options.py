@@ -28,6 +28,8 @@ class ServerOptions:
     :ivar write_flatten_limit: replies up to this many bytes are copied into one
         buffer with their header; larger payloads are written without a copy.
         Negative: never flatten.
+    :ivar coalesce_writes: replies ready together leave in one write (one syscall
+        per batch instead of one per reply). Off only to measure what it buys.
     :ivar drain_grace: seconds in-flight calls get to finish after a goaway.
     :ivar transport: ``"protocol"`` (asyncio only: an asyncio Protocol, uvloop's
         when installed), ``"stream"`` (anyio streams, any backend) or ``"auto"``.
@@ -35,6 +37,7 @@ class ServerOptions:
 
     inline_handler_duration: float = 20e-6
     write_flatten_limit: int = 4096
+    coalesce_writes: bool = True
     max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
     handshake_timeout: float = 10.0
     drain_grace: float = 5.0
@@ -65,6 +68,8 @@ class RetryPolicy:
 class ClientOptions:
     """How a client connects, writes, waits and retries.
 
+    :ivar coalesce_writes: requests made in one loop iteration leave in one write;
+        the first one of an iteration goes at once. Off only to measure what it buys.
     :ivar optimistic_spin_duration: seconds a caller keeps the loop polling for its
         reply before it parks; 0 disables (the default, see bench/README.md).
     :ivar pick_timeout: how long a call without a deadline waits for an available
@@ -75,6 +80,7 @@ class ClientOptions:
 
     balancer: Balancer | None = None
     write_flatten_limit: int = 4096
+    coalesce_writes: bool = True
     optimistic_spin_duration: float = 0.0
     max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
     connect_timeout: float = 5.0

@@ -26,6 +26,7 @@ from ..errors import CommunicationError, DeadlineExceeded, RemoteError, RemotePr
 from ..keys import RegisteredHandler
 from ..options import ClientOptions
 from ..protocol import (
+    HEADER_SIZE,
     SUPPORTED_VERSIONS,
     FrameDecoder,
     Hello,
@@ -57,6 +58,16 @@ class _AsyncCall:
         self.timers: list[asyncio.TimerHandle] = []
 
 
+def _write_all(transport: asyncio.WriteTransport, chunks: list[bytes], flatten_limit: int) -> None:
+    """Write ``chunks`` with one call: joined when all are small, else as a list (uvloop: one writev, no copy)."""
+    if len(chunks) == 1:
+        transport.write(chunks[0])
+    elif flatten_limit >= 0 and all(len(c) <= flatten_limit + HEADER_SIZE for c in chunks):
+        transport.write(b"".join(chunks))
+    else:
+        transport.writelines(chunks)
+
+
 class ServerProtocol(asyncio.Protocol, ServerConnection):
     """One accepted connection on the asyncio fast path."""
 
@@ -69,6 +80,7 @@ class ServerProtocol(asyncio.Protocol, ServerConnection):
         self.decoder = FrameDecoder(server.options.max_frame_size, expect="hello")
         self.transport: asyncio.Transport | None = None
         self.inline_duration = server.options.inline_handler_duration
+        self.coalesce = server.options.coalesce_writes
         self._out: list[bytes] = []
         self._batching = False
         self._flush_scheduled = False
@@ -129,6 +141,10 @@ class ServerProtocol(asyncio.Protocol, ServerConnection):
     # -- writes --------------------------------------------------------------
 
     def write(self, data: bytes) -> None:
+        if not self.coalesce:
+            if self.transport is not None and not self.closed:
+                self.transport.write(data)
+            return
         self._out.append(data)
         if not self._batching and not self._flush_scheduled:
             self._flush_scheduled = True
@@ -136,17 +152,9 @@ class ServerProtocol(asyncio.Protocol, ServerConnection):
 
     def _flush(self) -> None:
         self._flush_scheduled = False
-        out = self._out
-        if not out or self.transport is None or self.closed:
-            out.clear()
-            return
-        if len(out) == 1:
-            self.transport.write(out[0])
-        elif self.flatten_limit < 0:
-            self.transport.writelines(out)
-        else:
-            self.transport.write(b"".join(out))
-        out.clear()
+        if self.transport is not None and not self.closed:
+            _write_all(self.transport, self._out, self.flatten_limit)
+        self._out.clear()
 
     def close(self) -> None:
         if self.transport is not None and not self.closed:
@@ -246,6 +254,7 @@ class ClientProtocol(asyncio.Protocol, ClientSession):
         self.loop = asyncio.get_running_loop()
         self.decoder = FrameDecoder(options.max_frame_size, expect="hello_reply")
         self.transport: asyncio.Transport | None = None
+        self.coalesce = options.coalesce_writes
         self._out: list[bytes] = []
         self._flush_scheduled = False
 
@@ -289,21 +298,19 @@ class ClientProtocol(asyncio.Protocol, ClientSession):
         if transport is None or transport.is_closing():
             return
         transport.write(data)
-        self._flush_scheduled = True
-        self.loop.call_soon(self._flush)
+        if self.coalesce:
+            # Later writes of this loop iteration wait for one flush at its end.
+            self._flush_scheduled = True
+            self.loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         self._flush_scheduled = False
-        out = self._out
-        if out:
+        if self._out:
             self.unsent.clear()
             transport = self.transport
             if transport is not None and not transport.is_closing():
-                if self.flatten_limit < 0:
-                    transport.writelines(out)
-                else:
-                    transport.write(b"".join(out) if len(out) > 1 else out[0])
-            out.clear()
+                _write_all(transport, self._out, self.flatten_limit)
+            self._out.clear()
 
     def abort(self, error: BaseException) -> None:
         if self.transport is not None:

@@ -25,6 +25,7 @@ from ..errors import CommunicationError, DeadlineExceeded, RemoteError, RemotePr
 from ..keys import RegisteredHandler
 from ..options import ClientOptions
 from ..protocol import (
+    HEADER_SIZE,
     SUPPORTED_VERSIONS,
     FrameDecoder,
     Hello,
@@ -74,11 +75,13 @@ class _Writer:
                 continue
             if self.on_sent is not None:
                 self.on_sent()
-            if self.flatten_limit < 0:
-                for chunk in out:
-                    await self.stream.send(chunk)
+            if len(out) == 1:
+                await self.stream.send(out[0])
+            elif self.flatten_limit >= 0 and all(len(c) <= self.flatten_limit + HEADER_SIZE for c in out):
+                await self.stream.send(b"".join(out))
             else:
-                await self.stream.send(b"".join(out) if len(out) > 1 else out[0])
+                for chunk in out:  # a large payload is sent as it is, not copied into a joined buffer
+                    await self.stream.send(chunk)
 
 
 # -- server ------------------------------------------------------------------
