@@ -29,6 +29,9 @@ class Echo:
     def echo(self, data: bytes) -> bytes:
         return data
 
+    async def aecho(self, data: bytes) -> bytes:
+        return data
+
     async def hold(self, ms: int) -> int:
         await anyio.sleep(ms / 1000)
         return ms
@@ -42,6 +45,8 @@ _FLAGS: tuple[tuple[str, str, type, str], ...] = (
     ("--client-write-flatten-limit", "write_flatten_limit", int, "client"),
     ("--optimistic-spin-duration", "optimistic_spin_duration", float, "client"),
     ("--client-transport", "transport", str, "client"),
+    ("--server-coalesce-writes", "coalesce_writes", int, "server"),
+    ("--client-coalesce-writes", "coalesce_writes", int, "client"),
 )
 
 
@@ -54,11 +59,12 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     for flag, field, kind, side in _FLAGS:
         choices = ("auto", "protocol", "stream") if field == "transport" else None
         group.add_argument(flag, type=kind, choices=choices, help=f"{side} option {field}")
+    group.add_argument("--method", choices=("echo", "aecho"), default="echo", help="sync or async echo handler")
 
 
 def _options(args: argparse.Namespace, side: str) -> dict[str, Any]:
     chosen = ((field, getattr(args, _dest(flag))) for flag, field, _, s in _FLAGS if s == side)
-    return {field: value for field, value in chosen if value is not None}
+    return {field: bool(value) if field == "coalesce_writes" else value for field, value in chosen if value is not None}
 
 
 async def _serve(address: Address, args: argparse.Namespace) -> None:
@@ -72,7 +78,7 @@ async def _connect(address: Address, args: argparse.Namespace) -> AsyncIterator[
     async with call.connect(call.ConstantResolver([address.url]), options=options) as conn:
         stub: Any = conn.stub(Echo)  # the stub's methods are awaitable versions of Echo's
         await stub.echo(b"")  # handshake done before the connection counts as open
-        yield Client(call=stub.echo, hold=stub.hold)
+        yield Client(call=getattr(stub, args.method), hold=stub.hold)
 
 
 SYSTEM = System(
