@@ -24,6 +24,15 @@ from ._resolver import ManualResolver, ResolverError
 __all__ = ("ManualResolver", "ResolverError", "WorkerProcess")
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: be killed when the parent dies (Linux), so no worker outlives its test run."""
+    if sys.platform == "linux":
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 class WorkerProcess:
     """A server in a child process. Use as a context manager, or call :meth:`start` / :meth:`stop`.
 
@@ -68,7 +77,7 @@ class WorkerProcess:
         ]
         env = {**os.environ, **(self.env or {})}
         env["PYTHONPATH"] = os.pathsep.join([os.getcwd(), env.get("PYTHONPATH", "")])
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env, preexec_fn=_die_with_parent)
         assert self.proc.stdout is not None
         deadline = time.monotonic() + self.start_timeout
         # The child prints one line once it is serving; a dead child gives EOF instead.
