@@ -286,9 +286,16 @@ class ClientProtocol(asyncio.Protocol, ClientSession):
             self.unsent.add(request_id)
         if len(payload) <= self.flatten_limit:
             self.write(header + payload)
+        elif self._flush_scheduled:
+            self._out += (header, payload)
         else:
-            self.write(header)
-            self.write(payload)
+            # Header and payload leave together (one writev on uvloop), the payload uncopied.
+            transport = self.transport
+            if transport is not None and not transport.is_closing():
+                transport.writelines((header, payload))
+                if self.coalesce:
+                    self._flush_scheduled = True
+                    self.loop.call_soon(self._flush)
 
     def write(self, data: bytes) -> None:
         if self._flush_scheduled:
