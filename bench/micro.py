@@ -28,7 +28,8 @@ from typing import Any
 import anyio
 import msgspec
 
-from callrt import call, component
+from bench.systems.callrt_rt import Echo
+from callrt import call
 from callrt.protocol import (
     HEADER_SIZE,
     FrameKind,
@@ -41,15 +42,6 @@ from callrt.protocol import (
 )
 
 _HEADER = struct.Struct("<IBQ")
-
-
-@component(name="bench.Echo")
-class Echo:
-    def echo(self, data: bytes) -> bytes:
-        return data
-
-    async def aecho(self, data: bytes) -> bytes:
-        return data
 
 
 class _AnsweringTransport(asyncio.Transport):
