@@ -38,7 +38,6 @@ from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 import anyio
-import sniffio
 from anyio.abc import TaskGroup
 
 from ._deadline import deadline_function
@@ -401,7 +400,9 @@ class Connection:
         self._closed = False
         self._budget = RetryBudget(options.retry)
         self.resolver_error: BaseException | None = None  # the last resolve() failure, until one succeeds
-        self._use_protocol = _use_protocol(options)
+        from .transport import use_protocol
+
+        self._protocol_path = use_protocol(options.transport)
         self._effective_deadline = deadline_function()
 
     # -- stubs ---------------------------------------------------------------
@@ -538,7 +539,7 @@ class Connection:
             while replica.wanted and not self._closed:
                 replica.set_state(ReplicaState.CONNECTING)
                 try:
-                    async with open_session(replica.endpoint, opts, self._use_protocol) as session:
+                    async with open_session(replica.endpoint, opts, self._protocol_path) as session:
                         backoff = opts.reconnect_initial_backoff  # reset after a successful handshake
                         replica.session = session
                         session.on_lost = lambda s=session: self._session_lost(replica, s)
@@ -629,15 +630,6 @@ async def _first(*waits: Any) -> None:
 
         for w in waits:
             tg.start_soon(run, w)
-
-
-def _use_protocol(options: ClientOptions) -> bool:
-    if options.transport == "stream":
-        return False
-    asyncio_loop = sniffio.current_async_library() == "asyncio"
-    if options.transport == "protocol" and not asyncio_loop:
-        raise RuntimeError('transport="protocol" needs asyncio')
-    return asyncio_loop
 
 
 class _Stub:

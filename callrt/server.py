@@ -38,7 +38,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
-import sniffio
 from anyio.abc import TaskStatus
 
 from .endpoints import Endpoint, parse_endpoint
@@ -159,7 +158,6 @@ class ServerConnection:
         self.server = server
         self.handlers = server.handlers
         self.flatten_limit = server.options.write_flatten_limit
-        self.inflight = 0
         self.closed = False
         self.handshake_done = False
 
@@ -195,12 +193,11 @@ class ServerConnection:
     def request_received(self, request: Request) -> None:
         entry = self.handlers.get(request.method_key)
         if entry is None:
-            self.write_error(error_frame(request.id, UnknownMethod(f"no handler for method key {request.method_key.hex()}")))
+            self.fail(request.id, UnknownMethod(f"no handler for method key {request.method_key.hex()}"))
             return
         if request.deadline_us == 0:
-            self.write_error(error_frame(request.id, DeadlineExceeded(f"{entry.name}: deadline passed before the call arrived")))
+            self.fail(request.id, DeadlineExceeded(f"{entry.name}: deadline passed before the call arrived"))
             return
-        self.inflight += 1
         if entry.is_async:
             self.run_async(request, entry)
             return
@@ -208,14 +205,13 @@ class ServerConnection:
         try:
             result = entry.handler(request.payload)
         except Exception as exc:
-            self.write_error(error_frame(request.id, exc))
+            self.fail(request.id, exc)
         else:
             self.reply(request.id, result)  # type: ignore[arg-type]
         finally:
             self._exit(token)
 
     def reply(self, request_id: int, payload: bytes) -> None:
-        self.inflight -= 1
         header = encode_response_header(request_id, len(payload))
         if len(payload) <= self.flatten_limit:
             self.write(header + payload)
@@ -223,11 +219,7 @@ class ServerConnection:
             self.write(header)
             self.write(payload)
 
-    def write_error(self, frame: Error) -> None:
-        self.write(encode_frame(frame))
-
     def fail(self, request_id: int, exc: BaseException) -> None:
-        self.inflight -= 1
         self.write(encode_frame(error_frame(request_id, exc)))
 
     async def call_async(self, request: Request, entry: RegisteredHandler, on_block: Callable[[], None]) -> None:
@@ -325,15 +317,6 @@ def _handler_map(components: Sequence[object]) -> HandlerMap:
     return handlers
 
 
-def _use_protocol(options: ServerOptions) -> bool:
-    if options.transport == "stream":
-        return False
-    asyncio_loop = sniffio.current_async_library() == "asyncio"
-    if options.transport == "protocol" and not asyncio_loop:
-        raise RuntimeError('transport="protocol" needs asyncio')
-    return asyncio_loop
-
-
 async def serve(
     address: str | Endpoint | Sequence[str | Endpoint],
     *components: object,
@@ -363,18 +346,18 @@ async def start_server(
     server), listeners stop accepting, connections get a goaway and calls in
     flight get ``drain_grace`` seconds to finish, then everything closes.
     """
-    from .transport import listen
+    from .transport import listen, use_protocol
 
     addresses = [address] if isinstance(address, (str, Endpoint)) else list(address)
     endpoints = [parse_endpoint(a) for a in addresses]
     server = Server(_handler_map(components), options or ServerOptions())
-    use_protocol = _use_protocol(server.options)
+    protocol_path = use_protocol(server.options.transport)
     raised: BaseException | None = None
     async with anyio.create_task_group() as connections:
         try:
             async with AsyncExitStack() as stack:
                 for endpoint in endpoints:
-                    bound = await stack.enter_async_context(listen(endpoint, server, use_protocol, connections))
+                    bound = await stack.enter_async_context(listen(endpoint, server, protocol_path, connections))
                     server.endpoints.append(bound)
                 for registrar in server.options.registrars:
                     for endpoint in server.endpoints:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import sniffio
 from anyio.abc import TaskGroup
 
 from ..client import ClientSession
@@ -19,17 +20,27 @@ from ..endpoints import Endpoint
 from ..options import ClientOptions
 from ..server import Server
 
-__all__ = ("listen", "open_session")
+__all__ = ("listen", "open_session", "use_protocol")
+
+
+def use_protocol(transport: str) -> bool:
+    """Whether the asyncio Protocol path serves the ``transport`` option in the running loop."""
+    if transport == "stream":
+        return False
+    asyncio_loop = sniffio.current_async_library() == "asyncio"
+    if transport == "protocol" and not asyncio_loop:
+        raise RuntimeError('transport="protocol" needs asyncio')
+    return asyncio_loop
 
 
 @asynccontextmanager
-async def listen(endpoint: Endpoint, server: Server, use_protocol: bool, conn_tg: TaskGroup) -> AsyncIterator[Endpoint]:
+async def listen(endpoint: Endpoint, server: Server, protocol_path: bool, conn_tg: TaskGroup) -> AsyncIterator[Endpoint]:
     """Accept connections for ``server`` on ``endpoint`` while the context is open; yields the bound endpoint.
 
     Leaving the context stops accepting; live connections stay for the drain.
     Stream connections run in ``conn_tg``.
     """
-    if use_protocol:
+    if protocol_path:
         from ._asyncio import listen_protocol
 
         async with listen_protocol(endpoint, server) as bound:
@@ -42,12 +53,12 @@ async def listen(endpoint: Endpoint, server: Server, use_protocol: bool, conn_tg
 
 
 @asynccontextmanager
-async def open_session(endpoint: Endpoint, options: ClientOptions, use_protocol: bool) -> AsyncIterator[ClientSession]:
+async def open_session(endpoint: Endpoint, options: ClientOptions, protocol_path: bool) -> AsyncIterator[ClientSession]:
     """A connected, handshaken session to ``endpoint``; closed on exit.
 
     :raises ~callrt.errors.CommunicationError: the connection or handshake failed or timed out.
     """
-    if use_protocol:
+    if protocol_path:
         from ._asyncio import open_client
 
         async with open_client(endpoint, options) as session:

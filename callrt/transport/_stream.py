@@ -10,6 +10,7 @@ frames ready together leave together.
 from __future__ import annotations
 
 import contextvars
+import functools
 import math
 import time
 from collections.abc import AsyncIterator, Callable
@@ -225,12 +226,9 @@ async def listen_stream(endpoint: Endpoint, server: Server, conn_tg: TaskGroup) 
         listener = await anyio.create_unix_listener(endpoint.address)
         bound = endpoint
 
-    async def handle(stream: ByteStream) -> None:
-        await _serve_stream(server, stream)
-
     async with anyio.create_task_group() as accept_tg:
         # Accepted connections live in ``conn_tg``, so they outlive the listener for the drain.
-        accept_tg.start_soon(listener.serve, handle, conn_tg)
+        accept_tg.start_soon(listener.serve, functools.partial(_serve_stream, server), conn_tg)
         try:
             yield bound
         finally:
