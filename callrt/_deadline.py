@@ -48,7 +48,7 @@ def _asyncio_deadline_function() -> Callable[[], float] | None:
 
         current_tasks = asyncio.tasks._current_tasks  # type: ignore[attr-defined]
         loop = asyncio.get_running_loop()
-        states = _task_states.data  # WeakKeyDictionary's dict: weakref(task) -> TaskState
+        states = _task_states.data  # type: ignore[attr-defined]  # the WeakKeyDictionary's dict: weakref(task) -> state
     except (ImportError, AttributeError, RuntimeError):
         return None
     ref = weakref.ref

@@ -35,7 +35,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import anyio
 from anyio.abc import TaskGroup
@@ -431,8 +431,9 @@ class Connection:
         if inherited is not None and inherited < deadline:
             deadline = inherited
         deadline_or_none = None if deadline == math.inf else deadline
+        metadata: tuple[tuple[str, str], ...] = ()
         if options is None:
-            shard_key, metadata = None, ()
+            shard_key = None
         else:
             shard_key = options.shard_key
             metadata = tuple(options.metadata.items()) if options.metadata else ()
@@ -444,7 +445,7 @@ class Connection:
         while True:
             attempt += 1
             counts["attempts"] += 1
-            replica = self.balancer.pick(options)
+            replica = self._pick(options)
             if replica is None or replica.session is None:
                 # This wait (until the deadline, or pick_timeout) is the call's whole wait for a
                 # replica: its Unreachable is final, not retried into another full wait.
@@ -490,7 +491,7 @@ class Connection:
         # waits pick_timeout.
         limit = deadline if not math.isinf(deadline) else anyio.current_time() + self.options.pick_timeout
         while True:
-            replica = self.balancer.pick(options)
+            replica = self._pick(options)
             if replica is not None and replica.session is not None:
                 return replica
             if self._closed:
@@ -500,6 +501,10 @@ class Connection:
             changed = self._changed
             with anyio.move_on_after(limit - anyio.current_time()):
                 await changed.wait()
+
+    def _pick(self, options: CallOptions | None) -> Replica | None:
+        # The balancer holds only the replicas this connection gave it.
+        return cast("Replica | None", self.balancer.pick(options))
 
     def _unreachable(self) -> Unreachable:
         if self.resolver_error is not None and not self.replicas:

@@ -166,7 +166,7 @@ def component(cls: type[T] | None = None, /, *, name: str | None = None) -> Any:
     return decorate(cls) if cls is not None else decorate
 
 
-def component_spec(cls: type) -> ComponentSpec:
+def component_spec(cls: object) -> ComponentSpec:
     """The spec ``@component`` recorded on ``cls`` (or on its class, for an instance)."""
     spec = getattr(cls if isinstance(cls, type) else type(cls), _SPEC_ATTR, None)
     if not isinstance(spec, ComponentSpec):

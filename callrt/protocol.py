@@ -142,10 +142,10 @@ class Request(msgspec.Struct, frozen=True, gc=False):
 
 
 class Response(msgspec.Struct, frozen=True, gc=False):
-    """A successful result for request ``id``."""
+    """A successful result for request ``id``. A large payload arrives as the bytearray it was received into."""
 
     id: int
-    payload: bytes
+    payload: bytes | bytearray
 
 
 class Error(msgspec.Struct, frozen=True, gc=False):

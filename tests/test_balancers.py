@@ -139,7 +139,7 @@ def test_fewest_pending_insertion_order_is_randomised() -> None:
     # send their first call to the same one.
     firsts = set()
     for seed in range(20):
-        b = filled(lambda: FewestPending(seed=seed), replicas(5))
+        b = filled(lambda seed=seed: FewestPending(seed=seed), replicas(5))
         got = b.pick(None)
         assert got is not None
         firsts.add(got.endpoint)

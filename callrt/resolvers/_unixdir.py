@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from contextlib import aclosing
 from fnmatch import fnmatch
 from typing import Any
@@ -23,7 +23,7 @@ from ._base import Resolver, Version
 __all__ = ("UnixDirectoryResolver",)
 
 
-def _load_awatch() -> Callable[..., AsyncIterator[set[tuple[Any, str]]]]:
+def _load_awatch() -> Callable[..., AsyncGenerator[set[tuple[Any, str]], None]]:
     try:
         from watchfiles import awatch
     except ImportError as e:  # pragma: no cover - depends on the environment
