@@ -76,6 +76,9 @@ __all__ = ("ClientSession", "Connection", "Replica", "ReplicaState", "TRANSITION
 T = TypeVar("T")
 
 
+_MAX_DEADLINE_US = (1 << 64) - 1  # the protocol's u64 field
+
+
 class ReplicaState(enum.Enum):
     CONNECTING = "connecting"
     AVAILABLE = "available"
@@ -257,7 +260,9 @@ class ClientSession:
         self.next_id = request_id + 1
         deadline_us = None
         if deadline is not None:
-            deadline_us = max(0, int((deadline - anyio.current_time()) * 1e6))
+            # -inf is a caller whose scope is already cancelled: the time left is none.
+            left = deadline - anyio.current_time()
+            deadline_us = 0 if left <= 0 else min(int(left * 1e6), _MAX_DEADLINE_US)
         header = encode_request_header(
             request_id, key, len(payload), deadline_us, trace, metadata, self.caller, shard_key
         )
