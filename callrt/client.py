@@ -175,6 +175,7 @@ class ClientSession:
 
     @property
     def pending(self) -> int:
+        """Calls in flight on this session: its call table's size, so each finish counts once."""
         return len(self.calls)
 
     def frame_received(self, frame: object) -> None:
@@ -332,7 +333,7 @@ class Replica:
     @property
     def pending(self) -> int:
         session = self.session
-        return len(session.calls) if session is not None else 0
+        return session.pending if session is not None else 0
 
     def set_state(self, new: ReplicaState) -> None:
         old = self.state

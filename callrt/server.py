@@ -40,6 +40,7 @@ from typing import Any
 import anyio
 from anyio.abc import TaskStatus
 
+from ._writes import frame_buffers
 from .endpoints import Endpoint, parse_endpoint
 from .errors import (
     Cancelled,
@@ -166,7 +167,7 @@ class ServerConnection:
     def write(self, data: bytes) -> None:
         raise NotImplementedError
 
-    def run_async(self, request: Request, entry: RegisteredHandler) -> None:
+    def run_async(self, request: Request, entry: RegisteredHandler, deadline: float | None) -> None:
         raise NotImplementedError
 
     def cancel_running(self, request_id: int, reason: RemoteError) -> None:
@@ -198,10 +199,12 @@ class ServerConnection:
         if request.deadline_us == 0:
             self.fail(request.id, DeadlineExceeded(f"{entry.name}: deadline passed before the call arrived"))
             return
+        # The caller's time left becomes a deadline once, on arrival, for every use below.
+        deadline = None if request.deadline_us is None else anyio.current_time() + request.deadline_us / 1e6
         if entry.is_async:
-            self.run_async(request, entry)
+            self.run_async(request, entry, deadline)
             return
-        token = self._enter(request, entry)
+        token = self._enter(request, entry, deadline)
         try:
             result = entry.handler(request.payload)
         except Exception as exc:
@@ -212,19 +215,17 @@ class ServerConnection:
             self._exit(token)
 
     def reply(self, request_id: int, payload: bytes) -> None:
-        header = encode_response_header(request_id, len(payload))
-        if len(payload) <= self.flatten_limit:
-            self.write(header + payload)
-        else:
-            self.write(header)
-            self.write(payload)
+        for buffer in frame_buffers(encode_response_header(request_id, len(payload)), payload, self.flatten_limit):
+            self.write(buffer)
 
     def fail(self, request_id: int, exc: BaseException) -> None:
         self.write(encode_frame(error_frame(request_id, exc)))
 
-    async def call_async(self, request: Request, entry: RegisteredHandler, on_block: Callable[[], None]) -> None:
+    async def call_async(
+        self, request: Request, entry: RegisteredHandler, deadline: float | None, on_block: Callable[[], None]
+    ) -> None:
         """Run an async handler with ``on_block`` as its first-suspension hook, then reply."""
-        token = self._enter(request, entry)
+        token = self._enter(request, entry, deadline)
         try:
             result = await run_watched(entry.handler(request.payload), on_block)  # type: ignore[arg-type]
         except Exception as exc:
@@ -234,11 +235,9 @@ class ServerConnection:
         finally:
             self._exit(token)
 
-    def deadline_of(self, request: Request) -> float | None:
-        return None if request.deadline_us is None else anyio.current_time() + request.deadline_us / 1e6
-
-    def _enter(self, request: Request, entry: RegisteredHandler) -> tuple[contextvars.Token[Any], object]:
-        deadline = None if request.deadline_us is None else self.deadline_of(request)
+    def _enter(
+        self, request: Request, entry: RegisteredHandler, deadline: float | None
+    ) -> tuple[contextvars.Token[Any], object]:
         otel = server_context(request.trace) if request.trace is not None else None
         return _current.set((request, entry.name, deadline)), otel
 
@@ -266,7 +265,6 @@ class Server:
     options: ServerOptions
     endpoints: list[Endpoint] = field(default_factory=list)
     connections: set[ServerConnection] = field(default_factory=set)
-    draining: bool = False
     _stop: anyio.Event = field(default_factory=anyio.Event)
     _all_closed: anyio.Event | None = None
 
@@ -291,7 +289,6 @@ class Server:
         the goaway on the wire is still served, which closing at the moment of
         zero calls in flight would lose.
         """
-        self.draining = True
         self._all_closed = anyio.Event()
         for conn in list(self.connections):
             conn.goaway("server draining")

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -79,12 +79,13 @@ class WorkerProcess:
         env["PYTHONPATH"] = os.pathsep.join([os.getcwd(), env.get("PYTHONPATH", "")])
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env, preexec_fn=_die_with_parent)
         assert self.proc.stdout is not None
-        deadline = time.monotonic() + self.start_timeout
         # The child prints one line once it is serving; a dead child gives EOF instead.
-        line = self.proc.stdout.readline()
-        if not line.startswith("READY ") or time.monotonic() > deadline:
+        # Wait for it with a timeout: a child that hangs before printing must not hang the test.
+        ready, _, _ = select.select([self.proc.stdout], [], [], self.start_timeout)
+        line = self.proc.stdout.readline() if ready else ""
+        if not line.startswith("READY "):
             self.kill()
-            raise RuntimeError(f"worker did not start: {line!r}")
+            raise RuntimeError(f"worker did not start within {self.start_timeout}s: {line!r}")
         self.endpoint = parse_endpoint(line.split(" ", 1)[1].strip())
         return self.endpoint
 

@@ -14,19 +14,19 @@ import asyncio
 import contextvars
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
 
+from .._writes import frame_buffers, joined
 from ..client import ClientSession
 from ..endpoints import Endpoint
 from ..errors import CommunicationError, DeadlineExceeded, RemoteError, RemoteProtocolError
 from ..keys import RegisteredHandler
 from ..options import ClientOptions
 from ..protocol import (
-    HEADER_SIZE,
     SUPPORTED_VERSIONS,
     FrameDecoder,
     Hello,
@@ -52,20 +52,19 @@ class _AsyncCall:
     def __init__(self, request: Request, entry: RegisteredHandler, deadline: float | None) -> None:
         self.request = request
         self.entry = entry
-        self.deadline = deadline  # loop time
+        self.deadline = deadline  # loop time (anyio.current_time() on asyncio)
         self.task: asyncio.Task[Any] | None = None
         self.reason: RemoteError | None = None
         self.timers: list[asyncio.TimerHandle] = []
 
 
-def _write_all(transport: asyncio.WriteTransport, chunks: list[bytes], flatten_limit: int) -> None:
-    """Write ``chunks`` with one call: joined when all are small, else as a list (uvloop: one writev, no copy)."""
-    if len(chunks) == 1:
-        transport.write(chunks[0])
-    elif flatten_limit >= 0 and all(len(c) <= flatten_limit + HEADER_SIZE for c in chunks):
-        transport.write(b"".join(chunks))
+def _write_all(transport: asyncio.WriteTransport, buffers: Sequence[bytes], flatten_limit: int) -> None:
+    """Write ``buffers`` with one call (uvloop: one write or one writev)."""
+    data = joined(buffers, flatten_limit)
+    if data is None:
+        transport.writelines(buffers)
     else:
-        transport.writelines(chunks)
+        transport.write(data)
 
 
 class ServerProtocol(asyncio.Protocol, ServerConnection):
@@ -164,8 +163,7 @@ class ServerProtocol(asyncio.Protocol, ServerConnection):
 
     # -- async handlers: the dispatcher and inline execution ------------------
 
-    def run_async(self, request: Request, entry: RegisteredHandler) -> None:
-        deadline = None if request.deadline_us is None else self.loop.time() + request.deadline_us / 1e6
+    def run_async(self, request: Request, entry: RegisteredHandler, deadline: float | None) -> None:
         call = self._calls[request.id] = _AsyncCall(request, entry, deadline)
         if self.inline_duration < 0:
             self.loop.create_task(self._run_one(call), context=self._context.copy())
@@ -201,7 +199,7 @@ class ServerProtocol(asyncio.Protocol, ServerConnection):
             return
         self._current = call
         try:
-            await self.call_async(request, call.entry, self._on_block)
+            await self.call_async(request, call.entry, call.deadline, self._on_block)
         except asyncio.CancelledError:
             task = asyncio.current_task()
             assert task is not None
@@ -282,29 +280,24 @@ class ClientProtocol(asyncio.Protocol, ClientSession):
         return self.loop.create_future()
 
     def send(self, request_id: int, header: bytes, payload: bytes) -> None:
+        buffers = frame_buffers(header, payload, self.flatten_limit)
         if self._flush_scheduled:
             self.unsent.add(request_id)
-        if len(payload) <= self.flatten_limit:
-            self.write(header + payload)
-        elif self._flush_scheduled:
-            self._out += (header, payload)
+            self._out += buffers
         else:
-            # Header and payload leave together (one writev on uvloop), the payload uncopied.
-            transport = self.transport
-            if transport is not None and not transport.is_closing():
-                transport.writelines((header, payload))
-                if self.coalesce:
-                    self._flush_scheduled = True
-                    self.loop.call_soon(self._flush)
+            self._write_now(buffers)  # a header and a large payload leave together, in one writev
 
     def write(self, data: bytes) -> None:
         if self._flush_scheduled:
             self._out.append(data)
-            return
+        else:
+            self._write_now((data,))
+
+    def _write_now(self, buffers: tuple[bytes, ...]) -> None:
         transport = self.transport
         if transport is None or transport.is_closing():
             return
-        transport.write(data)
+        _write_all(transport, buffers, self.flatten_limit)
         if self.coalesce:
             # Later writes of this loop iteration wait for one flush at its end.
             self._flush_scheduled = True

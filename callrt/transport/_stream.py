@@ -20,13 +20,13 @@ from typing import Any
 import anyio
 from anyio.abc import ByteStream, TaskGroup
 
+from .._writes import frame_buffers, joined
 from ..client import ClientSession
 from ..endpoints import Endpoint
 from ..errors import CommunicationError, DeadlineExceeded, RemoteError, RemoteProtocolError
 from ..keys import RegisteredHandler
 from ..options import ClientOptions
 from ..protocol import (
-    HEADER_SIZE,
     SUPPORTED_VERSIONS,
     FrameDecoder,
     Hello,
@@ -76,13 +76,9 @@ class _Writer:
                 continue
             if self.on_sent is not None:
                 self.on_sent()
-            if len(out) == 1:
-                await self.stream.send(out[0])
-            elif self.flatten_limit >= 0 and all(len(c) <= self.flatten_limit + HEADER_SIZE for c in out):
-                await self.stream.send(b"".join(out))
-            else:
-                for chunk in out:  # a large payload is sent as it is, not copied into a joined buffer
-                    await self.stream.send(chunk)
+            data = joined(out, self.flatten_limit)
+            for buffer in out if data is None else (data,):
+                await self.stream.send(buffer)
 
 
 # -- server ------------------------------------------------------------------
@@ -101,7 +97,7 @@ class StreamServerConnection(ServerConnection):
         self.reader: object | None = None
         self.scopes: dict[int, tuple[anyio.CancelScope, list[RemoteError]]] = {}
         self.task_per_call = server.options.inline_handler_duration < 0
-        self.inline: tuple[Request, RegisteredHandler] | None = None
+        self.inline: tuple[Request, RegisteredHandler, float | None] | None = None
 
     def write(self, data: bytes) -> None:
         self.writer.write(data)
@@ -119,22 +115,23 @@ class StreamServerConnection(ServerConnection):
         await anyio.sleep(delay)
         self.tg.cancel_scope.cancel()
 
-    def run_async(self, request: Request, entry: RegisteredHandler) -> None:
+    def run_async(self, request: Request, entry: RegisteredHandler, deadline: float | None) -> None:
         # The scope exists from now on, so a cancel that arrives before the handler starts is kept.
-        deadline = self.deadline_of(request)
         self.scopes[request.id] = (anyio.CancelScope(deadline=math.inf if deadline is None else deadline), [])
         if self.task_per_call:
-            self.tg.start_soon(self.run_handler, request, entry, _no_hook)
+            self.tg.start_soon(self.run_handler, request, entry, deadline, _no_hook)
         else:
-            self.inline = (request, entry)  # the reader runs it as soon as this returns
+            self.inline = (request, entry, deadline)  # the reader runs it as soon as this returns
 
-    async def run_handler(self, request: Request, entry: RegisteredHandler, on_block: Callable[[], None]) -> None:
+    async def run_handler(
+        self, request: Request, entry: RegisteredHandler, deadline: float | None, on_block: Callable[[], None]
+    ) -> None:
         scope, reasons = self.scopes[request.id]
         try:
             with scope:
                 if reasons:  # cancelled before it started
                     await anyio.lowlevel.checkpoint()
-                await self.call_async(request, entry, on_block)
+                await self.call_async(request, entry, deadline, on_block)
         finally:
             del self.scopes[request.id]
         if scope.cancelled_caught:
@@ -168,9 +165,9 @@ class StreamServerConnection(ServerConnection):
                         continue
                     self.frame_received(frame)
                     if self.inline is not None:
-                        request, entry = self.inline
+                        request, entry, deadline = self.inline
                         self.inline = None
-                        await self.run_handler(request, entry, self.hand_off)
+                        await self.run_handler(request, entry, deadline, self.hand_off)
                         if self.reader is not me:
                             return  # a new reader took over while this handler was blocked
                 decoder.receive_data(await self.stream.receive())
@@ -250,11 +247,8 @@ class StreamClientSession(ClientSession):
 
     def send(self, request_id: int, header: bytes, payload: bytes) -> None:
         self.unsent.add(request_id)
-        if len(payload) <= self.flatten_limit:
-            self.writer.write(header + payload)
-        else:
-            self.writer.write(header)
-            self.writer.write(payload)
+        for buffer in frame_buffers(header, payload, self.flatten_limit):
+            self.writer.write(buffer)
 
     def write(self, data: bytes) -> None:
         self.writer.write(data)
