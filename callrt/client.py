@@ -33,9 +33,10 @@ import enum
 import math
 import random
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 import anyio
 from anyio.abc import TaskGroup
@@ -56,6 +57,7 @@ from .errors import (
 )
 from .options import CallOptions, ClientOptions, RetryPolicy
 from .protocol import (
+    HEADER_SIZE,
     Cancel,
     Error,
     GoAway,
@@ -65,6 +67,7 @@ from .protocol import (
     Response,
     TraceContext,
     encode_frame,
+    encode_plain_request_header,
     encode_request_header,
 )
 from .resolvers import Resolver, Version
@@ -246,28 +249,21 @@ class ClientSession:
             self.on_lost()
 
     def start(
-        self,
-        key: bytes,
-        payload: bytes,
-        deadline: float | None,
-        trace: TraceContext | None,
-        metadata: tuple[tuple[str, str], ...],
-        shard_key: int | None,
+        self, key: bytes, payload: bytes, deadline: float, trace: TraceContext | None, options: CallOptions | None
     ) -> tuple[int, Any]:
-        """Send one request; returns its id and the waiter its reply will resolve."""
+        """Send one request; returns its id and the waiter its reply will resolve.
+
+        ``deadline`` is in ``anyio.current_time()`` terms, ``inf`` for none.
+        """
         if self.is_lost:
             raise SessionLost(f"connection to {self.endpoint} is closed", sent=False)
         request_id = self.next_id
         self.next_id = request_id + 1
-        deadline_us = None
-        if deadline is not None:
-            # -inf is a caller whose scope is already cancelled: the time left is none.
-            left = deadline - anyio.current_time()
-            deadline_us = 0 if left <= 0 else min(int(left * 1e6), _MAX_DEADLINE_US)
-        header = encode_request_header(
-            request_id, key, len(payload), deadline_us, trace, metadata, self.caller, shard_key
-        )
-        if len(header) - 13 + len(payload) > self.peer_max_frame:
+        if deadline == math.inf and trace is None and options is None and not self.caller:
+            header = encode_plain_request_header(request_id, key, len(payload))
+        else:
+            header = self._full_header(request_id, key, len(payload), deadline, trace, options)
+        if len(header) - HEADER_SIZE + len(payload) > self.peer_max_frame:
             raise LocalProtocolError(
                 f"request of {len(payload)} bytes exceeds the server's maximum frame of {self.peer_max_frame}"
             )
@@ -276,13 +272,34 @@ class ClientSession:
         self.send(request_id, header, payload)
         return request_id, waiter
 
-    def give_up(self, request_id: int, deadline: float | None) -> None:
+    def _full_header(
+        self,
+        request_id: int,
+        key: bytes,
+        size: int,
+        deadline: float,
+        trace: TraceContext | None,
+        options: CallOptions | None,
+    ) -> bytes:
+        deadline_us = None
+        if deadline != math.inf:
+            # -inf is a caller whose scope is already cancelled: the time left is none.
+            left = deadline - anyio.current_time()
+            deadline_us = 0 if left <= 0 else min(int(left * 1e6), _MAX_DEADLINE_US)
+        metadata: tuple[tuple[str, str], ...] = ()
+        shard_key = None
+        if options is not None:
+            shard_key = options.shard_key
+            metadata = tuple(options.metadata.items()) if options.metadata else ()
+        return encode_request_header(request_id, key, size, deadline_us, trace, metadata, self.caller, shard_key)
+
+    def give_up(self, request_id: int, deadline: float) -> None:
         """The caller stopped waiting (cancelled, or timed out here): tell the server if it matters."""
         if self.calls.pop(request_id, None) is None:
             return
         if request_id in self.unsent:
             self.unsent.discard(request_id)
-        elif deadline is None or anyio.current_time() < deadline:
+        elif anyio.current_time() < deadline:
             # Past the deadline the server needs no cancel: it enforces deadlines itself.
             self.write(encode_frame(Cancel(request_id)))
         self._call_done()
@@ -350,42 +367,34 @@ class Replica:
         self._conn.replicas_changed()
 
 
-
 class RetryBudget:
     """Retries allowed: ``ratio`` of recent calls plus ``min_per_second`` (Finagle's budget).
 
-    Counts live in one-second buckets over ``budget_window`` seconds, so the
-    cost per call is an increment and memory does not grow with traffic.
+    A call costs one increment of :attr:`calls`, with no clock read: the
+    connection calls :meth:`tick` once a second, which closes that second's
+    counts into a window of ``budget_window`` seconds.
     """
 
     def __init__(self, policy: RetryPolicy) -> None:
         self._policy = policy
-        self._size = max(1, math.ceil(policy.budget_window))
-        self._calls = [0] * self._size
-        self._retries = [0] * self._size
-        self._second = int(time.monotonic())
+        self.calls = 0  # ever made; the per-second counts are differences of it
+        self._calls_at_tick = 0
+        self._retries = 0  # in the current second
+        self._seconds = max(1, math.ceil(policy.budget_window))
+        self._window: deque[tuple[int, int]] = deque(maxlen=self._seconds - 1)  # (calls, retries) per past second
 
-    def _advance(self, second: int) -> None:
-        for s in range(self._second + 1, min(second, self._second + self._size) + 1):
-            self._calls[s % self._size] = self._retries[s % self._size] = 0
-        self._second = second
+    def tick(self) -> None:
+        self._window.append((self.calls - self._calls_at_tick, self._retries))
+        self._calls_at_tick, self._retries = self.calls, 0
 
-    def record_call(self, now: float) -> None:
-        second = int(now)
-        if second != self._second:
-            self._advance(second)
-        self._calls[second % self._size] += 1
-
-    def try_spend(self, now: float) -> bool:
-        second = int(now)
-        if second != self._second:
-            self._advance(second)
-        i = second % self._size
+    def try_spend(self) -> bool:
         p = self._policy
-        allowed = p.budget_ratio * sum(self._calls) + p.budget_min_per_second * self._size
-        if sum(self._retries) >= allowed:
+        calls = self.calls - self._calls_at_tick + sum(c for c, _ in self._window)
+        retries = self._retries + sum(r for _, r in self._window)
+        # Finagle's reserve: a whole window's worth of the minimum, from the start.
+        if retries >= p.budget_ratio * calls + p.budget_min_per_second * self._seconds:
             return False
-        self._retries[i] += 1
+        self._retries += 1
         return True
 
 
@@ -400,7 +409,7 @@ class Connection:
         self.options = options
         self.balancer: Balancer = options.balancer if options.balancer is not None else RoundRobin()
         self.replicas: dict[Endpoint, Replica] = {}
-        self.retry_counts = {"attempts": 0, "retries": 0}
+        self._retries = 0
         self._tg = tg
         self._changed = anyio.Event()
         self._closed = False
@@ -410,6 +419,17 @@ class Connection:
 
         self._protocol_path = use_protocol(options.transport)
         self._effective_deadline = deadline_function()
+        self._spin = options.optimistic_spin_duration
+
+    async def _tick_budget(self) -> None:
+        while True:
+            await anyio.sleep(1)
+            self._budget.tick()
+
+    @property
+    def retry_counts(self) -> dict[str, int]:
+        """Attempts made (first tries and retries) and retries, since the connection opened."""
+        return {"attempts": self._budget.calls + self._retries, "retries": self._retries}
 
     # -- stubs ---------------------------------------------------------------
 
@@ -436,42 +456,32 @@ class Connection:
         inherited = current_deadline()  # a handler's own deadline, when this call is made from one
         if inherited is not None and inherited < deadline:
             deadline = inherited
-        deadline_or_none = None if deadline == math.inf else deadline
-        metadata: tuple[tuple[str, str], ...] = ()
-        if options is None:
-            shard_key = None
-        else:
-            shard_key = options.shard_key
-            metadata = tuple(options.metadata.items()) if options.metadata else ()
         trace = client_trace()
-        spin = self.options.optimistic_spin_duration
-        self._budget.record_call(time.monotonic())
-        counts = self.retry_counts
+        self._budget.calls += 1
         attempt = 0
         while True:
             attempt += 1
-            counts["attempts"] += 1
-            replica = self._pick(options)
-            if replica is None or replica.session is None:
+            # The balancer holds only the replicas this connection gave it.
+            replica: Replica | None = self.balancer.pick(options)  # type: ignore[assignment]
+            session = None if replica is None else replica.session
+            if session is None:
                 # This wait (until the deadline, or pick_timeout) is the call's whole wait for a
                 # replica: its Unreachable is final, not retried into another full wait.
-                replica = await self._wait_for_replica(options, deadline)
-            session = replica.session
-            assert session is not None
+                session = await self._wait_for_session(options, deadline)
             try:
-                request_id, waiter = session.start(method.key, payload, deadline_or_none, trace, metadata, shard_key)
+                request_id, waiter = session.start(method.key, payload, deadline, trace, options)
                 try:
-                    if spin > 0 and not waiter.done():
-                        await session.spin(waiter, spin)
+                    if self._spin > 0 and not waiter.done():
+                        await session.spin(waiter, self._spin)
                     return await waiter  # type: ignore[no-any-return]
                 except BaseException:
-                    session.give_up(request_id, deadline_or_none)
+                    session.give_up(request_id, deadline)
                     raise
             except CommunicationError as exc:
                 delay = self._retry_delay(exc, method, options, attempt, deadline)
                 if delay is None:
                     raise
-                counts["retries"] += 1
+                self._retries += 1
                 await anyio.sleep(delay)
 
     def _retry_delay(
@@ -485,21 +495,23 @@ class Connection:
         if isinstance(exc, LocalProtocolError) or not (retry or never_sent):
             return None
         policy = self.options.retry
-        if attempt >= policy.max_attempts or not self._budget.try_spend(time.monotonic()):
+        if attempt >= policy.max_attempts or not self._budget.try_spend():
             return None
         delay = min(policy.max_backoff, policy.initial_backoff * policy.multiplier ** (attempt - 1))
         delay *= 1 - policy.jitter * random.random()
         return None if anyio.current_time() + delay >= deadline else delay
 
-    async def _wait_for_replica(self, options: CallOptions | None, deadline: float) -> Replica:
-        fail_fast = options.fail_fast if options is not None and options.fail_fast is not None else self.options.fail_fast
+    async def _wait_for_session(self, options: CallOptions | None, deadline: float) -> ClientSession:
+        fail_fast = (
+            options.fail_fast if options is not None and options.fail_fast is not None else self.options.fail_fast
+        )
         # YARPC's choose: wait for a replica until the call's deadline; a call without one
         # waits pick_timeout.
         limit = deadline if not math.isinf(deadline) else anyio.current_time() + self.options.pick_timeout
         while True:
-            replica = self._pick(options)
+            replica: Replica | None = self.balancer.pick(options)  # type: ignore[assignment]
             if replica is not None and replica.session is not None:
-                return replica
+                return replica.session
             if self._closed:
                 raise ClosedError("the connection is closed")
             if fail_fast or anyio.current_time() >= limit:
@@ -507,10 +519,6 @@ class Connection:
             changed = self._changed
             with anyio.move_on_after(limit - anyio.current_time()):
                 await changed.wait()
-
-    def _pick(self, options: CallOptions | None) -> Replica | None:
-        # The balancer holds only the replicas this connection gave it.
-        return cast("Replica | None", self.balancer.pick(options))
 
     def _unreachable(self) -> Unreachable:
         if self.resolver_error is not None and not self.replicas:
@@ -702,6 +710,7 @@ async def connect(resolver: Resolver, *, options: ClientOptions | None = None) -
         conn = Connection(resolver, options, tg)
         conn.resolver_error = first_error
         conn.update_endpoints(endpoints)
+        tg.start_soon(conn._tick_budget)
         if not resolver.is_constant():
             tg.start_soon(conn._watch_resolver, version)
         try:

@@ -63,6 +63,7 @@ __all__ = (
     "encode_frame",
     "encode_hello",
     "encode_hello_reply",
+    "encode_plain_request_header",
     "encode_request_header",
     "encode_response_header",
 )
@@ -78,6 +79,7 @@ _U64 = struct.Struct("<Q")
 _U32 = struct.Struct("<I")
 _U16 = struct.Struct("<H")
 _TRACE = struct.Struct("<16s8sBH")
+_PLAIN_REQUEST = struct.Struct("<IBQ16sB")  # frame header, method key, no flags
 HELLO_SIZE: Final = _HELLO.size  # 12
 HEADER_SIZE: Final = _HEADER.size  # 13
 _MAX_U32: Final = (1 << 32) - 1
@@ -298,6 +300,17 @@ def encode_request_header(
         raise LocalProtocolError(f"request has a string that is not UTF-8: {exc}") from None
 
 
+def encode_plain_request_header(request_id: int, method_key: bytes, payload_size: int) -> bytes:
+    """:func:`encode_request_header` with no optional field: one ``pack``, for the common call.
+
+    ``method_key`` must be 16 bytes (a :func:`~callrt.keys.make_method_key` result); it is not checked here.
+    """
+    try:
+        return _PLAIN_REQUEST.pack(17 + payload_size, 1, request_id, method_key, 0)
+    except struct.error as exc:
+        raise LocalProtocolError(f"request field out of range: {exc}") from None
+
+
 def encode_response_header(request_id: int, payload_size: int) -> bytes:
     try:
         return _HEADER.pack(payload_size, 2, request_id)
@@ -379,7 +392,10 @@ class FrameDecoder:
         self.max_frame_size = max_frame_size
         self.version = version
         self._expect = expect
-        self._buf = bytearray()
+        # Unparsed bytes start at _pos. When everything before a read was parsed, the read's
+        # own bytes object becomes the buffer (a frame's fields are then sliced out of it with
+        # one copy); only a partial frame left over makes a bytearray to append to.
+        self._buf: bytes | bytearray = b""
         self._pos = 0
         # A large body is received straight into a buffer of its own, sized from its
         # (already checked) header, and handed over without being copied again.
@@ -403,55 +419,35 @@ class FrameDecoder:
                 if n == len(data):
                     return
                 data = bytes(view[n:])
-        buf = self._buf
-        if self._pos and self._pos == len(buf):
-            buf.clear()
+        buf, pos = self._buf, self._pos
+        if pos == len(buf):
+            self._buf = data if type(data) is bytes else bytes(data)
             self._pos = 0
-        elif self._pos > 65536 and self._pos > len(buf) // 2:
-            del buf[: self._pos]
+        elif type(buf) is bytes or pos > 65536 and pos > len(buf) // 2:
+            self._buf = bytearray(memoryview(buf)[pos:])
+            self._buf += data
             self._pos = 0
-        buf += data
+        else:
+            buf += data  # type: ignore[operator]  # a bytearray, extended in place
 
     def next_frame(self) -> Frame | None:
         """The next complete frame, or ``None`` when more bytes are needed."""
+        if self._expect is not None or self._large is not None:
+            return self._hello() if self._expect is not None else self._large_frame()
         buf, pos = self._buf, self._pos
-        avail = len(buf) - pos
-        if self._expect is not None:
-            if avail < HELLO_SIZE:
-                # A wrong magic is reported as soon as it can be seen, not after 12 bytes.
-                if avail and bytes(buf[pos : pos + min(avail, 4)]) != MAGIC[: min(avail, 4)]:
-                    raise RemoteProtocolError("wrong magic: not a callrt peer")
-                return None
-            raw = bytes(buf[pos : pos + HELLO_SIZE])
-            self._pos = pos + HELLO_SIZE
-            hello: Hello | HelloReply
-            if self._expect == "hello":
-                hello = decode_hello(raw)
-                self.version = choose_version(hello) or self.version
-            else:
-                hello = decode_hello_reply(raw)
-                if hello.version:
-                    if hello.version not in SUPPORTED_VERSIONS:
-                        raise RemoteProtocolError(f"server chose unsupported version {hello.version}")
-                    self.version = hello.version
-            self._expect = None
-            return hello
-        large = self._large
-        if large is not None:
-            if self._filled < len(large):
-                return None
-            kind, ident = self._large_head
-            self._large, self._filled = None, 0
-            return self._frame(kind, ident, large, 0, len(large))
-        if avail < HEADER_SIZE:
+        if len(buf) - pos < HEADER_SIZE:
             return None
         size, kind, ident = _HEADER.unpack_from(buf, pos)
+        start = pos + HEADER_SIZE
+        end = start + size
+        if kind == 2 and end <= len(buf) and size < 4096 and size <= self.max_frame_size:
+            # The most common frame on a client, kept short.
+            self._pos = end
+            return Response(ident, buf[start:end] if type(buf) is bytes else bytes(buf[start:end]))
         if size > self.max_frame_size:
             raise RemoteProtocolError(f"frame body of {size} bytes exceeds the maximum of {self.max_frame_size}")
-        end = pos + HEADER_SIZE + size
         if kind > 7 or kind == 0:
             raise RemoteProtocolError(f"unknown frame kind {kind}")
-        start = pos + HEADER_SIZE
         if len(buf) < end:
             if size >= _LARGE_BODY and kind <= 2:
                 self._large = large = bytearray(size)
@@ -459,20 +455,52 @@ class FrameDecoder:
                 self._filled = len(buf) - start
                 with memoryview(buf) as view:
                     large[: self._filled] = view[start:]
-                buf.clear()
-                self._pos = 0
+                self._buf, self._pos = b"", 0
             return None
         self._pos = end
         return self._frame(kind, ident, buf, start, end)
 
-    def _frame(self, kind: int, ident: int, buf: bytearray, start: int, end: int) -> Frame:
+    def _hello(self) -> Hello | HelloReply | None:
+        buf, pos = self._buf, self._pos
+        avail = len(buf) - pos
+        if avail < HELLO_SIZE:
+            # A wrong magic is reported as soon as it can be seen, not after 12 bytes.
+            if avail and bytes(buf[pos : pos + min(avail, 4)]) != MAGIC[: min(avail, 4)]:
+                raise RemoteProtocolError("wrong magic: not a callrt peer")
+            return None
+        raw = bytes(buf[pos : pos + HELLO_SIZE])
+        self._pos = pos + HELLO_SIZE
+        hello: Hello | HelloReply
+        if self._expect == "hello":
+            hello = decode_hello(raw)
+            self.version = choose_version(hello) or self.version
+        else:
+            hello = decode_hello_reply(raw)
+            if hello.version:
+                if hello.version not in SUPPORTED_VERSIONS:
+                    raise RemoteProtocolError(f"server chose unsupported version {hello.version}")
+                self.version = hello.version
+        self._expect = None
+        return hello
+
+    def _large_frame(self) -> Frame | None:
+        large = self._large
+        assert large is not None
+        if self._filled < len(large):
+            return None
+        kind, ident = self._large_head
+        self._large, self._filled = None, 0
+        if kind == 2:
+            return Response(ident, large)  # the body's own buffer, handed over as it is
+        return self._request(ident, large, 0, len(large))
+
+    def _frame(self, kind: int, ident: int, buf: bytes | bytearray, start: int, end: int) -> Frame:
         """The frame of ``kind`` whose body is ``buf[start:end]``."""
         size = end - start
         if kind == 1:
             return self._request(ident, buf, start, end)
         if kind == 2:
-            own = buf is not self._buf and start == 0 and end == len(buf)  # a large body's own buffer
-            return Response(ident, buf if own else _copy(buf, start, end))
+            return Response(ident, _copy(buf, start, end))
         if kind == 3:
             try:
                 code, remote_type, message, tb = _error_body_decoder.decode(buf[start:end])
@@ -491,7 +519,7 @@ class FrameDecoder:
             return Ping(ident)
         return Pong(ident)
 
-    def _request(self, ident: int, buf: bytearray, p: int, end: int) -> Request:
+    def _request(self, ident: int, buf: bytes | bytearray, p: int, end: int) -> Request:
         if self.version != 1:  # the only layout so far; a new version adds a branch here
             raise RemoteProtocolError(f"no request layout for protocol version {self.version}")
         if end - p < 17:
@@ -540,15 +568,17 @@ class FrameDecoder:
         return Request(ident, key, _copy(buf, p, end), deadline, trace, metadata, caller, shard)
 
 
-def _copy(buf: bytearray, start: int, stop: int) -> bytes:
+def _copy(buf: bytes | bytearray, start: int, stop: int) -> bytes:
     """``bytes(buf[start:stop])``, copying a large slice once instead of twice."""
+    if type(buf) is bytes:
+        return buf[start:stop]  # one copy (none for the whole of it)
     if stop - start < 4096:
         return bytes(buf[start:stop])  # cheaper than a memoryview when the copy is small
     with memoryview(buf) as view:
         return view[start:stop].tobytes()
 
 
-def _utf8(buf: bytearray, start: int, stop: int) -> str:
+def _utf8(buf: bytes | bytearray, start: int, stop: int) -> str:
     try:
         return buf[start:stop].decode()
     except UnicodeDecodeError:

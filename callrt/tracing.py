@@ -8,6 +8,9 @@ current span is invalid and nothing is sent.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextvars import ContextVar
+
 from opentelemetry import context as otel_context
 from opentelemetry import trace as otel_trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, TraceState
@@ -19,15 +22,25 @@ __all__ = ("client_trace", "detach", "server_context")
 _INVALID = otel_trace.INVALID_SPAN_CONTEXT
 
 
+def _context_reader() -> Callable[[], otel_context.Context]:
+    # Every call reads the current context; the public get_current() takes three Python
+    # calls to reach the ContextVar that the default runtime context keeps.
+    var = getattr(otel_context._RUNTIME_CONTEXT, "_current_context", None)
+    return var.get if isinstance(var, ContextVar) else otel_context.get_current
+
+
+_current_context = _context_reader()
+
+
 def client_trace() -> TraceContext | None:
     """The current span's context as a frame field, or ``None`` when there is no valid span."""
+    if not _current_context():
+        return None  # an empty context holds no span: the common case without tracing
     ctx = otel_trace.get_current_span().get_span_context()
     if ctx is _INVALID or not ctx.is_valid:
         return None
     state = ctx.trace_state.to_header() if ctx.trace_state else ""
-    return TraceContext(
-        ctx.trace_id.to_bytes(16, "big"), ctx.span_id.to_bytes(8, "big"), int(ctx.trace_flags), state
-    )
+    return TraceContext(ctx.trace_id.to_bytes(16, "big"), ctx.span_id.to_bytes(8, "big"), int(ctx.trace_flags), state)
 
 
 def server_context(trace: TraceContext) -> object:

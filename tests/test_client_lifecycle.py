@@ -15,6 +15,7 @@ loop. Waits on processes and sockets poll a condition with a deadline.
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import socket
@@ -662,7 +663,13 @@ async def test_many_endpoint_changes(stable: dict[str, Endpoint]) -> None:
                         resolver.set(rng.sample(pool, rng.randrange(len(pool) + 1)))
                     stop.set()
             resolver.set(pool[:3])
-            await wait_until(lambda: set(conn.replicas) >= set(pool[:3]) and len(conn.replicas) <= 5, "settled")
+            await wait_until(
+                lambda: (
+                    all(e in conn.replicas and conn.replicas[e].state is ReplicaState.AVAILABLE for e in pool[:3])
+                    and len(conn.replicas) <= 5
+                ),
+                "settled",
+            )
             assert {await who.name() for _ in range(12)} == {"a", "b", "c"}
             await wait_until(lambda: all(r.pending == 0 for r in conn.replicas.values()), "no calls in flight")
     print("many endpoint changes:", dict(outcomes))
@@ -1093,8 +1100,23 @@ async def test_a_stale_session_failing_does_not_touch_the_new_one(workers: Worke
             old.abort(CommunicationError("late abort"))
             old.frame_received(GoAway("late goaway"))
             with pytest.raises(CommunicationError):
-                old.start(b"\0" * 16, b"", None, None, (), None)
+                old.start(b"\0" * 16, b"", math.inf, None, None)
         assert got == ["d1"]
         assert conn.replicas[ep].session is new and not new.lost.is_set()
         assert state(conn, ep) is AVAILABLE
         assert await who.name() == "d1"
+
+
+def test_retry_budget_allows_a_share_of_recent_calls() -> None:
+    from callrt.client import RetryBudget
+    from callrt.options import RetryPolicy
+
+    budget = RetryBudget(RetryPolicy(budget_ratio=0.2, budget_window=3, budget_min_per_second=1))
+    budget.calls += 10
+    spent = sum(budget.try_spend() for _ in range(20))
+    assert spent == 5  # 20% of 10 calls, plus the reserve of 1/s over the 3-second window
+    budget.tick()
+    budget.tick()
+    assert not budget.try_spend()  # the 5 retries are still inside the window
+    budget.tick()  # the second that held the calls and retries has left the window
+    assert [budget.try_spend() for _ in range(4)] == [True, True, True, False]

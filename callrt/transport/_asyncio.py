@@ -32,6 +32,7 @@ from ..protocol import (
     Hello,
     HelloReply,
     Request,
+    Response,
     choose_version,
     encode_hello,
     encode_hello_reply,
@@ -267,9 +268,18 @@ class ClientProtocol(asyncio.Protocol, ClientSession):
         self.last_received = time.monotonic()
         decoder = self.decoder
         decoder.receive_data(data)
+        calls = self.calls
         try:
             while (frame := decoder.next_frame()) is not None:
-                self.frame_received(frame)
+                if type(frame) is Response:  # frame_received's first case, inlined for the common frame
+                    waiter = calls.pop(frame.id, None)
+                    if waiter is not None:
+                        if not waiter.done():  # a caller cancelled an instant ago
+                            waiter.set_result(frame.payload)
+                        if self._idle is not None:
+                            self._call_done()
+                else:
+                    self.frame_received(frame)
         except RemoteProtocolError as exc:
             self.abort(exc)
 
@@ -280,12 +290,15 @@ class ClientProtocol(asyncio.Protocol, ClientSession):
         return self.loop.create_future()
 
     def send(self, request_id: int, header: bytes, payload: bytes) -> None:
-        buffers = frame_buffers(header, payload, self.flatten_limit)
         if self._flush_scheduled:
             self.unsent.add(request_id)
-            self._out += buffers
+            if len(payload) <= self.flatten_limit:
+                self._out.append(header + payload)
+            else:
+                self._out += (header, payload)
         else:
-            self._write_now(buffers)  # a header and a large payload leave together, in one writev
+            # A header and a large payload leave together, in one writev.
+            self._write_now(frame_buffers(header, payload, self.flatten_limit))
 
     def write(self, data: bytes) -> None:
         if self._flush_scheduled:
