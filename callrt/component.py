@@ -68,10 +68,16 @@ class MethodSpec:
         """Decode and type-check arguments; a mismatch is an InvalidArgument naming the parameter."""
         try:
             return self.decode_args(payload)
-        except msgspec.ValidationError as exc:
-            raise InvalidArgument(self._describe(str(exc))) from None
-        except msgspec.DecodeError as exc:
-            raise InvalidArgument(f"{self.full_name}: malformed arguments: {exc}") from None
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            raise self._argument_error(exc) from None
+
+    def _argument_error(self, exc: msgspec.ValidationError | msgspec.DecodeError) -> InvalidArgument:
+        if isinstance(exc, msgspec.ValidationError):
+            return InvalidArgument(self._describe(str(exc)))
+        return InvalidArgument(f"{self.full_name}: malformed arguments: {exc}")
+
+    def _result_error(self, exc: Exception) -> Internal:
+        return Internal(f"{self.full_name}: result cannot be encoded: {exc}")
 
     def payload_from_args(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
         """Bind a call's arguments to the signature and encode them."""
@@ -100,7 +106,8 @@ class MethodSpec:
     def handler(self, instance: object) -> Callable[[bytes], bytes] | Callable[[bytes], Awaitable[bytes]]:
         """A bytes-in, bytes-out handler calling this method on ``instance``."""
         method = getattr(instance, self.name)
-        decode, encode = self.args_from_payload, self.encode_result
+        decode, encode = self.decode_args, self.encode_result
+        argument_error, result_error = self._argument_error, self._result_error
         keyword_only = self.params[self.positional :]
         if keyword_only:
             # Arguments travel in parameter order; keyword-only ones are passed back by name.
@@ -109,21 +116,32 @@ class MethodSpec:
             def method(*args: Any) -> Any:
                 return plain(*args[:positional], **dict(zip(keyword_only, args[positional:], strict=True)))
 
-        def encode_or_fail(result: object) -> bytes:
-            try:
-                return encode(result)
-            except (TypeError, ValueError, OverflowError) as exc:
-                raise Internal(f"{self.full_name}: result cannot be encoded: {exc}") from None
-
+        # Each handler is one Python frame around the method: it runs once per call.
         if self.is_async:
 
             async def async_handler(payload: bytes) -> bytes:
-                return encode_or_fail(await method(*decode(payload)))
+                try:
+                    args = decode(payload)
+                except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+                    raise argument_error(exc) from None
+                result = await method(*args)
+                try:
+                    return encode(result)
+                except (TypeError, ValueError, OverflowError) as exc:
+                    raise result_error(exc) from None
 
             return async_handler
 
         def sync_handler(payload: bytes) -> bytes:
-            return encode_or_fail(method(*decode(payload)))
+            try:
+                args = decode(payload)
+            except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+                raise argument_error(exc) from None
+            result = method(*args)
+            try:
+                return encode(result)
+            except (TypeError, ValueError, OverflowError) as exc:
+                raise result_error(exc) from None
 
         return sync_handler
 

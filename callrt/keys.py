@@ -37,6 +37,8 @@ class HandlerMap:
 
     def __init__(self) -> None:
         self._handlers: dict[bytes, RegisteredHandler] = {}
+        # The per-request lookup: the dict's own method, no Python frame in between.
+        self.get: Callable[[bytes], RegisteredHandler | None] = self._handlers.get
 
     def set(self, component: str, method: str, handler: Handler) -> MethodKey:
         """Register one handler; returns its key."""
@@ -59,9 +61,6 @@ class HandlerMap:
         spec = component_spec(impl)
         for method in spec.methods.values():
             self.set(name or spec.name, method.name, method.handler(impl))
-
-    def get(self, key: bytes) -> RegisteredHandler | None:
-        return self._handlers.get(key)
 
     def __len__(self) -> int:
         return len(self._handlers)

@@ -458,6 +458,8 @@ class FrameDecoder:
                 self._buf, self._pos = b"", 0
             return None
         self._pos = end
+        if kind == 1:
+            return self._request(ident, buf, start, end)
         return self._frame(kind, ident, buf, start, end)
 
     def _hello(self) -> Hello | HelloReply | None:
@@ -524,11 +526,11 @@ class FrameDecoder:
             raise RemoteProtocolError(f"no request layout for protocol version {self.version}")
         if end - p < 17:
             raise RemoteProtocolError("request header truncated")
-        key = bytes(buf[p : p + 16])
+        key = buf[p : p + 16] if type(buf) is bytes else bytes(buf[p : p + 16])
         flags = buf[p + 16]
         p += 17
         if flags == 0:
-            return Request(ident, key, _copy(buf, p, end))
+            return Request(ident, key, buf[p:end] if type(buf) is bytes else _copy(buf, p, end))
         if flags & ~_F_KNOWN:
             raise RemoteProtocolError(f"unknown request flags {flags:#x}")
         deadline = trace = shard = None

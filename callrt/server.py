@@ -40,7 +40,6 @@ from typing import Any
 import anyio
 from anyio.abc import TaskStatus
 
-from ._writes import frame_buffers
 from .endpoints import Endpoint, parse_endpoint
 from .errors import (
     Cancelled,
@@ -157,7 +156,8 @@ class ServerConnection:
 
     def __init__(self, server: Server) -> None:
         self.server = server
-        self.handlers = server.handlers
+        self.find_handler = server.handlers.get
+        self.peer_max_frame = 0  # the client's maximum frame, from its hello
         self.flatten_limit = server.options.write_flatten_limit
         self.closed = False
         self.handshake_done = False
@@ -192,19 +192,22 @@ class ServerConnection:
             raise RemoteProtocolError(f"a client may not send {type(frame).__name__} frames")
 
     def request_received(self, request: Request) -> None:
-        entry = self.handlers.get(request.method_key)
+        entry = self.find_handler(request.method_key)
         if entry is None:
             self.fail(request.id, UnknownMethod(f"no handler for method key {request.method_key.hex()}"))
             return
-        if request.deadline_us == 0:
-            self.fail(request.id, DeadlineExceeded(f"{entry.name}: deadline passed before the call arrived"))
-            return
-        # The caller's time left becomes a deadline once, on arrival, for every use below.
-        deadline = None if request.deadline_us is None else anyio.current_time() + request.deadline_us / 1e6
+        deadline = None
+        if request.deadline_us is not None:
+            if request.deadline_us == 0:
+                self.fail(request.id, DeadlineExceeded(f"{entry.name}: deadline passed before the call arrived"))
+                return
+            # The caller's time left becomes a deadline once, on arrival, for every use below.
+            deadline = anyio.current_time() + request.deadline_us / 1e6
         if entry.is_async:
             self.run_async(request, entry, deadline)
             return
-        token = self._enter(request, entry, deadline)
+        token = _current.set((request, entry.name, deadline))
+        otel = None if request.trace is None else server_context(request.trace)
         try:
             result = entry.handler(request.payload)
         except Exception as exc:
@@ -212,11 +215,20 @@ class ServerConnection:
         else:
             self.reply(request.id, result)  # type: ignore[arg-type]
         finally:
-            self._exit(token)
+            _current.reset(token)
+            if otel is not None:
+                detach(otel)
 
     def reply(self, request_id: int, payload: bytes) -> None:
-        for buffer in frame_buffers(encode_response_header(request_id, len(payload)), payload, self.flatten_limit):
-            self.write(buffer)
+        if len(payload) > self.peer_max_frame:
+            # The caller would have to drop the connection over it: fail this call only.
+            message = f"result of {len(payload)} bytes exceeds the caller's maximum frame of {self.peer_max_frame}"
+            self.fail(request_id, RemoteError(message, code=ErrorCode.RESOURCE_EXHAUSTED))
+        elif len(payload) <= self.flatten_limit:
+            self.write(encode_response_header(request_id, len(payload)) + payload)
+        else:
+            self.write(encode_response_header(request_id, len(payload)))
+            self.write(payload)
 
     def fail(self, request_id: int, exc: BaseException) -> None:
         self.write(encode_frame(error_frame(request_id, exc)))
@@ -225,7 +237,8 @@ class ServerConnection:
         self, request: Request, entry: RegisteredHandler, deadline: float | None, on_block: Callable[[], None]
     ) -> None:
         """Run an async handler with ``on_block`` as its first-suspension hook, then reply."""
-        token = self._enter(request, entry, deadline)
+        token = _current.set((request, entry.name, deadline))
+        otel = None if request.trace is None else server_context(request.trace)
         try:
             result = await run_watched(entry.handler(request.payload), on_block)  # type: ignore[arg-type]
         except Exception as exc:
@@ -233,18 +246,9 @@ class ServerConnection:
         else:
             self.reply(request.id, result)
         finally:
-            self._exit(token)
-
-    def _enter(
-        self, request: Request, entry: RegisteredHandler, deadline: float | None
-    ) -> tuple[contextvars.Token[Any], object]:
-        otel = server_context(request.trace) if request.trace is not None else None
-        return _current.set((request, entry.name, deadline)), otel
-
-    def _exit(self, token: tuple[contextvars.Token[Any], object]) -> None:
-        _current.reset(token[0])
-        if token[1] is not None:
-            detach(token[1])
+            _current.reset(token)
+            if otel is not None:
+                detach(otel)
 
     def goaway(self, reason: str) -> None:
         if not self.handshake_done:

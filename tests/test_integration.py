@@ -629,6 +629,17 @@ async def test_large_payload_round_trips(worker: WorkerProcess) -> None:
             assert await echo.echo(b"small") == b"small"
 
 
+async def test_result_over_callers_max_frame_fails_that_call_only(worker: WorkerProcess) -> None:
+    with anyio.fail_after(10):
+        async with connected(worker, max_frame_size=1 << 16) as conn:
+            echo = conn.stub(Echo)
+            with pytest.raises(RemoteError, match="maximum frame") as raised:
+                await echo.echo(b"x" * (1 << 16))  # the request fits; its echo, with a header, does not
+            assert raised.value.code is ErrorCode.RESOURCE_EXHAUSTED
+            assert await echo.echo(b"ok") == b"ok"
+            assert len(conn.replicas) == 1 and conn.retry_counts["retries"] == 0
+
+
 async def test_payload_over_servers_max_frame_fails_locally(small_worker: WorkerProcess) -> None:
     with anyio.fail_after(10):
         async with connected(small_worker) as conn:

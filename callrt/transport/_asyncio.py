@@ -104,7 +104,9 @@ class ServerProtocol(asyncio.Protocol, ServerConnection):
         self._batching = True
         try:
             while (frame := decoder.next_frame()) is not None:
-                if type(frame) is Hello:
+                if type(frame) is Request:  # frame_received's first case, inlined for the common frame
+                    self.request_received(frame)
+                elif type(frame) is Hello:
                     self._hello(frame)
                 else:
                     self.frame_received(frame)
@@ -129,6 +131,7 @@ class ServerProtocol(asyncio.Protocol, ServerConnection):
 
     def _hello(self, hello: Hello) -> None:
         version = choose_version(hello)
+        self.peer_max_frame = hello.max_frame_size
         assert self.transport is not None
         self.transport.write(encode_hello_reply(HelloReply(version, self.server.options.max_frame_size)))
         if self._handshake_timer is not None:

@@ -176,6 +176,7 @@ class StreamServerConnection(ServerConnection):
 
     def hello_received(self, hello: Hello) -> None:
         version = choose_version(hello)
+        self.peer_max_frame = hello.max_frame_size
         self.write(encode_hello_reply(HelloReply(version, self.server.options.max_frame_size)))
         if version == 0:
             raise RemoteProtocolError("no common protocol version")
