@@ -34,7 +34,7 @@ import math
 import random
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
@@ -80,6 +80,7 @@ T = TypeVar("T")
 
 
 _MAX_DEADLINE_US = (1 << 64) - 1  # the protocol's u64 field
+_INF = math.inf
 
 
 class ReplicaState(enum.Enum):
@@ -137,7 +138,7 @@ class ClientSession:
     """Protocol logic of one client socket. Shells subclass it and supply I/O.
 
     Subclasses implement :meth:`send` (write a request, coalescing as they
-    like, recording in :attr:`unsent` the ids still held back), :meth:`write`,
+    like, calling :meth:`mark_sent` when what they held back is handed to the socket), :meth:`write`,
     :meth:`new_waiter` and :meth:`abort`.
     """
 
@@ -145,7 +146,9 @@ class ClientSession:
         self.endpoint = endpoint
         self.options = options
         self.calls: dict[int, Any] = {}
-        self.unsent: set[int] = set()
+        # Every request with a smaller id has been handed to the socket; shells hold requests
+        # back only in id order, so the ones at or above it are exactly those still held.
+        self.sent_below = 1
         self.next_id = 1
         self.peer_max_frame = options.max_frame_size
         self.flatten_limit = options.write_flatten_limit
@@ -167,7 +170,11 @@ class ClientSession:
     def write(self, data: bytes) -> None:
         raise NotImplementedError
 
-    def new_waiter(self) -> Any:
+    def mark_sent(self) -> None:
+        """Everything held back so far was handed to the socket."""
+        self.sent_below = self.next_id
+
+    def new_waiter(self) -> Any:  # the asyncio shell replaces it with its loop's create_future
         return EventWaiter()
 
     def abort(self, error: BaseException) -> None:
@@ -235,10 +242,9 @@ class ClientSession:
         self.error = error
         reason = f"connection to {self.endpoint} lost" + (f": {error}" if error else "")
         calls, self.calls = self.calls, {}
-        unsent, self.unsent = self.unsent, set()
         for request_id, waiter in calls.items():
             if not waiter.done():
-                exc = SessionLost(reason, sent=request_id not in unsent)
+                exc = SessionLost(reason, sent=request_id < self.sent_below)
                 if error is not None:
                     exc.__cause__ = error
                 waiter.set_exception(exc)
@@ -259,16 +265,16 @@ class ClientSession:
             raise SessionLost(f"connection to {self.endpoint} is closed", sent=False)
         request_id = self.next_id
         self.next_id = request_id + 1
-        if deadline == math.inf and trace is None and options is None and not self.caller:
-            header = encode_plain_request_header(request_id, key, len(payload))
+        size = len(payload)
+        if trace is None and options is None and deadline == _INF and not self.caller:
+            header = encode_plain_request_header(request_id, key, size)
         else:
-            header = self._full_header(request_id, key, len(payload), deadline, trace, options)
-        if len(header) - HEADER_SIZE + len(payload) > self.peer_max_frame:
+            header = self._full_header(request_id, key, size, deadline, trace, options)
+        if len(header) - HEADER_SIZE + size > self.peer_max_frame:
             raise LocalProtocolError(
-                f"request of {len(payload)} bytes exceeds the server's maximum frame of {self.peer_max_frame}"
+                f"request of {size} bytes exceeds the server's maximum frame of {self.peer_max_frame}"
             )
-        waiter = self.new_waiter()
-        self.calls[request_id] = waiter
+        self.calls[request_id] = waiter = self.new_waiter()
         self.send(request_id, header, payload)
         return request_id, waiter
 
@@ -297,10 +303,9 @@ class ClientSession:
         """The caller stopped waiting (cancelled, or timed out here): tell the server if it matters."""
         if self.calls.pop(request_id, None) is None:
             return
-        if request_id in self.unsent:
-            self.unsent.discard(request_id)
-        elif anyio.current_time() < deadline:
+        if anyio.current_time() < deadline:
             # Past the deadline the server needs no cancel: it enforces deadlines itself.
+            # A request still held back leaves before its cancel, which then cancels it.
             self.write(encode_frame(Cancel(request_id)))
         self._call_done()
 
@@ -448,10 +453,19 @@ class Connection:
 
     # -- calls ---------------------------------------------------------------
 
-    async def invoke(self, method: MethodSpec, payload: bytes, options: CallOptions | None) -> bytes:
-        """Call ``method`` with encoded arguments, retrying as policy allows."""
+    async def invoke(
+        self, method: MethodSpec, args: tuple[Any, ...], kwargs: dict[str, Any], options: CallOptions | None
+    ) -> Any:
+        """Call ``method`` with ``args`` and ``kwargs``, retrying as policy allows; returns its decoded result."""
         if self._closed:
             raise ClosedError("the connection is closed")
+        # method.payload_from_args(), inlined: this runs once per call.
+        if kwargs or len(args) != len(method.params):
+            args = method.bind(args, kwargs)
+        try:
+            payload = method.encode_args(args)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise method.encode_error(args, exc) from None
         deadline = self._effective_deadline()
         inherited = current_deadline()  # a handler's own deadline, when this call is made from one
         if inherited is not None and inherited < deadline:
@@ -473,10 +487,17 @@ class Connection:
                 try:
                     if self._spin > 0 and not waiter.done():
                         await session.spin(waiter, self._spin)
-                    return await waiter  # type: ignore[no-any-return]
+                    result = await waiter
                 except BaseException:
                     session.give_up(request_id, deadline)
                     raise
+                try:
+                    return method.decode_result(result)
+                except Exception as exc:  # msgspec.ValidationError/DecodeError
+                    raise RemoteError(
+                        f"{method.full_name}: result does not match the return type: {exc}",
+                        code=ErrorCode.MALFORMED_RESPONSE,
+                    ) from None
             except CommunicationError as exc:
                 delay = self._retry_delay(exc, method, options, attempt, deadline)
                 if delay is None:
@@ -673,16 +694,9 @@ class StubMethod:
     def options(self, options: CallOptions) -> StubMethod:
         return StubMethod(self._conn, self._spec, options)
 
-    async def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        spec = self._spec
-        payload = spec.payload_from_args(args, kwargs)
-        result = await self._conn.invoke(spec, payload, self._options)
-        try:
-            return spec.decode_result(result)
-        except Exception as exc:  # msgspec.ValidationError/DecodeError
-            raise RemoteError(
-                f"{spec.full_name}: result does not match the return type: {exc}", code=ErrorCode.MALFORMED_RESPONSE
-            ) from None
+    def __call__(self, *args: Any, **kwargs: Any) -> Coroutine[Any, Any, Any]:
+        # Not itself a coroutine function: the call is Connection.invoke's one coroutine.
+        return self._conn.invoke(self._spec, args, kwargs, self._options)
 
 
 @asynccontextmanager

@@ -368,7 +368,7 @@ def _encode_frame(frame: Frame) -> bytes:
 
 
 class FrameDecoder:
-    """Incremental frame parser: feed bytes with :meth:`receive_data`, take frames with :meth:`next_frame`.
+    """Incremental frame parser: feed bytes with :meth:`receive_data`, take frames with :meth:`frames` or :meth:`next_frame`.
 
     :param max_frame_size: the largest body accepted; a header announcing more is
         a :class:`RemoteProtocolError` before any of the body is buffered.
@@ -378,7 +378,7 @@ class FrameDecoder:
         ``expect`` is given.
     """
 
-    __slots__ = ("_buf", "_expect", "_filled", "_large", "_large_head", "_pos", "max_frame_size", "version")
+    __slots__ = ("_buf", "_error", "_expect", "_filled", "_large", "_large_head", "_pos", "max_frame_size", "version")
 
     def __init__(
         self,
@@ -402,6 +402,7 @@ class FrameDecoder:
         self._large: bytearray | None = None
         self._large_head: tuple[int, int] = (0, 0)  # kind, id
         self._filled = 0
+        self._error: RemoteProtocolError | None = None  # the stream is broken: raised by every later call
 
     @property
     def buffered(self) -> int:
@@ -430,8 +431,63 @@ class FrameDecoder:
         else:
             buf += data  # type: ignore[operator]  # a bytearray, extended in place
 
+    def frames(self) -> list[Frame]:
+        """Every complete frame received so far, in order; ``[]`` when more bytes are needed.
+
+        Equivalent to calling :meth:`next_frame` until it returns ``None``, but
+        one call per read instead of one per frame. When a malformed frame
+        follows good ones, the good ones are returned and the next call raises,
+        so the frames before the error can still be handled.
+        """
+        if self._error is not None:
+            raise self._error
+        out: list[Frame] = []
+        if self._expect is None and self._large is None:
+            # The steady state, inlined: complete frames of known kinds within the size limit.
+            buf, pos = self._buf, self._pos
+            end_of_data = len(buf)
+            copy = type(buf) is not bytes  # a bytearray's slices must become bytes
+            limit = self.max_frame_size
+            plain_requests = self.version == 1
+            while end_of_data - pos >= HEADER_SIZE:
+                size, kind, ident = _HEADER.unpack_from(buf, pos)
+                start = pos + HEADER_SIZE
+                end = start + size
+                if end > end_of_data or size > limit or kind > 7 or kind == 0:
+                    break  # incomplete, or an error: next_frame() handles and reports it
+                if kind == 2:
+                    out.append(Response(ident, bytes(buf[start:end]) if copy else buf[start:end]))
+                elif kind == 1 and plain_requests and size >= 17 and buf[start + 16] == 0:
+                    if copy:
+                        out.append(Request(ident, bytes(buf[start : start + 16]), bytes(buf[start + 17 : end])))
+                    else:
+                        out.append(Request(ident, buf[start : start + 16], buf[start + 17 : end]))  # type: ignore[arg-type]
+                else:
+                    self._pos = end
+                    try:
+                        out.append(self._frame(kind, ident, buf, start, end))
+                    except RemoteProtocolError as exc:
+                        self._error = exc
+                        break
+                pos = end
+            else:
+                self._pos = pos
+                return out
+            if self._error is None:
+                self._pos = pos
+        try:
+            while self._error is None and (frame := self.next_frame()) is not None:
+                out.append(frame)
+        except RemoteProtocolError as exc:
+            self._error = exc
+        if self._error is not None and not out:
+            raise self._error
+        return out
+
     def next_frame(self) -> Frame | None:
         """The next complete frame, or ``None`` when more bytes are needed."""
+        if self._error is not None:
+            raise self._error
         if self._expect is not None or self._large is not None:
             return self._hello() if self._expect is not None else self._large_frame()
         buf, pos = self._buf, self._pos
@@ -440,10 +496,6 @@ class FrameDecoder:
         size, kind, ident = _HEADER.unpack_from(buf, pos)
         start = pos + HEADER_SIZE
         end = start + size
-        if kind == 2 and end <= len(buf) and size < 4096 and size <= self.max_frame_size:
-            # The most common frame on a client, kept short.
-            self._pos = end
-            return Response(ident, buf[start:end] if type(buf) is bytes else bytes(buf[start:end]))
         if size > self.max_frame_size:
             raise RemoteProtocolError(f"frame body of {size} bytes exceeds the maximum of {self.max_frame_size}")
         if kind > 7 or kind == 0:

@@ -348,6 +348,51 @@ def test_fuzz_decoder_expecting_hello_reply(data: bytes, max_size: int, cuts: li
     fuzz_decoder(data, [min(c, len(data)) for c in cuts], max_frame_size=max_size, expect="hello_reply")
 
 
+def _outcome(data: bytes, cuts: list[int], batched: bool, **kwargs: object) -> tuple[list[Frame], str | None]:
+    """The frames a decoder gives for ``data`` fed in pieces, and the error that ended them, if any."""
+    decoder = FrameDecoder(**kwargs)  # type: ignore[arg-type]
+    out: list[Frame] = []
+    prev = 0
+    try:
+        for cut in [*sorted(min(c, len(data)) for c in cuts), len(data)]:
+            piece = data[prev:cut]
+            decoder.receive_data(bytearray(piece) if cut % 3 == 1 else piece)  # bytearrays are accepted too
+            prev = cut
+            if batched:
+                while frames := decoder.frames():
+                    out += frames
+            else:
+                while (frame := decoder.next_frame()) is not None:
+                    out.append(frame)
+    except RemoteProtocolError as exc:
+        return out, str(exc)
+    return out, None
+
+
+@FUZZ
+@given(
+    any_bytes | mutated_streams() | mutated_streams(hello_prefix) | mutated_streams(reply_prefix),
+    max_sizes,
+    st.sampled_from([None, "hello", "hello_reply"]),
+    st.lists(st.integers(0, 400), max_size=6),
+)
+def test_frames_is_next_frame_in_batches(data: bytes, max_size: int, expect: str | None, cuts: list[int]) -> None:
+    """frames() gives the same frames as next_frame(), then the same error: the ones before a bad frame come first."""
+    assert _outcome(data, cuts, True, max_frame_size=max_size, expect=expect) == _outcome(
+        data, cuts, False, max_frame_size=max_size, expect=expect
+    )
+
+
+def test_frames_returns_the_good_frames_before_an_error() -> None:
+    decoder = FrameDecoder()
+    decoder.receive_data(encode_frame(Response(1, b"a")) + encode_frame(Ping(2)) + b"\x00\x00\x00\x00\x09" + bytes(8))
+    assert decoder.frames() == [Response(1, b"a"), Ping(2)]
+    with pytest.raises(RemoteProtocolError, match="unknown frame kind 9"):
+        decoder.frames()
+    with pytest.raises(RemoteProtocolError):  # the stream stays broken
+        decoder.next_frame()
+
+
 @FUZZ
 @given(st.integers(1, 7), u64, st.binary(max_size=200))
 def test_fuzz_bodies_of_every_kind(kind: int, ident: int, body: bytes) -> None:

@@ -103,13 +103,14 @@ class ServerProtocol(asyncio.Protocol, ServerConnection):
         decoder.receive_data(data)
         self._batching = True
         try:
-            while (frame := decoder.next_frame()) is not None:
-                if type(frame) is Request:  # frame_received's first case, inlined for the common frame
-                    self.request_received(frame)
-                elif type(frame) is Hello:
-                    self._hello(frame)
-                else:
-                    self.frame_received(frame)
+            while frames := decoder.frames():
+                for frame in frames:
+                    if type(frame) is Request:  # frame_received's first case, inlined for the common frame
+                        self.request_received(frame)
+                    elif type(frame) is Hello:
+                        self._hello(frame)
+                    else:
+                        self.frame_received(frame)
         except RemoteProtocolError:
             # Framing is lost: this connection ends, every other one goes on.
             self._batching = False
@@ -259,6 +260,7 @@ class ClientProtocol(asyncio.Protocol, ClientSession):
         self.coalesce = options.coalesce_writes
         self._out: list[bytes] = []
         self._flush_scheduled = False
+        self.new_waiter = self.loop.create_future  # type: ignore[method-assign]  # no Python frame per call
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -273,34 +275,36 @@ class ClientProtocol(asyncio.Protocol, ClientSession):
         decoder.receive_data(data)
         calls = self.calls
         try:
-            while (frame := decoder.next_frame()) is not None:
-                if type(frame) is Response:  # frame_received's first case, inlined for the common frame
-                    waiter = calls.pop(frame.id, None)
-                    if waiter is not None:
-                        if not waiter.done():  # a caller cancelled an instant ago
-                            waiter.set_result(frame.payload)
-                        if self._idle is not None:
-                            self._call_done()
-                else:
-                    self.frame_received(frame)
+            while frames := decoder.frames():
+                for frame in frames:
+                    if type(frame) is Response:  # frame_received's first case, inlined for the common frame
+                        waiter = calls.pop(frame.id, None)
+                        if waiter is not None:
+                            if not waiter.done():  # a caller cancelled an instant ago
+                                waiter.set_result(frame.payload)
+                            if self._idle is not None:
+                                self._call_done()
+                    else:
+                        self.frame_received(frame)
         except RemoteProtocolError as exc:
             self.abort(exc)
 
     def connection_lost(self, exc: BaseException | None) -> None:
         ClientSession.connection_lost(self, exc)
 
-    def new_waiter(self) -> asyncio.Future[bytes]:
-        return self.loop.create_future()
-
     def send(self, request_id: int, header: bytes, payload: bytes) -> None:
-        if self._flush_scheduled:
-            self.unsent.add(request_id)
-            if len(payload) <= self.flatten_limit:
+        if self._flush_scheduled or (self.coalesce and len(self.calls) > 1):
+            # Other calls are in flight: replies arriving in this loop iteration may wake more
+            # callers, so every request of the iteration leaves in one write at its end. (Had
+            # this one been written at once, the server could wake and answer it alone.)
+            if len(payload) <= self.flatten_limit:  # frame_buffers(), inlined: this runs once per call
                 self._out.append(header + payload)
             else:
                 self._out += (header, payload)
+            if not self._flush_scheduled:
+                self._flush_scheduled = True
+                self.loop.call_soon(self._flush)
         else:
-            # A header and a large payload leave together, in one writev.
             self._write_now(frame_buffers(header, payload, self.flatten_limit))
 
     def write(self, data: bytes) -> None:
@@ -311,21 +315,17 @@ class ClientProtocol(asyncio.Protocol, ClientSession):
 
     def _write_now(self, buffers: tuple[bytes, ...]) -> None:
         transport = self.transport
-        if transport is None or transport.is_closing():
-            return
-        _write_all(transport, buffers, self.flatten_limit)
-        if self.coalesce:
-            # Later writes of this loop iteration wait for one flush at its end.
-            self._flush_scheduled = True
-            self.loop.call_soon(self._flush)
+        if transport is not None and not transport.is_closing():
+            _write_all(transport, buffers, self.flatten_limit)  # a large payload with its header, in one writev
+            self.mark_sent()
 
     def _flush(self) -> None:
         self._flush_scheduled = False
         if self._out:
-            self.unsent.clear()
             transport = self.transport
             if transport is not None and not transport.is_closing():
                 _write_all(transport, self._out, self.flatten_limit)
+                self.mark_sent()
             self._out.clear()
 
     def abort(self, error: BaseException) -> None:

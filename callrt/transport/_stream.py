@@ -243,11 +243,10 @@ class StreamClientSession(ClientSession):
         super().__init__(endpoint, options)
         self.stream = stream
         self.decoder = FrameDecoder(options.max_frame_size, expect="hello_reply")
-        self.writer = _Writer(stream, options.write_flatten_limit, self.unsent.clear)
+        self.writer = _Writer(stream, options.write_flatten_limit, self.mark_sent)
         self.cancel_scope = anyio.CancelScope()
 
     def send(self, request_id: int, header: bytes, payload: bytes) -> None:
-        self.unsent.add(request_id)
         for buffer in frame_buffers(header, payload, self.flatten_limit):
             self.writer.write(buffer)
 
@@ -268,8 +267,9 @@ class StreamClientSession(ClientSession):
                         data = await self.stream.receive()
                         self.last_received = time.monotonic()
                         decoder.receive_data(data)
-                        while (frame := decoder.next_frame()) is not None:
-                            self.frame_received(frame)
+                        while frames := decoder.frames():
+                            for frame in frames:
+                                self.frame_received(frame)
                 except (*_BROKEN, RemoteProtocolError) as exc:
                     self.connection_lost(exc)
                 finally:
