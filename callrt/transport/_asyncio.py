@@ -102,6 +102,7 @@ class ServerProtocol(asyncio.Protocol, ServerConnection):
         decoder = self.decoder
         decoder.receive_data(data)
         self._batching = True
+        token = self.start_reading()
         try:
             while frames := decoder.frames():
                 for frame in frames:
@@ -116,6 +117,8 @@ class ServerProtocol(asyncio.Protocol, ServerConnection):
             self._batching = False
             self.close()
             return
+        finally:
+            self.stop_reading(token)
         self._batching = False
         self._flush()
 

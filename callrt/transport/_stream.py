@@ -157,6 +157,7 @@ class StreamServerConnection(ServerConnection):
         me = object()
         self.reader = me
         decoder = self.decoder
+        self.start_reading()  # in this task's own context, for as long as it reads
         try:
             while True:
                 while (frame := decoder.next_frame()) is not None:
