@@ -22,7 +22,7 @@ import asyncio
 import struct
 import time
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, nullcontext
 from typing import Any
 
 import anyio
@@ -107,7 +107,7 @@ async def _fake_session(endpoint: call.Endpoint, options: call.ClientOptions, us
     yield protocol
 
 
-async def client_cost(inflight: int, calls: int, payload: bytes) -> float:
+async def client_cost(inflight: int, calls: int, payload: bytes, deadline: bool = False) -> float:
     """Seconds of CPU per call on the client side."""
     import callrt.transport as transport
 
@@ -125,15 +125,19 @@ async def client_cost(inflight: int, calls: int, payload: bytes) -> float:
                     await echo.echo(payload)
 
             start = time.process_time()
-            async with anyio.create_task_group() as tg:
-                for _ in range(inflight):
-                    tg.start_soon(worker)
+            # With a deadline, every request carries the time left (and the server reads it).
+            with anyio.fail_after(3600) if deadline else nullcontext():
+                async with anyio.create_task_group() as tg:
+                    for _ in range(inflight):
+                        tg.start_soon(worker)
             return (time.process_time() - start) / (per_task * inflight)
     finally:
         transport.open_session = real  # type: ignore[assignment]
 
 
-async def server_cost(inflight: int, calls: int, payload: bytes, method: str, inline: float) -> float:
+async def server_cost(
+    inflight: int, calls: int, payload: bytes, method: str, inline: float, deadline: bool = False
+) -> float:
     """Seconds of CPU per call on the server side, ``inflight`` requests per read."""
     from callrt.server import Server, _handler_map
     from callrt.transport._asyncio import ServerProtocol
@@ -145,8 +149,9 @@ async def server_cost(inflight: int, calls: int, payload: bytes, method: str, in
     protocol.data_received(encode_frame(Hello(1, 1, 1 << 20)))
     key = call.make_method_key("bench.Echo", method)
     args = msgspec.msgpack.encode((payload,))
+    time_left = 10_000_000 if deadline else None  # µs
     batches = [
-        b"".join(encode_frame(Request(b * inflight + i + 1, key, args)) for i in range(inflight))
+        b"".join(encode_frame(Request(b * inflight + i + 1, key, args, time_left)) for i in range(inflight))
         for b in range(calls // inflight)
     ]
     start = time.process_time()
@@ -178,6 +183,8 @@ def main() -> None:
     rows = []
     for k in (1, 64):
         rows.append((f"client, {k} in flight", best(args.runs, lambda k=k: run(client_cost, k, args.calls, payload))))
+    cost = best(args.runs, lambda: run(client_cost, 64, args.calls, payload, True))
+    rows.append(("client, 64 in flight, with a deadline", cost))
     for method, inline, label in (
         ("echo", 20e-6, "sync handler"),
         ("aecho", 20e-6, "async handler, inline"),
@@ -186,6 +193,8 @@ def main() -> None:
         for k in (1, 64):
             cost = best(args.runs, lambda k=k, m=method, i=inline: run(server_cost, k, args.calls // 4, payload, m, i))
             rows.append((f"server, {label}, {k} per read", cost))
+    cost = best(args.runs, lambda: run(server_cost, 64, args.calls // 4, payload, "echo", 20e-6, True))
+    rows.append(("server, sync handler, 64 per read, with a deadline", cost))
     print(f"| path ({args.payload} B payload, uvloop) | CPU per call |")
     print("|---|---|")
     for label, cost in rows:

@@ -161,6 +161,9 @@ class ClientSession:
         self.caller = options.caller
         self.last_received = time.monotonic()
         self.on_lost: Callable[[], None] | None = None  # called once, when the socket is gone
+        # anyio.current_time(), or the loop's own clock when a shell has one (the same clock,
+        # without finding the backend on every call).
+        self.now: Callable[[], float] = anyio.current_time
 
     # -- hooks for shells ----------------------------------------------------
 
@@ -266,8 +269,9 @@ class ClientSession:
         request_id = self.next_id
         self.next_id = request_id + 1
         size = len(payload)
-        if trace is None and options is None and deadline == _INF and not self.caller:
-            header = encode_plain_request_header(request_id, key, size)
+        if trace is None and options is None and not self.caller:
+            deadline_us = None if deadline == _INF else self._time_left_us(deadline)
+            header = encode_plain_request_header(request_id, key, size, deadline_us)
         else:
             header = self._full_header(request_id, key, size, deadline, trace, options)
         if len(header) - HEADER_SIZE + size > self.peer_max_frame:
@@ -287,23 +291,24 @@ class ClientSession:
         trace: TraceContext | None,
         options: CallOptions | None,
     ) -> bytes:
-        deadline_us = None
-        if deadline != math.inf:
-            # -inf is a caller whose scope is already cancelled: the time left is none.
-            left = deadline - anyio.current_time()
-            deadline_us = 0 if left <= 0 else min(int(left * 1e6), _MAX_DEADLINE_US)
         metadata: tuple[tuple[str, str], ...] = ()
         shard_key = None
         if options is not None:
             shard_key = options.shard_key
             metadata = tuple(options.metadata.items()) if options.metadata else ()
+        deadline_us = None if deadline == _INF else self._time_left_us(deadline)
         return encode_request_header(request_id, key, size, deadline_us, trace, metadata, self.caller, shard_key)
+
+    def _time_left_us(self, deadline: float) -> int:
+        # -inf is a caller whose scope is already cancelled: the time left is none.
+        left = deadline - self.now()
+        return 0 if left <= 0 else min(int(left * 1e6), _MAX_DEADLINE_US)
 
     def give_up(self, request_id: int, deadline: float) -> None:
         """The caller stopped waiting (cancelled, or timed out here): tell the server if it matters."""
         if self.calls.pop(request_id, None) is None:
             return
-        if anyio.current_time() < deadline:
+        if self.now() < deadline:
             # Past the deadline the server needs no cancel: it enforces deadlines itself.
             # A request still held back leaves before its cancel, which then cancels it.
             self.write(encode_frame(Cancel(request_id)))

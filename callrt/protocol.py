@@ -80,6 +80,7 @@ _U32 = struct.Struct("<I")
 _U16 = struct.Struct("<H")
 _TRACE = struct.Struct("<16s8sBH")
 _PLAIN_REQUEST = struct.Struct("<IBQ16sB")  # frame header, method key, no flags
+_DEADLINE_REQUEST = struct.Struct("<IBQ16sBQ")  # frame header, method key, _F_DEADLINE, deadline
 HELLO_SIZE: Final = _HELLO.size  # 12
 HEADER_SIZE: Final = _HEADER.size  # 13
 _MAX_U32: Final = (1 << 32) - 1
@@ -300,13 +301,17 @@ def encode_request_header(
         raise LocalProtocolError(f"request has a string that is not UTF-8: {exc}") from None
 
 
-def encode_plain_request_header(request_id: int, method_key: bytes, payload_size: int) -> bytes:
-    """:func:`encode_request_header` with no optional field: one ``pack``, for the common call.
+def encode_plain_request_header(
+    request_id: int, method_key: bytes, payload_size: int, deadline_us: int | None = None
+) -> bytes:
+    """:func:`encode_request_header` for the common call, with no optional field but a deadline: one ``pack``.
 
     ``method_key`` must be 16 bytes (a :func:`~callrt.keys.make_method_key` result); it is not checked here.
     """
     try:
-        return _PLAIN_REQUEST.pack(17 + payload_size, 1, request_id, method_key, 0)
+        if deadline_us is None:
+            return _PLAIN_REQUEST.pack(17 + payload_size, 1, request_id, method_key, 0)
+        return _DEADLINE_REQUEST.pack(25 + payload_size, 1, request_id, method_key, _F_DEADLINE, deadline_us)
     except struct.error as exc:
         raise LocalProtocolError(f"request field out of range: {exc}") from None
 
@@ -583,6 +588,9 @@ class FrameDecoder:
         p += 17
         if flags == 0:
             return Request(ident, key, buf[p:end] if type(buf) is bytes else _copy(buf, p, end))
+        if flags == _F_DEADLINE and end - p >= 8:  # the next most common: a deadline only
+            (deadline_us,) = _U64.unpack_from(buf, p)
+            return Request(ident, key, buf[p + 8 : end] if type(buf) is bytes else _copy(buf, p + 8, end), deadline_us)
         if flags & ~_F_KNOWN:
             raise RemoteProtocolError(f"unknown request flags {flags:#x}")
         deadline = trace = shard = None

@@ -180,6 +180,9 @@ class ServerConnection:
         self.find_handler = server.handlers.get
         self.peer_max_frame = 0  # the client's maximum frame, from its hello
         self._sync_slot = _SyncSlot()
+        # anyio.current_time(), or the loop's own clock when a shell has one (the same clock,
+        # without finding the backend on every call).
+        self.now: Callable[[], float] = anyio.current_time
         self.flatten_limit = server.options.write_flatten_limit
         self.closed = False
         self.handshake_done = False
@@ -231,7 +234,7 @@ class ServerConnection:
                 self.fail(request.id, DeadlineExceeded(f"{entry.name}: deadline passed before the call arrived"))
                 return
             # The caller's time left becomes a deadline once, on arrival, for every use below.
-            deadline = anyio.current_time() + request.deadline_us / 1e6
+            deadline = self.now() + request.deadline_us / 1e6
         if entry.is_async:
             self.run_async(request, entry, deadline)
             return

@@ -36,6 +36,7 @@ from callrt.protocol import (
     encode_frame,
     encode_hello,
     encode_hello_reply,
+    encode_plain_request_header,
     encode_request_header,
     encode_response_header,
 )
@@ -217,6 +218,13 @@ def test_round_trip_split_anywhere(frame: Frame, data: st.DataObject) -> None:
     blob = encode_frame(frame)
     cuts = data.draw(st.lists(st.integers(0, len(blob)), max_size=8))
     assert feed_in_pieces(blob, cuts) == [frame]
+
+
+@given(u64, st.binary(min_size=16, max_size=16), st.integers(0, 1 << 20), st.none() | u64)
+def test_plain_request_header_is_the_general_one(request_id: int, key: bytes, size: int, deadline: int | None) -> None:
+    assert encode_plain_request_header(request_id, key, size, deadline) == encode_request_header(
+        request_id, key, size, deadline
+    )
 
 
 @FAST

@@ -74,6 +74,7 @@ class ServerProtocol(asyncio.Protocol, ServerConnection):
     def __init__(self, server: Server) -> None:
         ServerConnection.__init__(self, server)
         self.loop = asyncio.get_running_loop()
+        self.now = self.loop.time
         # Tasks that run handlers start from this context, never from the context of the
         # handler that happened to hand off to them (its trace context, say).
         self._context = contextvars.copy_context()
@@ -258,6 +259,7 @@ class ClientProtocol(asyncio.Protocol, ClientSession):
     def __init__(self, endpoint: Endpoint, options: ClientOptions) -> None:
         ClientSession.__init__(self, endpoint, options)
         self.loop = asyncio.get_running_loop()
+        self.now = self.loop.time
         self.decoder = FrameDecoder(options.max_frame_size, expect="hello_reply")
         self.transport: asyncio.Transport | None = None
         self.coalesce = options.coalesce_writes
