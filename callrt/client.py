@@ -80,6 +80,7 @@ T = TypeVar("T")
 
 
 _MAX_DEADLINE_US = (1 << 64) - 1  # the protocol's u64 field
+_MAX_DEADLINE_S = 1e12  # beyond it (31,000 years), the field's maximum: "no limit"
 _INF = math.inf
 
 
@@ -270,8 +271,10 @@ class ClientSession:
         self.next_id = request_id + 1
         size = len(payload)
         if trace is None and options is None and not self.caller:
-            deadline_us = None if deadline == _INF else self._time_left_us(deadline)
-            header = encode_plain_request_header(request_id, key, size, deadline_us)
+            if deadline == _INF:
+                header = encode_plain_request_header(request_id, key, size)
+            else:
+                header = encode_plain_request_header(request_id, key, size, self._time_left_us(deadline))
         else:
             header = self._full_header(request_id, key, size, deadline, trace, options)
         if len(header) - HEADER_SIZE + size > self.peer_max_frame:
@@ -300,9 +303,11 @@ class ClientSession:
         return encode_request_header(request_id, key, size, deadline_us, trace, metadata, self.caller, shard_key)
 
     def _time_left_us(self, deadline: float) -> int:
-        # -inf is a caller whose scope is already cancelled: the time left is none.
         left = deadline - self.now()
-        return 0 if left <= 0 else min(int(left * 1e6), _MAX_DEADLINE_US)
+        if 0 < left < _MAX_DEADLINE_S:
+            return int(left * 1e6)
+        # -inf is a caller whose scope is already cancelled: the time left is none.
+        return 0 if left <= 0 else _MAX_DEADLINE_US
 
     def give_up(self, request_id: int, deadline: float) -> None:
         """The caller stopped waiting (cancelled, or timed out here): tell the server if it matters."""

@@ -467,6 +467,9 @@ class FrameDecoder:
                         out.append(Request(ident, bytes(buf[start : start + 16]), bytes(buf[start + 17 : end])))
                     else:
                         out.append(Request(ident, buf[start : start + 16], buf[start + 17 : end]))  # type: ignore[arg-type]
+                elif kind == 1 and plain_requests and size >= 25 and buf[start + 16] == _F_DEADLINE and not copy:
+                    (deadline_us,) = _U64.unpack_from(buf, start + 17)
+                    out.append(Request(ident, buf[start : start + 16], buf[start + 25 : end], deadline_us))  # type: ignore[arg-type]
                 else:
                     self._pos = end
                     try:
