@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import enum
 import struct
+from collections.abc import Callable
 from typing import Final, TypeAlias
 
 import msgspec
@@ -66,6 +67,7 @@ __all__ = (
     "encode_plain_request_header",
     "encode_request_header",
     "encode_response_header",
+    "pack_frame_header",
 )
 
 MAGIC: Final = b"CLRT"
@@ -314,6 +316,12 @@ def encode_plain_request_header(
         return _DEADLINE_REQUEST.pack(25 + payload_size, 1, request_id, method_key, _F_DEADLINE, deadline_us)
     except struct.error as exc:
         raise LocalProtocolError(f"request field out of range: {exc}") from None
+
+
+#: ``pack_frame_header(body_size, kind, frame_id)``: the 13-byte header, packed with no
+#: range check (struct.error instead of LocalProtocolError), for callers whose sizes are
+#: already bounded, such as a reply checked against the peer's maximum frame.
+pack_frame_header: Callable[[int, int, int], bytes] = _HEADER.pack
 
 
 def encode_response_header(request_id: int, payload_size: int) -> bytes:

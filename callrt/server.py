@@ -52,7 +52,7 @@ from .errors import (
 )
 from .keys import HandlerMap, RegisteredHandler
 from .options import ServerOptions
-from .protocol import Cancel, Error, GoAway, Ping, Pong, Request, encode_frame, encode_response_header
+from .protocol import Cancel, Error, FrameKind, GoAway, Ping, Pong, Request, encode_frame, pack_frame_header
 from .tracing import detach, server_context
 
 __all__ = ("CallContext", "Server", "ServerConnection", "current_call", "serve", "start_server")
@@ -71,6 +71,7 @@ class CallContext:
 # The serving path stores only what it already has; current_call() builds the
 # CallContext on demand, so calls whose handlers never ask pay nothing for it.
 _Serving = tuple[Request, str, float | None]
+_RESPONSE = int(FrameKind.RESPONSE)
 
 
 class _SyncSlot:
@@ -260,9 +261,9 @@ class ServerConnection:
             message = f"result of {len(payload)} bytes exceeds the caller's maximum frame of {self.peer_max_frame}"
             self.fail(request_id, RemoteError(message, code=ErrorCode.RESOURCE_EXHAUSTED))
         elif len(payload) <= self.flatten_limit:
-            self.write(encode_response_header(request_id, len(payload)) + payload)
+            self.write(pack_frame_header(len(payload), _RESPONSE, request_id) + payload)
         else:
-            self.write(encode_response_header(request_id, len(payload)))
+            self.write(pack_frame_header(len(payload), _RESPONSE, request_id))
             self.write(payload)
 
     def fail(self, request_id: int, exc: BaseException) -> None:

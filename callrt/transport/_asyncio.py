@@ -160,9 +160,10 @@ class ServerProtocol(asyncio.Protocol, ServerConnection):
 
     def _flush(self) -> None:
         self._flush_scheduled = False
-        if self.transport is not None and not self.closed:
-            _write_all(self.transport, self._out, self.flatten_limit)
-        self._out.clear()
+        if self._out:
+            if self.transport is not None and not self.closed:
+                _write_all(self.transport, self._out, self.flatten_limit)
+            self._out.clear()
 
     def close(self) -> None:
         if self.transport is not None and not self.closed:
