@@ -72,7 +72,7 @@ from .protocol import (
 )
 from .resolvers import Resolver, Version
 from .server import current_deadline
-from .tracing import client_trace
+from .tracing import client_trace, current_otel_context
 
 __all__ = ("ClientSession", "Connection", "Replica", "ReplicaState", "TRANSITIONS", "connect")
 
@@ -480,7 +480,7 @@ class Connection:
         inherited = current_deadline()  # a handler's own deadline, when this call is made from one
         if inherited is not None and inherited < deadline:
             deadline = inherited
-        trace = client_trace()
+        trace = client_trace() if current_otel_context() else None  # the check inlined: tracing is often off
         self._budget.calls += 1
         attempt = 0
         while True:
