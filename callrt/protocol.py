@@ -492,8 +492,15 @@ class FrameDecoder:
             if self._error is None:
                 self._pos = pos
         try:
-            while self._error is None and (frame := self.next_frame()) is not None:
+            while self._error is None:
+                large = self._large is not None
+                if (frame := self.next_frame()) is None:
+                    break
                 out.append(frame)
+                if large:
+                    # A large frame is handled before the next one is parsed (whose body would be
+                    # allocated meanwhile): one large buffer alive at a time, as with next_frame().
+                    break
         except RemoteProtocolError as exc:
             self._error = exc
         if self._error is not None and not out:

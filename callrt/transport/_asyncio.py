@@ -3,9 +3,11 @@
 Bytes arrive in ``data_received`` and go straight into the sans-IO decoder;
 no task reads the socket. Writes are coalesced: everything written while a
 batch of frames is being handled leaves in one ``transport.write`` at the end
-of the batch. On the client, a write made when nothing is waiting goes out at
-once (lowest latency for a lone call) and later writes of the same loop
-iteration are joined and sent by one callback (fewest syscalls under load).
+of the batch. On the client, the request of a lone call (none other in
+flight) goes out at once, for the lowest latency; with other calls in flight,
+every request of the loop iteration is held and the batch leaves in one write
+at its end (fewest syscalls, and the server is not woken for one request
+while the others are still being made).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any
 
 import anyio
 
-from .._writes import frame_buffers, joined
+from .._writes import joined
 from ..client import ClientSession
 from ..endpoints import Endpoint
 from ..errors import CommunicationError, DeadlineExceeded, RemoteError, RemoteProtocolError
@@ -299,19 +301,21 @@ class ClientProtocol(asyncio.Protocol, ClientSession):
         ClientSession.connection_lost(self, exc)
 
     def send(self, request_id: int, header: bytes, payload: bytes) -> None:
-        if self._flush_scheduled or (self.coalesce and len(self.calls) > 1):
+        if len(payload) > self.flatten_limit:
+            # A large payload gains nothing from waiting (it is its own writev either way) and
+            # the server can start reading it while later requests are being made.
+            self._flush()  # what is held goes first: frames keep their order
+            self._write_now((header, payload))
+        elif self._flush_scheduled or (self.coalesce and len(self.calls) > 1):
             # Other calls are in flight: replies arriving in this loop iteration may wake more
             # callers, so every request of the iteration leaves in one write at its end. (Had
             # this one been written at once, the server could wake and answer it alone.)
-            if len(payload) <= self.flatten_limit:  # frame_buffers(), inlined: this runs once per call
-                self._out.append(header + payload)
-            else:
-                self._out += (header, payload)
+            self._out.append(header + payload)
             if not self._flush_scheduled:
                 self._flush_scheduled = True
                 self.loop.call_soon(self._flush)
         else:
-            self._write_now(frame_buffers(header, payload, self.flatten_limit))
+            self._write_now((header + payload,))
 
     def write(self, data: bytes) -> None:
         if self._flush_scheduled:
