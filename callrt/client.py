@@ -72,7 +72,7 @@ from .protocol import (
 )
 from .resolvers import Resolver, Version
 from .server import current_deadline
-from .tracing import client_trace, current_otel_context
+from .tracing import client_trace
 
 __all__ = ("ClientSession", "Connection", "Replica", "ReplicaState", "TRANSITIONS", "connect")
 
@@ -270,13 +270,11 @@ class ClientSession:
         request_id = self.next_id
         self.next_id = request_id + 1
         size = len(payload)
+        deadline_us = None if deadline == _INF else self._time_left_us(deadline)
         if trace is None and options is None and not self.caller:
-            if deadline == _INF:
-                header = encode_plain_request_header(request_id, key, size)
-            else:
-                header = encode_plain_request_header(request_id, key, size, self._time_left_us(deadline))
+            header = encode_plain_request_header(request_id, key, size, deadline_us)
         else:
-            header = self._full_header(request_id, key, size, deadline, trace, options)
+            header = self._full_header(request_id, key, size, deadline_us, trace, options)
         if len(header) - HEADER_SIZE + size > self.peer_max_frame:
             raise LocalProtocolError(
                 f"request of {size} bytes exceeds the server's maximum frame of {self.peer_max_frame}"
@@ -290,7 +288,7 @@ class ClientSession:
         request_id: int,
         key: bytes,
         size: int,
-        deadline: float,
+        deadline_us: int | None,
         trace: TraceContext | None,
         options: CallOptions | None,
     ) -> bytes:
@@ -299,7 +297,6 @@ class ClientSession:
         if options is not None:
             shard_key = options.shard_key
             metadata = tuple(options.metadata.items()) if options.metadata else ()
-        deadline_us = None if deadline == _INF else self._time_left_us(deadline)
         return encode_request_header(request_id, key, size, deadline_us, trace, metadata, self.caller, shard_key)
 
     def _time_left_us(self, deadline: float) -> int:
@@ -469,18 +466,12 @@ class Connection:
         """Call ``method`` with ``args`` and ``kwargs``, retrying as policy allows; returns its decoded result."""
         if self._closed:
             raise ClosedError("the connection is closed")
-        # method.payload_from_args(), inlined: this runs once per call.
-        if kwargs or len(args) != len(method.params):
-            args = method.bind(args, kwargs)
-        try:
-            payload = method.encode_args(args)
-        except (TypeError, ValueError, OverflowError) as exc:
-            raise method.encode_error(args, exc) from None
+        payload = method.payload_from_args(args, kwargs)
         deadline = self._effective_deadline()
         inherited = current_deadline()  # a handler's own deadline, when this call is made from one
         if inherited is not None and inherited < deadline:
             deadline = inherited
-        trace = client_trace() if current_otel_context() else None  # the check inlined: tracing is often off
+        trace = client_trace()
         self._budget.calls += 1
         attempt = 0
         while True:

@@ -82,26 +82,18 @@ class MethodSpec:
     def payload_from_args(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
         """Bind a call's arguments to the signature and encode them."""
         if kwargs or len(args) != len(self.params):
-            args = self.bind(args, kwargs)
+            try:
+                bound = self.signature.bind(*args, **kwargs)
+            except TypeError as exc:
+                raise TypeError(f"{self.full_name}(): {exc}") from None
+            bound.apply_defaults()
+            args = tuple(bound.arguments[p] for p in self.params)
         try:
             return self.encode_args(args)
         except (TypeError, ValueError, OverflowError) as exc:
-            raise self.encode_error(args, exc) from None
-
-    def bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
-        """All arguments in parameter order, defaults filled in; a TypeError as a Python call would raise."""
-        try:
-            bound = self.signature.bind(*args, **kwargs)
-        except TypeError as exc:
-            raise TypeError(f"{self.full_name}(): {exc}") from None
-        bound.apply_defaults()
-        return tuple(bound.arguments[p] for p in self.params)
-
-    def encode_error(self, args: tuple[Any, ...], exc: Exception) -> InvalidArgument:
-        """The error for arguments that ``encode_args`` refused with ``exc``, naming the first bad one."""
-        bad = next((p for p, a in zip(self.params, args, strict=True) if not _encodable(a)), None)
-        where = f" argument {bad!r}" if bad else ""
-        return InvalidArgument(f"{self.full_name}:{where} cannot be encoded: {exc}")
+            bad = next((p for p, a in zip(self.params, args, strict=True) if not _encodable(a)), None)
+            where = f" argument {bad!r}" if bad else ""
+            raise InvalidArgument(f"{self.full_name}:{where} cannot be encoded: {exc}") from None
 
     def _describe(self, message: str) -> str:
         match = _PATH.search(message)
