@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ __all__ = (
     "LOOPS",
     "Address",
     "Loop",
+    "cpu_seconds",
     "free_tcp_port",
     "last_cpu",
     "probe",
@@ -77,6 +79,9 @@ def probe(address: Address) -> bool:
         return True
 
 
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
 def read_rss_kib(pid: int) -> int:
     """Resident set size of process ``pid`` in KiB (``VmRSS`` of ``/proc/PID/status``)."""
     with open(f"/proc/{pid}/status", encoding="ascii") as status:
@@ -91,6 +96,13 @@ def last_cpu(pid: int) -> int:
     with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
         fields = stat.read().rpartition(")")[2].split()
     return int(fields[36])  # fields[0] is field 3 (state)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time process ``pid`` has used (fields 14 and 15 of ``/proc/PID/stat``)."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+        fields = stat.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
 
 
 def run_on_loop(main: Callable[[], Awaitable[object]], loop: Loop) -> None:

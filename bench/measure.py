@@ -20,7 +20,7 @@ from typing import Any
 import anyio
 from anyio.abc import TaskStatus
 
-from bench.common import last_cpu, read_rss_kib
+from bench.common import cpu_seconds, last_cpu, read_rss_kib
 from bench.systems import Client
 
 __all__ = (
@@ -55,6 +55,10 @@ class Placement:
     def sample(self) -> None:
         self._samples += 1
         self._same += last_cpu(self._server_pid) == last_cpu(self._client_pid)
+
+    def cpu_seconds(self) -> tuple[float, float]:
+        """CPU time used so far by the client (this process) and the server."""
+        return cpu_seconds(self._client_pid), cpu_seconds(self._server_pid)
 
     @property
     def same_cpu(self) -> float | None:
@@ -138,16 +142,22 @@ async def throughput(
                 group.start_soon(caller, client.call)
         await anyio.sleep(warmup)
         start, first = perf_counter(), completed
+        cpu_start = placement.cpu_seconds()
         while perf_counter() < stop_at:
             placement.sample()
             await anyio.sleep(_PLACEMENT_PERIOD)
         elapsed, calls = perf_counter() - start, completed - first
+        cpu = [end - begin for begin, end in zip(cpu_start, placement.cpu_seconds(), strict=True)]
     rate = calls / elapsed
     return {
         "calls": calls,
         "calls_per_s": rate,
         "bytes_per_s": rate * len(payload),
         "same_cpu": placement.same_cpu,
+        # Where the time goes (user + system, clock-tick resolution): on one shared vCPU the
+        # two sides' sum is the whole cost of a call.
+        "client_cpu_us": cpu[0] / calls * 1e6 if calls else None,
+        "server_cpu_us": cpu[1] / calls * 1e6 if calls else None,
     }
 
 

@@ -211,6 +211,26 @@ def _throughput_section(cells: list[Cell], title: str, metric: str, scale: float
     return f"## {title}\n\n" + _table(header, rows)
 
 
+def _cpu_section(cells: list[Cell]) -> str | None:
+    rows = [
+        [
+            *_where(c),
+            _number(c, "client_cpu_us", 2),
+            _number(c, "server_cpu_us", 2),
+            _each_run(c, "client_cpu_us", lambda v: f"{v:.2f}"),
+            _each_run(c, "server_cpu_us", lambda v: f"{v:.2f}"),
+        ]
+        for c in cells
+        if c.kind == "throughput" and c.label == _HEADLINE_LOAD and c.median("client_cpu_us") is not None
+    ]
+    if not rows:
+        return None
+    header = ["system", "transport", "loop", "payload", "client", "server"]
+    header += ["client, each run", "server, each run"]
+    title = f"## CPU per call at {_HEADLINE_LOAD} (µs, user + system, each process)"
+    return f"{title}\n\n" + _table(header, rows)
+
+
 def _number(cell: Cell, metric: str, digits: int, scale: float = 1) -> str:
     value = cell.median(metric)
     return "—" if value is None else f"{value / scale:.{digits}f}"
@@ -334,6 +354,7 @@ def render(cells: list[Cell], profile: str) -> str:
         lambda: _throughput_section(
             cells, "Throughput (MiB/s, payloads ≥ 4 KiB)", "bytes_per_s", 1 << 20
         ),
+        lambda: _cpu_section(cells),
         lambda: _memory_section(cells),
         lambda: _ratio_section(cells),
         lambda: _ratio_by_load_section(cells),
@@ -357,6 +378,8 @@ def one_line(records: list[Record]) -> str:
             parts.append(f"p50 {result['p50_us']:.1f}µs p99 {result['p99_us']:.1f}µs{where}")
         elif label == _HEADLINE_LOAD and not any("/s" in part for part in parts):
             parts.append(f"{label} {result['calls_per_s']:,.0f}/s")
+            if result.get("client_cpu_us") is not None:
+                parts.append(f"(CPU µs/call: client {result['client_cpu_us']:.2f}, server {result['server_cpu_us']:.2f})")
         elif "kib_per_connection" in result:
             parts.append(f"{result['kib_per_connection']:.1f} KiB/conn")
             if result.get("kib_per_call") is not None:

@@ -282,6 +282,7 @@ class ClientProtocol(asyncio.Protocol, ClientSession):
         decoder = self.decoder
         decoder.receive_data(data)
         calls = self.calls
+        woken = False
         try:
             while frames := decoder.frames():
                 for frame in frames:
@@ -290,12 +291,22 @@ class ClientProtocol(asyncio.Protocol, ClientSession):
                         if waiter is not None:
                             if not waiter.done():  # a caller cancelled an instant ago
                                 waiter.set_result(frame.payload)
+                                woken = True
                             if self._idle is not None:
                                 self._call_done()
                     else:
                         self.frame_received(frame)
         except RemoteProtocolError as exc:
             self.abort(exc)
+            return
+        if woken and self.coalesce and not self._flush_scheduled:
+            # The callers just woken run in the next loop iteration, and most make their next
+            # call there: hold those requests for one write after them. This flush is queued
+            # behind their wake-ups, so it runs in the same iteration, right after them. (Were
+            # the first of them taken for a lone call and written at once, the server would
+            # wake for it alone and the rest would follow in a second write.)
+            self._flush_scheduled = True
+            self.loop.call_soon(self._flush)
 
     def connection_lost(self, exc: BaseException | None) -> None:
         ClientSession.connection_lost(self, exc)
