@@ -27,6 +27,6 @@ def joined(buffers: Sequence[bytes], flatten_limit: int) -> bytes | None:
     """``buffers`` as one buffer when they are all small enough to copy, else ``None``: write them as they are."""
     if len(buffers) == 1:
         return buffers[0]
-    if flatten_limit >= 0 and all(len(b) <= flatten_limit + HEADER_SIZE for b in buffers):
+    if flatten_limit >= 0 and max(map(len, buffers)) <= flatten_limit + HEADER_SIZE:
         return b"".join(buffers)
     return None

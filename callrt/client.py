@@ -30,13 +30,14 @@ handed to the socket).
 from __future__ import annotations
 
 import enum
+import inspect
 import math
 import random
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import anyio
 from anyio.abc import TaskGroup
@@ -71,8 +72,8 @@ from .protocol import (
     encode_request_header,
 )
 from .resolvers import Resolver, Version
-from .server import current_deadline
-from .tracing import client_trace
+from .server import current_deadline, serving_var
+from .tracing import client_trace, current_otel_context
 
 __all__ = ("ClientSession", "Connection", "Replica", "ReplicaState", "TRANSITIONS", "connect")
 
@@ -270,7 +271,12 @@ class ClientSession:
         request_id = self.next_id
         self.next_id = request_id + 1
         size = len(payload)
-        deadline_us = None if deadline == _INF else self._time_left_us(deadline)
+        if deadline == _INF:
+            deadline_us = None
+        else:
+            left = deadline - self.now()
+            # -inf is a caller whose scope is already cancelled: the time left is none.
+            deadline_us = int(left * 1e6) if 0 < left < _MAX_DEADLINE_S else 0 if left <= 0 else _MAX_DEADLINE_US
         if trace is None and options is None and not self.caller:
             header = encode_plain_request_header(request_id, key, size, deadline_us)
         else:
@@ -298,13 +304,6 @@ class ClientSession:
             shard_key = options.shard_key
             metadata = tuple(options.metadata.items()) if options.metadata else ()
         return encode_request_header(request_id, key, size, deadline_us, trace, metadata, self.caller, shard_key)
-
-    def _time_left_us(self, deadline: float) -> int:
-        left = deadline - self.now()
-        if 0 < left < _MAX_DEADLINE_S:
-            return int(left * 1e6)
-        # -inf is a caller whose scope is already cancelled: the time left is none.
-        return 0 if left <= 0 else _MAX_DEADLINE_US
 
     def give_up(self, request_id: int, deadline: float) -> None:
         """The caller stopped waiting (cancelled, or timed out here): tell the server if it matters."""
@@ -455,56 +454,77 @@ class Connection:
             methods = {m: _method_spec(name, m, getattr(cls, m)) for m in methods}
         stub = _Stub(f"{spec.name} stub")
         for method in methods.values():
-            setattr(stub, method.name, StubMethod(self, method, options))
+            setattr(stub, method.name, self.caller(method, options))
         return stub  # type: ignore[return-value]
 
     # -- calls ---------------------------------------------------------------
 
-    async def invoke(
-        self, method: MethodSpec, args: tuple[Any, ...], kwargs: dict[str, Any], options: CallOptions | None
-    ) -> Any:
-        """Call ``method`` with ``args`` and ``kwargs``, retrying as policy allows; returns its decoded result."""
-        if self._closed:
-            raise ClosedError("the connection is closed")
-        payload = method.payload_from_args(args, kwargs)
-        deadline = self._effective_deadline()
-        inherited = current_deadline()  # a handler's own deadline, when this call is made from one
-        if inherited is not None and inherited < deadline:
-            deadline = inherited
-        trace = client_trace()
-        self._budget.calls += 1
-        attempt = 0
-        while True:
-            attempt += 1
-            # The balancer holds only the replicas this connection gave it.
-            replica: Replica | None = self.balancer.pick(options)  # type: ignore[assignment]
-            session = None if replica is None else replica.session
-            if session is None:
-                # This wait (until the deadline, or pick_timeout) is the call's whole wait for a
-                # replica: its Unreachable is final, not retried into another full wait.
-                session = await self._wait_for_session(options, deadline)
-            try:
-                request_id, waiter = session.start(method.key, payload, deadline, trace, options)
+    def caller(self, method: MethodSpec, options: CallOptions | None = None) -> StubMethod:
+        """``method`` as an async function of its arguments: ``await caller(*args)`` calls it remotely.
+
+        The function binds and encodes the arguments, picks a replica, sends, waits and
+        decodes, retrying as policy allows. It is the whole client side of a call, in one
+        coroutine with what it uses bound once here: it runs for every call.
+        ``caller.options(CallOptions(...))`` is the same method with other options.
+        """
+        encode_args, key, decode_result = method.encode_args, method.key, method.decode_result
+        arity = len(method.params)
+        effective_deadline, pick, budget, spin = self._effective_deadline, self.balancer.pick, self._budget, self._spin
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            if self._closed:
+                raise ClosedError("the connection is closed")
+            if kwargs or len(args) != arity:
+                payload = method.payload_from_args(args, kwargs)
+            else:
                 try:
-                    if self._spin > 0 and not waiter.done():
-                        await session.spin(waiter, self._spin)
-                    result = await waiter
-                except BaseException:
-                    session.give_up(request_id, deadline)
-                    raise
+                    payload = encode_args(args)
+                except Exception:
+                    payload = method.payload_from_args(args, kwargs)  # raises the error that names the argument
+            deadline = effective_deadline()
+            if serving_var.get() is not None:  # called from a handler: its own deadline bounds this call too
+                inherited = current_deadline()
+                if inherited is not None and inherited < deadline:
+                    deadline = inherited
+            trace = client_trace() if current_otel_context() else None  # an empty context holds no span
+            budget.calls += 1
+            attempt = 0
+            while True:
+                attempt += 1
+                # The balancer holds only the replicas this connection gave it.
+                replica: Replica | None = pick(options)  # type: ignore[assignment]
+                session = None if replica is None else replica.session
+                if session is None:
+                    # This wait (until the deadline, or pick_timeout) is the call's whole wait for a
+                    # replica: its Unreachable is final, not retried into another full wait.
+                    session = await self._wait_for_session(options, deadline)
                 try:
-                    return method.decode_result(result)
-                except Exception as exc:  # msgspec.ValidationError/DecodeError
-                    raise RemoteError(
-                        f"{method.full_name}: result does not match the return type: {exc}",
-                        code=ErrorCode.MALFORMED_RESPONSE,
-                    ) from None
-            except CommunicationError as exc:
-                delay = self._retry_delay(exc, method, options, attempt, deadline)
-                if delay is None:
-                    raise
-                self._retries += 1
-                await anyio.sleep(delay)
+                    request_id, waiter = session.start(key, payload, deadline, trace, options)
+                    try:
+                        if spin > 0 and not waiter.done():
+                            await session.spin(waiter, spin)
+                        result = await waiter
+                    except BaseException:
+                        session.give_up(request_id, deadline)
+                        raise
+                    try:
+                        return decode_result(result)
+                    except Exception as exc:  # msgspec.ValidationError/DecodeError
+                        raise RemoteError(
+                            f"{method.full_name}: result does not match the return type: {exc}",
+                            code=ErrorCode.MALFORMED_RESPONSE,
+                        ) from None
+                except CommunicationError as exc:
+                    delay = self._retry_delay(exc, method, options, attempt, deadline)
+                    if delay is None:
+                        raise
+                    self._retries += 1
+                    await anyio.sleep(delay)
+
+        stub_method: StubMethod = call  # type: ignore[assignment]
+        stub_method.options = lambda options: self.caller(method, options)  # type: ignore[method-assign]
+        stub_method.__signature__ = method.signature
+        return stub_method
 
     def _retry_delay(
         self, exc: CommunicationError, method: MethodSpec, options: CallOptions | None, attempt: int, deadline: float
@@ -673,31 +693,22 @@ async def _first(*waits: Any) -> None:
             tg.start_soon(run, w)
 
 
+class StubMethod(Protocol):
+    """One remote method: ``await stub.method(*args)``; ``.options(CallOptions)`` for one call."""
+
+    __signature__: inspect.Signature
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Coroutine[Any, Any, Any]: ...
+
+    def options(self, options: CallOptions) -> StubMethod: ...
+
+
 class _Stub:
     def __init__(self, label: str) -> None:
         self._label = label
 
     def __repr__(self) -> str:
         return f"<{self._label}>"
-
-
-class StubMethod:
-    """One remote method: ``await stub.method(*args)``; ``.options(CallOptions)`` for one call."""
-
-    __slots__ = ("__signature__", "_conn", "_options", "_spec")
-
-    def __init__(self, conn: Connection, spec: MethodSpec, options: CallOptions | None) -> None:
-        self._conn = conn
-        self._spec = spec
-        self._options = options
-        self.__signature__ = spec.signature
-
-    def options(self, options: CallOptions) -> StubMethod:
-        return StubMethod(self._conn, self._spec, options)
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Coroutine[Any, Any, Any]:
-        # Not itself a coroutine function: the call is Connection.invoke's one coroutine.
-        return self._conn.invoke(self._spec, args, kwargs, self._options)
 
 
 @asynccontextmanager

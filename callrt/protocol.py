@@ -391,7 +391,7 @@ class FrameDecoder:
         ``expect`` is given.
     """
 
-    __slots__ = ("_buf", "_error", "_expect", "_filled", "_large", "_large_head", "_pos", "max_frame_size", "version")
+    __slots__ = ("_buf", "_error", "_expect", "_filled", "_large", "_large_head", "_pos", "max_frame_size", "more", "version")
 
     def __init__(
         self,
@@ -416,6 +416,7 @@ class FrameDecoder:
         self._large_head: tuple[int, int] = (0, 0)  # kind, id
         self._filled = 0
         self._error: RemoteProtocolError | None = None  # the stream is broken: raised by every later call
+        self.more = False  # frames() stopped early: call it again once its frames are handled
 
     @property
     def buffered(self) -> int:
@@ -450,7 +451,10 @@ class FrameDecoder:
         Equivalent to calling :meth:`next_frame` until it returns ``None``, but
         one call per read instead of one per frame. When a malformed frame
         follows good ones, the good ones are returned and the next call raises,
-        so the frames before the error can still be handled.
+        so the frames before the error can still be handled. A large frame is
+        returned alone, so that it is handled before the next large body is
+        allocated. :attr:`more` tells whether a call right after this one may
+        return (or raise) anything: handle these frames, then call again.
         """
         if self._error is not None:
             raise self._error
@@ -488,9 +492,11 @@ class FrameDecoder:
                 pos = end
             else:
                 self._pos = pos
+                self.more = False
                 return out
             if self._error is None:
                 self._pos = pos
+        self.more = False
         try:
             while self._error is None:
                 large = self._large is not None
@@ -500,11 +506,14 @@ class FrameDecoder:
                 if large:
                     # A large frame is handled before the next one is parsed (whose body would be
                     # allocated meanwhile): one large buffer alive at a time, as with next_frame().
+                    self.more = True
                     break
         except RemoteProtocolError as exc:
             self._error = exc
-        if self._error is not None and not out:
-            raise self._error
+        if self._error is not None:
+            if not out:
+                raise self._error
+            self.more = True  # the next call raises it
         return out
 
     def next_frame(self) -> Frame | None:

@@ -55,7 +55,7 @@ from .options import ServerOptions
 from .protocol import Cancel, Error, FrameKind, GoAway, Ping, Pong, Request, encode_frame, pack_frame_header
 from .tracing import detach, server_context
 
-__all__ = ("CallContext", "Server", "ServerConnection", "current_call", "serve", "start_server")
+__all__ = ("CallContext", "Server", "ServerConnection", "current_call", "current_deadline", "serve", "serving_var", "start_server")
 
 @dataclass(frozen=True, slots=True)
 class CallContext:
@@ -89,11 +89,13 @@ class _SyncSlot:
         self.call: _Serving | None = None
 
 
-_current: contextvars.ContextVar[_Serving | _SyncSlot | None] = contextvars.ContextVar("callrt_call", default=None)
+# The call being served in this context; ``None`` outside handlers (the client reads it on
+# every call, to bound a nested call by its handler's deadline).
+serving_var: contextvars.ContextVar[_Serving | _SyncSlot | None] = contextvars.ContextVar("callrt_call", default=None)
 
 
 def _serving() -> _Serving | None:
-    current = _current.get()
+    current = serving_var.get()
     return current.call if type(current) is _SyncSlot else current  # type: ignore[union-attr,return-value]
 
 
@@ -108,7 +110,7 @@ def current_call() -> CallContext | None:
 
 def current_deadline() -> float | None:
     """The deadline of the call being served, if any (cheaper than :func:`current_call`)."""
-    current = _current.get()  # _serving(), inlined: every client call asks
+    current = serving_var.get()  # _serving(), inlined: a client call made by a handler asks
     if type(current) is _SyncSlot:
         current = current.call
     return None if current is None else current[2]  # type: ignore[index]
@@ -194,10 +196,10 @@ class ServerConnection:
 
     def start_reading(self) -> contextvars.Token[Any]:
         """Shells call this before handling frames (and :meth:`stop_reading` after), in the same context."""
-        return _current.set(self._sync_slot)
+        return serving_var.set(self._sync_slot)
 
     def stop_reading(self, token: contextvars.Token[Any]) -> None:
-        _current.reset(token)
+        serving_var.reset(token)
 
     def write(self, data: bytes) -> None:
         raise NotImplementedError
@@ -273,7 +275,7 @@ class ServerConnection:
         self, request: Request, entry: RegisteredHandler, deadline: float | None, on_block: Callable[[], None]
     ) -> None:
         """Run an async handler with ``on_block`` as its first-suspension hook, then reply."""
-        token = _current.set((request, entry.name, deadline))
+        token = serving_var.set((request, entry.name, deadline))
         otel = None if request.trace is None else server_context(request.trace)
         try:
             result = await run_watched(entry.handler(request.payload), on_block)  # type: ignore[arg-type]
@@ -282,7 +284,7 @@ class ServerConnection:
         else:
             self.reply(request.id, result)
         finally:
-            _current.reset(token)
+            serving_var.reset(token)
             if otel is not None:
                 detach(otel)
 

@@ -17,7 +17,7 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, Trace
 
 from .protocol import TraceContext
 
-__all__ = ("client_trace", "detach", "server_context")
+__all__ = ("client_trace", "current_otel_context", "detach", "server_context")
 
 _INVALID = otel_trace.INVALID_SPAN_CONTEXT
 
@@ -29,12 +29,13 @@ def _context_reader() -> Callable[[], otel_context.Context]:
     return var.get if isinstance(var, ContextVar) else otel_context.get_current
 
 
-_current_context = _context_reader()
+#: The current OpenTelemetry context; empty (falsy) when no span was ever made current.
+current_otel_context = _context_reader()
 
 
 def client_trace() -> TraceContext | None:
     """The current span's context as a frame field, or ``None`` when there is no valid span."""
-    if not _current_context():
+    if not current_otel_context():
         return None  # an empty context holds no span: the common case without tracing
     ctx = otel_trace.get_current_span().get_span_context()
     if ctx is _INVALID or not ctx.is_valid:

@@ -366,9 +366,12 @@ def _outcome(data: bytes, cuts: list[int], batched: bool, **kwargs: object) -> t
             piece = data[prev:cut]
             decoder.receive_data(bytearray(piece) if cut % 3 == 1 else piece)  # bytearrays are accepted too
             prev = cut
-            if batched:
-                while frames := decoder.frames():
+            if batched:  # as the transports call it
+                frames = decoder.frames()
+                while frames:
                     out += frames
+                    frames = decoder.frames() if decoder.more else []
+                assert decoder.frames() == []  # ``more`` was false: nothing was left behind
             else:
                 while (frame := decoder.next_frame()) is not None:
                     out.append(frame)
@@ -395,6 +398,7 @@ def test_frames_returns_the_good_frames_before_an_error() -> None:
     decoder = FrameDecoder()
     decoder.receive_data(encode_frame(Response(1, b"a")) + encode_frame(Ping(2)) + b"\x00\x00\x00\x00\x09" + bytes(8))
     assert decoder.frames() == [Response(1, b"a"), Ping(2)]
+    assert decoder.more
     with pytest.raises(RemoteProtocolError, match="unknown frame kind 9"):
         decoder.frames()
     with pytest.raises(RemoteProtocolError):  # the stream stays broken

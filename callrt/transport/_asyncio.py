@@ -107,7 +107,8 @@ class ServerProtocol(asyncio.Protocol, ServerConnection):
         self._batching = True
         token = self.start_reading()
         try:
-            while frames := decoder.frames():
+            frames = decoder.frames()
+            while frames:
                 for frame in frames:
                     if type(frame) is Request:  # frame_received's first case, inlined for the common frame
                         self.request_received(frame)
@@ -115,6 +116,7 @@ class ServerProtocol(asyncio.Protocol, ServerConnection):
                         self._hello(frame)
                     else:
                         self.frame_received(frame)
+                frames = decoder.frames() if decoder.more else []
         except RemoteProtocolError:
             # Framing is lost: this connection ends, every other one goes on.
             self._batching = False
@@ -282,29 +284,32 @@ class ClientProtocol(asyncio.Protocol, ClientSession):
         decoder = self.decoder
         decoder.receive_data(data)
         calls = self.calls
-        woken = False
+        woken = 0
         try:
-            while frames := decoder.frames():
+            frames = decoder.frames()
+            while frames:
                 for frame in frames:
                     if type(frame) is Response:  # frame_received's first case, inlined for the common frame
                         waiter = calls.pop(frame.id, None)
                         if waiter is not None:
                             if not waiter.done():  # a caller cancelled an instant ago
                                 waiter.set_result(frame.payload)
-                                woken = True
+                                woken += 1
                             if self._idle is not None:
                                 self._call_done()
                     else:
                         self.frame_received(frame)
+                frames = decoder.frames() if decoder.more else []
         except RemoteProtocolError as exc:
             self.abort(exc)
             return
-        if woken and self.coalesce and not self._flush_scheduled:
+        if woken > 1 and self.coalesce and not self._flush_scheduled:
             # The callers just woken run in the next loop iteration, and most make their next
             # call there: hold those requests for one write after them. This flush is queued
             # behind their wake-ups, so it runs in the same iteration, right after them. (Were
             # the first of them taken for a lone call and written at once, the server would
-            # wake for it alone and the rest would follow in a second write.)
+            # wake for it alone and the rest would follow in a second write.) One caller woken
+            # is either alone, and written at once, or held because others are in flight.
             self._flush_scheduled = True
             self.loop.call_soon(self._flush)
 

@@ -268,9 +268,11 @@ class StreamClientSession(ClientSession):
                         data = await self.stream.receive()
                         self.last_received = time.monotonic()
                         decoder.receive_data(data)
-                        while frames := decoder.frames():
+                        frames = decoder.frames()
+                        while frames:
                             for frame in frames:
                                 self.frame_received(frame)
+                            frames = decoder.frames() if decoder.more else []
                 except (*_BROKEN, RemoteProtocolError) as exc:
                     self.connection_lost(exc)
                 finally:
