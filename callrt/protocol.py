@@ -83,6 +83,7 @@ _U16 = struct.Struct("<H")
 _TRACE = struct.Struct("<16s8sBH")
 _PLAIN_REQUEST = struct.Struct("<IBQ16sB")  # frame header, method key, no flags
 _DEADLINE_REQUEST = struct.Struct("<IBQ16sBQ")  # frame header, method key, _F_DEADLINE, deadline
+_REQUEST_HEAD = struct.Struct("<16sBQ")  # a request body's method key, flags and (if flagged) deadline
 HELLO_SIZE: Final = _HELLO.size  # 12
 HEADER_SIZE: Final = _HEADER.size  # 13
 _MAX_U32: Final = (1 << 32) - 1
@@ -470,18 +471,25 @@ class FrameDecoder:
                 size, kind, ident = _HEADER.unpack_from(buf, pos)
                 start = pos + HEADER_SIZE
                 end = start + size
-                if end > end_of_data or size > limit or kind > 7 or kind == 0:
-                    break  # incomplete, or an error: next_frame() handles and reports it
+                if end > end_of_data or size > limit:
+                    break  # incomplete, or too large: next_frame() waits, or reports it
                 if kind == 2:
                     out.append(Response(ident, bytes(buf[start:end]) if copy else buf[start:end]))
+                elif kind == 1 and plain_requests and size >= 25 and not copy and buf[start + 16] <= _F_DEADLINE:
+                    # No optional field but perhaps a deadline: key, flags and the deadline field's
+                    # 8 bytes in one unpack (without a deadline they are the payload's first 8).
+                    key, flags, deadline_us = _REQUEST_HEAD.unpack_from(buf, start)
+                    if flags:
+                        out.append(Request(ident, key, buf[start + 25 : end], deadline_us))  # type: ignore[arg-type]
+                    else:
+                        out.append(Request(ident, key, buf[start + 17 : end]))  # type: ignore[arg-type]
                 elif kind == 1 and plain_requests and size >= 17 and buf[start + 16] == 0:
                     if copy:
                         out.append(Request(ident, bytes(buf[start : start + 16]), bytes(buf[start + 17 : end])))
                     else:
                         out.append(Request(ident, buf[start : start + 16], buf[start + 17 : end]))  # type: ignore[arg-type]
-                elif kind == 1 and plain_requests and size >= 25 and buf[start + 16] == _F_DEADLINE and not copy:
-                    (deadline_us,) = _U64.unpack_from(buf, start + 17)
-                    out.append(Request(ident, buf[start : start + 16], buf[start + 25 : end], deadline_us))  # type: ignore[arg-type]
+                elif kind > 7 or kind == 0:
+                    break  # unknown: next_frame() reports it
                 else:
                     self._pos = end
                     try:

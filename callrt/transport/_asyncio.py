@@ -63,6 +63,9 @@ class _AsyncCall:
 
 def _write_all(transport: asyncio.WriteTransport, buffers: Sequence[bytes], flatten_limit: int) -> None:
     """Write ``buffers`` with one call (uvloop: one write or one writev)."""
+    if len(buffers) == 1:  # the usual batch of a sequential caller: nothing to join
+        transport.write(buffers[0])
+        return
     data = joined(buffers, flatten_limit)
     if data is None:
         transport.writelines(buffers)
@@ -164,10 +167,11 @@ class ServerProtocol(asyncio.Protocol, ServerConnection):
 
     def _flush(self) -> None:
         self._flush_scheduled = False
-        if self._out:
+        out = self._out
+        if out:
             if self.transport is not None and not self.closed:
-                _write_all(self.transport, self._out, self.flatten_limit)
-            self._out.clear()
+                _write_all(self.transport, out, self.flatten_limit)
+            out.clear()
 
     def close(self) -> None:
         if self.transport is not None and not self.closed:
@@ -321,7 +325,7 @@ class ClientProtocol(asyncio.Protocol, ClientSession):
             # A large payload gains nothing from waiting (it is its own writev either way) and
             # the server can start reading it while later requests are being made.
             self._flush()  # what is held goes first: frames keep their order
-            self._write_now((header, payload))
+            self._write_now(header, payload)  # one writev, the payload not copied
         elif self._flush_scheduled or (self.coalesce and len(self.calls) > 1):
             # Other calls are in flight: replies arriving in this loop iteration may wake more
             # callers, so every request of the iteration leaves in one write at its end. (Had
@@ -331,28 +335,32 @@ class ClientProtocol(asyncio.Protocol, ClientSession):
                 self._flush_scheduled = True
                 self.loop.call_soon(self._flush)
         else:
-            self._write_now((header + payload,))
+            self._write_now(header + payload)
 
     def write(self, data: bytes) -> None:
         if self._flush_scheduled:
             self._out.append(data)
         else:
-            self._write_now((data,))
+            self._write_now(data)
 
-    def _write_now(self, buffers: tuple[bytes, ...]) -> None:
+    def _write_now(self, data: bytes, payload: bytes | None = None) -> None:
         transport = self.transport
         if transport is not None and not transport.is_closing():
-            _write_all(transport, buffers, self.flatten_limit)  # a large payload with its header, in one writev
+            if payload is None:
+                transport.write(data)
+            else:
+                transport.writelines((data, payload))
             self.mark_sent()
 
     def _flush(self) -> None:
         self._flush_scheduled = False
-        if self._out:
+        out = self._out
+        if out:
             transport = self.transport
             if transport is not None and not transport.is_closing():
-                _write_all(transport, self._out, self.flatten_limit)
+                _write_all(transport, out, self.flatten_limit)
                 self.mark_sent()
-            self._out.clear()
+            out.clear()
 
     def abort(self, error: BaseException) -> None:
         if self.transport is not None:
