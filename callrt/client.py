@@ -521,6 +521,8 @@ class Connection:
                     self._retries += 1
                     await anyio.sleep(delay)
 
+        call.__name__ = method.name
+        call.__qualname__ = f"{method.full_name} (remote)"  # in reprs and tracebacks
         stub_method: StubMethod = call  # type: ignore[assignment]
         stub_method.options = lambda options: self.caller(method, options)  # type: ignore[method-assign]
         stub_method.__signature__ = method.signature

@@ -257,6 +257,25 @@ async def test_wrong_typed_argument_fails_only_that_call(worker: WorkerProcess) 
             assert await lab.add(1, 1) == 2
 
 
+async def test_stub_methods_bind_arguments_like_the_component(worker: WorkerProcess) -> None:
+    """A stub method takes what the component method takes; bad arguments fail before anything is sent."""
+    import inspect
+
+    with anyio.fail_after(10):
+        async with connected(worker) as conn:
+            lab = conn.stub(Lab)
+            assert inspect.signature(lab.add) == inspect.signature(Lab().add)
+            assert lab.add.__name__ == "add" and "tests.Lab.add" in repr(lab.add)
+            assert await lab.add(1, 2) == await lab.add(1, b=2) == await lab.add(b=2, a=1) == 3
+            with pytest.raises(TypeError, match="tests.Lab.add"):
+                await lab.add(1)
+            with pytest.raises(TypeError, match="tests.Lab.add"):
+                await lab.add(1, 2, 3)
+            with pytest.raises(InvalidArgument, match="argument 'b'"):
+                await lab.add(1, object())  # right count, not encodable: named all the same
+            assert conn.retry_counts["attempts"] == 3  # only the three good calls were made
+
+
 @component(name="tests.Lab")
 class _LooseLab:
     """The client's view of ``tests.Lab.bag`` without types: lets a test send a wrong-shaped bag."""
