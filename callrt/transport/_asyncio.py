@@ -273,7 +273,8 @@ class ClientProtocol(asyncio.Protocol, ClientSession):
         self.transport: asyncio.Transport | None = None
         self.coalesce = options.coalesce_writes
         self._out: list[bytes] = []
-        self._flush_scheduled = False
+        # Flushes queued on the loop: while one is, requests are held for it.
+        self._flushes_queued = 0
         self.new_waiter = self.loop.create_future  # type: ignore[method-assign]  # no Python frame per call
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -307,15 +308,15 @@ class ClientProtocol(asyncio.Protocol, ClientSession):
         except RemoteProtocolError as exc:
             self.abort(exc)
             return
-        if woken > 1 and self.coalesce and not self._flush_scheduled:
+        if woken > 1 and self.coalesce:
             # The callers just woken run in the next loop iteration, and most make their next
             # call there: hold those requests for one write after them. This flush is queued
-            # behind their wake-ups, so it runs in the same iteration, right after them. (Were
-            # the first of them taken for a lone call and written at once, the server would
-            # wake for it alone and the rest would follow in a second write.) One caller woken
-            # is either alone, and written at once, or held because others are in flight.
-            self._flush_scheduled = True
-            self.loop.call_soon(self._flush)
+            # behind their wake-ups, so it runs in the same iteration, right after them (one
+            # queued earlier would run before them). Were the first of them taken for a lone
+            # call and written at once, the server would wake for it alone and the rest would
+            # follow in a second write. One caller woken is either alone, and written at
+            # once, or held because others are in flight.
+            self._flush_later()
 
     def connection_lost(self, exc: BaseException | None) -> None:
         ClientSession.connection_lost(self, exc)
@@ -326,19 +327,18 @@ class ClientProtocol(asyncio.Protocol, ClientSession):
             # the server can start reading it while later requests are being made.
             self._flush()  # what is held goes first: frames keep their order
             self._write_now(header, payload)  # one writev, the payload not copied
-        elif self._flush_scheduled or (self.coalesce and len(self.calls) > 1):
+        elif self._flushes_queued or (self.coalesce and len(self.calls) > 1):
             # Other calls are in flight: replies arriving in this loop iteration may wake more
             # callers, so every request of the iteration leaves in one write at its end. (Had
             # this one been written at once, the server could wake and answer it alone.)
             self._out.append(header + payload)
-            if not self._flush_scheduled:
-                self._flush_scheduled = True
-                self.loop.call_soon(self._flush)
+            if not self._flushes_queued:
+                self._flush_later()
         else:
             self._write_now(header + payload)
 
     def write(self, data: bytes) -> None:
-        if self._flush_scheduled:
+        if self._flushes_queued:
             self._out.append(data)
         else:
             self._write_now(data)
@@ -352,8 +352,16 @@ class ClientProtocol(asyncio.Protocol, ClientSession):
                 transport.writelines((data, payload))
             self.mark_sent()
 
+    def _flush_later(self) -> None:
+        self._flushes_queued += 1
+        self.loop.call_soon(self._queued_flush)
+
+    def _queued_flush(self) -> None:
+        self._flushes_queued -= 1
+        self._flush()
+
     def _flush(self) -> None:
-        self._flush_scheduled = False
+        """Write what is held, now."""
         out = self._out
         if out:
             transport = self.transport
