@@ -258,14 +258,15 @@ class ServerConnection:
                 detach(otel)
 
     def reply(self, request_id: int, payload: bytes) -> None:
-        if len(payload) > self.peer_max_frame:
+        size = len(payload)
+        if size <= self.flatten_limit and size <= self.peer_max_frame:  # the common reply first
+            self.write(pack_frame_header(size, _RESPONSE, request_id) + payload)
+        elif size > self.peer_max_frame:
             # The caller would have to drop the connection over it: fail this call only.
-            message = f"result of {len(payload)} bytes exceeds the caller's maximum frame of {self.peer_max_frame}"
+            message = f"result of {size} bytes exceeds the caller's maximum frame of {self.peer_max_frame}"
             self.fail(request_id, RemoteError(message, code=ErrorCode.RESOURCE_EXHAUSTED))
-        elif len(payload) <= self.flatten_limit:
-            self.write(pack_frame_header(len(payload), _RESPONSE, request_id) + payload)
         else:
-            self.write(pack_frame_header(len(payload), _RESPONSE, request_id))
+            self.write(pack_frame_header(size, _RESPONSE, request_id))
             self.write(payload)
 
     def fail(self, request_id: int, exc: BaseException) -> None:
