@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .protocol import HEADER_SIZE
-
 __all__ = ("frame_buffers", "joined")
 
 
@@ -24,9 +22,16 @@ def frame_buffers(header: bytes, payload: bytes, flatten_limit: int) -> tuple[by
 
 
 def joined(buffers: Sequence[bytes], flatten_limit: int) -> bytes | None:
-    """``buffers`` as one buffer when they are all small enough to copy, else ``None``: write them as they are."""
+    """``buffers`` as one buffer when each is within ``flatten_limit``, else ``None``: write them as they are.
+
+    The test is on each buffer's own length, so a payload above the limit, which
+    travels as a buffer of its own, is never copied, even one a few bytes larger
+    than the limit (a 64 KiB argument is 64 KiB and 5 bytes of MessagePack). A
+    flattened frame whose payload is within a header's length of the limit is
+    not joined either: the batch goes as a list, uncopied, which costs nothing.
+    """
     if len(buffers) == 1:
         return buffers[0]
-    if flatten_limit >= 0 and max(map(len, buffers)) <= flatten_limit + HEADER_SIZE:
+    if flatten_limit >= 0 and max(map(len, buffers)) <= flatten_limit:
         return b"".join(buffers)
     return None
