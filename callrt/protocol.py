@@ -483,11 +483,9 @@ class FrameDecoder:
                         out.append(Request(ident, key, buf[start + 25 : end], deadline_us))  # type: ignore[arg-type]
                     else:
                         out.append(Request(ident, key, buf[start + 17 : end]))  # type: ignore[arg-type]
-                elif kind == 1 and plain_requests and size >= 17 and buf[start + 16] == 0:
-                    if copy:
-                        out.append(Request(ident, bytes(buf[start : start + 16]), bytes(buf[start + 17 : end])))
-                    else:
-                        out.append(Request(ident, buf[start : start + 16], buf[start + 17 : end]))  # type: ignore[arg-type]
+                elif kind == 1 and plain_requests and size >= 17 and not copy and buf[start + 16] == 0:
+                    # The same, with a payload shorter than a deadline field (no arguments, say).
+                    out.append(Request(ident, buf[start : start + 16], buf[start + 17 : end]))  # type: ignore[arg-type]
                 elif kind > 7 or kind == 0:
                     break  # unknown: next_frame() reports it
                 else:
@@ -550,8 +548,6 @@ class FrameDecoder:
                 self._buf, self._pos = b"", 0
             return None
         self._pos = end
-        if kind == 1:
-            return self._request(ident, buf, start, end)
         return self._frame(kind, ident, buf, start, end)
 
     def _hello(self) -> Hello | HelloReply | None:

@@ -110,10 +110,8 @@ def current_call() -> CallContext | None:
 
 def current_deadline() -> float | None:
     """The deadline of the call being served, if any (cheaper than :func:`current_call`)."""
-    current = serving_var.get()  # _serving(), inlined: a client call made by a handler asks
-    if type(current) is _SyncSlot:
-        current = current.call
-    return None if current is None else current[2]  # type: ignore[index]
+    current = _serving()
+    return None if current is None else current[2]
 
 
 def error_frame(request_id: int, exc: BaseException) -> Error:

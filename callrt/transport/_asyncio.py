@@ -63,9 +63,6 @@ class _AsyncCall:
 
 def _write_all(transport: asyncio.WriteTransport, buffers: Sequence[bytes], flatten_limit: int) -> None:
     """Write ``buffers`` with one call (uvloop: one write or one writev)."""
-    if len(buffers) == 1:  # the usual batch of a sequential caller: nothing to join
-        transport.write(buffers[0])
-        return
     data = joined(buffers, flatten_limit)
     if data is None:
         transport.writelines(buffers)
