@@ -3,7 +3,9 @@
 A lone call leaves at once; calls made while others are in flight leave in one
 write at the end of the loop iteration; and the calls made by callers that one
 read woke leave together, in one write (not the first alone: it finds no other
-call in flight, but the others are about to be made).
+call in flight, but the others are about to be made). While the transport's
+buffer is full (``pause_writing``) requests are held, in order, and count as
+unsent; where ``writelines`` would copy, large frames go one at a time.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import anyio
 import pytest
 
 from callrt.call import ClientOptions
+from callrt.client import SessionLost
 from callrt.endpoints import parse_endpoint
 from callrt.keys import make_method_key
 from callrt.protocol import FrameDecoder, HelloReply, Request, Response, encode_frame, encode_hello_reply
@@ -54,9 +57,42 @@ class _RecordingTransport(asyncio.Transport):
         pass
 
 
-def _session() -> tuple[ClientProtocol, _RecordingTransport]:
+class _CopyingTransport(_RecordingTransport):
+    """Like the default asyncio loop's before Python 3.12: ``writelines`` joins, the buffer is one bytearray.
+
+    Asks its protocol to pause once more than ``high`` bytes are buffered; nothing
+    drains until the test says so.
+    """
+
+    def __init__(self, protocol: ClientProtocol, high: int) -> None:
+        super().__init__()
+        self.protocol = protocol
+        self.high = high
+        self.buffered = 0
+        self.sizes: list[int] = []
+        self._decoder = FrameDecoder(expect="hello")  # the protocol sends its hello first
+
+    writelines = asyncio.WriteTransport.writelines
+
+    def write(self, data: Any) -> None:
+        self.sizes.append(len(data))
+        self._decoder.receive_data(bytes(data))
+        self.writes.append([frame.id for frame in self._decoder.frames() if isinstance(frame, Request)])
+        self.buffered += len(data)
+        if self.buffered > self.high:
+            self.protocol.pause_writing()
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass
+
+    def drain(self) -> None:
+        self.buffered = 0
+        self.protocol.resume_writing()
+
+
+def _session(transport: _RecordingTransport | None = None) -> tuple[ClientProtocol, _RecordingTransport]:
     session = ClientProtocol(parse_endpoint("tcp://127.0.0.1:9"), ClientOptions())
-    transport = _RecordingTransport()
+    transport = transport or _RecordingTransport()
     session.transport = transport
     session.data_received(encode_hello_reply(HelloReply(1, 1 << 20)))
     return session, transport
@@ -121,3 +157,53 @@ async def test_callers_woken_by_one_read_write_their_next_calls_together(
     if flush_queued:
         assert writes[2] == [given_up]  # with its cancel
     assert writes[-1] == second_ids  # the woken callers' requests: one write
+
+
+@pytest.mark.parametrize("anyio_backend", ASYNCIO_ONLY)
+async def test_requests_are_held_while_the_transport_is_paused(anyio_backend: object) -> None:
+    session, transport = _session()
+    session.pause_writing()
+    first, _ = session.start(KEY, b"\x90", math.inf, None, None)  # a lone call: written at once, were it not paused
+    second, _ = session.start(KEY, b"\x90", math.inf, None, None)
+    await anyio.wait_all_tasks_blocked()  # the end-of-iteration flush has run, and written nothing
+    assert transport.writes == []
+    session.resume_writing()
+    assert transport.writes == [[first, second]]  # held in order, then one write
+
+
+@pytest.mark.parametrize("anyio_backend", ASYNCIO_ONLY)
+async def test_requests_held_by_a_pause_fail_as_never_sent(anyio_backend: object) -> None:
+    """A lost connection fails them with ``sent=False``: retrying them cannot run them twice."""
+    session, transport = _session()
+    sent, sent_waiter = session.start(KEY, b"\x90", math.inf, None, None)
+    session.pause_writing()
+    held, held_waiter = session.start(KEY, b"\x90", math.inf, None, None)
+    await anyio.wait_all_tasks_blocked()
+    session.connection_lost(None)
+    assert transport.writes == [[sent]]
+    with pytest.raises(SessionLost) as sent_error:
+        await sent_waiter
+    with pytest.raises(SessionLost) as held_error:
+        await held_waiter
+    assert (sent_error.value.sent, held_error.value.sent) == (True, False)
+
+
+@pytest.mark.parametrize("anyio_backend", ASYNCIO_ONLY)
+async def test_large_requests_go_one_at_a_time_where_writelines_copies(anyio_backend: object) -> None:
+    """Each resume hands over one large request (header, then payload uncopied) and stops at the next pause."""
+    large = b"x" * 200_000  # above the 64 KiB flatten limit: a buffer of its own
+    session = ClientProtocol(parse_endpoint("tcp://127.0.0.1:9"), ClientOptions())
+    transport = _CopyingTransport(session, high=100_000)
+    session.connection_made(transport)  # sends the hello
+    session.data_received(encode_hello_reply(HelloReply(1, 1 << 20)))
+    transport.writes.clear()
+    transport.sizes.clear()
+    transport.buffered = 0
+    ids = [session.start(KEY, large, math.inf, None, None)[0] for _ in range(3)]
+    rounds = [transport.writes[:]]
+    for _ in range(2):
+        transport.writes.clear()
+        transport.drain()
+        rounds.append(transport.writes[:])
+    assert rounds == [[[], [ids[0]]], [[], [ids[1]]], [[], [ids[2]]]]  # header, then payload, per resume
+    assert max(transport.sizes) == len(large)  # no write carried more than one payload

@@ -1,0 +1,92 @@
+"""Flow control on the asyncio shell, over real sockets: many large calls in flight.
+
+24 calls of 1 MiB leave together, and the server answers none until all have
+arrived, then all at once: both ends fill their transport's buffer and must be
+asked to pause (or this test would not test anything), hold what they write
+meanwhile, and resume in order: every call gets its own bytes back. On
+the default loop this is the path that used to pile tens of megabytes into the
+transport's bytearray. The trio shell awaits each send, so this is about asyncio.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections import Counter
+from collections.abc import Iterator
+from functools import partial
+from pathlib import Path
+
+import anyio
+import pytest
+
+from callrt import call, component
+from callrt.transport._asyncio import _Writer
+
+pytestmark = pytest.mark.anyio
+
+ASYNCIO_ONLY = [
+    pytest.param(("asyncio", {"use_uvloop": True}), id="asyncio+uvloop"),
+    pytest.param(("asyncio", {"use_uvloop": False}), id="asyncio"),
+]
+IN_FLIGHT = 24
+SIZE = 1 << 20
+
+
+@component(name="tests.Gate")
+class Gate:
+    """Echoes, but answers nobody until ``expected`` calls have arrived, then everybody at once."""
+
+    def __init__(self, expected: int) -> None:
+        self.expected = expected
+        self.arrived = 0
+        self.open = anyio.Event()
+
+    async def echo(self, data: bytes) -> bytes:
+        self.arrived += 1
+        if self.arrived == self.expected:
+            self.open.set()
+        await self.open.wait()
+        return data
+
+
+@pytest.fixture
+def scratch() -> Iterator[Path]:
+    # Short on purpose: a Unix socket path must fit in 108 bytes.
+    path = Path(tempfile.mkdtemp(prefix="crt", dir="/tmp" if os.path.isdir("/tmp") else None))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.mark.parametrize("anyio_backend", ASYNCIO_ONLY)
+@pytest.mark.parametrize("transport", ["tcp", "unix"])
+async def test_large_calls_in_flight_pause_both_ends_and_all_complete(
+    anyio_backend: object, transport: str, scratch: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pauses: Counter[str] = Counter()
+    pause = _Writer.pause_writing
+
+    def counted(self: _Writer) -> None:
+        pauses[type(self).__name__] += 1
+        pause(self)
+
+    monkeypatch.setattr(_Writer, "pause_writing", counted)
+    address = "tcp://127.0.0.1:0" if transport == "tcp" else f"unix://{scratch}/echo.sock"
+    payloads = [bytes([i]) * SIZE for i in range(IN_FLIGHT)]
+    results: dict[int, bytes] = {}
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            server: call.Server = await tg.start(partial(call.serve, address, Gate(IN_FLIGHT)))
+            async with call.connect(call.ConstantResolver([server.endpoint])) as conn:
+                gate = conn.stub(Gate)
+
+                async def one(i: int) -> None:
+                    results[i] = await gate.echo(payloads[i])
+
+                async with anyio.create_task_group() as calls:
+                    for i in range(IN_FLIGHT):
+                        calls.start_soon(one, i)
+            server.stop()
+    assert pauses["ClientProtocol"] > 0 and pauses["ServerProtocol"] > 0, pauses
+    assert all(results[i] == payloads[i] for i in range(IN_FLIGHT))
