@@ -71,6 +71,9 @@ class _AnsweringTransport(asyncio.Transport):
     def is_closing(self) -> bool:
         return False
 
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass  # never pauses
+
     def close(self) -> None:
         pass
 
@@ -91,6 +94,9 @@ class _Sink(asyncio.Transport):
 
     def is_closing(self) -> bool:
         return False
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass  # never pauses
 
     def close(self) -> None:
         pass
