@@ -6,6 +6,8 @@ asked to pause (or this test would not test anything), hold what they write
 meanwhile, and resume in order: every call gets its own bytes back. On
 the default loop this is the path that used to pile tens of megabytes into the
 transport's bytearray. The trio shell awaits each send, so this is about asyncio.
+Against a recording transport: a server that closes while paused still hands
+over the replies it held, in order, before the transport closes.
 """
 
 from __future__ import annotations
@@ -18,11 +20,18 @@ from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 
+import asyncio
+from typing import Any
+
 import anyio
+import msgspec
 import pytest
 
 from callrt import call, component
-from callrt.transport._asyncio import _Writer
+from callrt.keys import make_method_key
+from callrt.protocol import FrameDecoder, Hello, Request, Response, encode_frame
+from callrt.server import Server, _handler_map
+from callrt.transport._asyncio import ServerProtocol, _Writer
 
 pytestmark = pytest.mark.anyio
 
@@ -90,3 +99,52 @@ async def test_large_calls_in_flight_pause_both_ends_and_all_complete(
             server.stop()
     assert pauses["ClientProtocol"] > 0 and pauses["ServerProtocol"] > 0, pauses
     assert all(results[i] == payloads[i] for i in range(IN_FLIGHT))
+
+
+class _ClosingRecorder(asyncio.Transport):
+    """Keeps every frame written, in order, and whether it was closed after them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.decoder = FrameDecoder(expect="hello_reply")  # the server answers the hello first
+        self.responses: list[int] = []
+        self.closed_after = -1
+
+    def write(self, data: Any) -> None:
+        self.decoder.receive_data(bytes(data))
+        self.responses += [frame.id for frame in self.decoder.frames() if isinstance(frame, Response)]
+
+    def writelines(self, chunks: Any) -> None:
+        self.write(b"".join(chunks))
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass
+
+    def is_closing(self) -> bool:
+        return self.closed_after >= 0
+
+    def close(self) -> None:
+        self.closed_after = len(self.responses)
+
+
+@component(name="tests.Plain")
+class Plain:
+    def echo(self, data: bytes) -> bytes:
+        return data
+
+
+@pytest.mark.parametrize("anyio_backend", ASYNCIO_ONLY)
+async def test_a_server_closing_while_paused_hands_over_what_it_held(anyio_backend: object) -> None:
+    protocol = ServerProtocol(Server(_handler_map([Plain()]), call.ServerOptions()))
+    transport = _ClosingRecorder()
+    protocol.connection_made(transport)
+    protocol.data_received(encode_frame(Hello(1, 1, 1 << 20)))
+    key = make_method_key("tests.Plain", "echo")
+    args = msgspec.msgpack.encode((b"x",))
+    protocol.data_received(encode_frame(Request(1, key, args)))
+    protocol.pause_writing()
+    protocol.data_received(b"".join(encode_frame(Request(i, key, args)) for i in (2, 3)))
+    assert transport.responses == [1]  # 2 and 3 are held
+    protocol.close()
+    assert transport.responses == [1, 2, 3] and transport.closed_after == 3
+    protocol.connection_lost(None)
