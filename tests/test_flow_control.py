@@ -12,6 +12,7 @@ over the replies it held, in order, before the transport closes.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import tempfile
@@ -19,8 +20,6 @@ from collections import Counter
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
-
-import asyncio
 from typing import Any
 
 import anyio
