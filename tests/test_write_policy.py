@@ -58,7 +58,7 @@ class _RecordingTransport(asyncio.Transport):
 
 
 class _CopyingTransport(_RecordingTransport):
-    """Like the default asyncio loop's before Python 3.12: ``writelines`` joins, the buffer is one bytearray.
+    """Like the default asyncio loop's before Python 3.12, ``writelines`` joins its list (the inherited one).
 
     Asks its protocol to pause once more than ``high`` bytes are buffered; nothing
     drains until the test says so.
@@ -90,9 +90,9 @@ class _CopyingTransport(_RecordingTransport):
         self.protocol.resume_writing()
 
 
-def _session(transport: _RecordingTransport | None = None) -> tuple[ClientProtocol, _RecordingTransport]:
+def _session() -> tuple[ClientProtocol, _RecordingTransport]:
     session = ClientProtocol(parse_endpoint("tcp://127.0.0.1:9"), ClientOptions())
-    transport = transport or _RecordingTransport()
+    transport = _RecordingTransport()
     session.transport = transport
     session.data_received(encode_hello_reply(HelloReply(1, 1 << 20)))
     return session, transport
