@@ -91,18 +91,21 @@ def read_rss_kib(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for process {pid}")
 
 
+def _stat_field(pid: int, number: int) -> int:
+    """Field ``number`` (numbered as in proc(5), from 3 on) of ``/proc/PID/stat``."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+        fields = stat.read().rpartition(")")[2].split()  # the command name may hold spaces
+    return int(fields[number - 3])
+
+
 def last_cpu(pid: int) -> int:
     """The CPU process ``pid``'s main thread last ran on (field 39 of ``/proc/PID/stat``)."""
-    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
-        fields = stat.read().rpartition(")")[2].split()
-    return int(fields[36])  # fields[0] is field 3 (state)
+    return _stat_field(pid, 39)
 
 
 def cpu_seconds(pid: int) -> float:
     """User plus system CPU time process ``pid`` has used (fields 14 and 15 of ``/proc/PID/stat``)."""
-    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
-        fields = stat.read().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+    return (_stat_field(pid, 14) + _stat_field(pid, 15)) / _CLOCK_TICKS
 
 
 def run_on_loop(main: Callable[[], Awaitable[object]], loop: Loop) -> None:

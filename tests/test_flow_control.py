@@ -13,11 +13,7 @@ over the replies it held, in order, before the transport closes.
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
-import tempfile
 from collections import Counter
-from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -31,13 +27,10 @@ from callrt.keys import make_method_key
 from callrt.protocol import FrameDecoder, Hello, Request, Response, encode_frame
 from callrt.server import Server, _handler_map
 from callrt.transport._asyncio import ServerProtocol, _Writer
+from tests.support import ASYNCIO_ONLY
 
 pytestmark = pytest.mark.anyio
 
-ASYNCIO_ONLY = [
-    pytest.param(("asyncio", {"use_uvloop": True}), id="asyncio+uvloop"),
-    pytest.param(("asyncio", {"use_uvloop": False}), id="asyncio"),
-]
 IN_FLIGHT = 24
 SIZE = 1 << 20
 
@@ -59,18 +52,10 @@ class Gate:
         return data
 
 
-@pytest.fixture
-def scratch() -> Iterator[Path]:
-    # Short on purpose: a Unix socket path must fit in 108 bytes.
-    path = Path(tempfile.mkdtemp(prefix="crt", dir="/tmp" if os.path.isdir("/tmp") else None))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
 @pytest.mark.parametrize("anyio_backend", ASYNCIO_ONLY)
 @pytest.mark.parametrize("transport", ["tcp", "unix"])
 async def test_large_calls_in_flight_pause_both_ends_and_all_complete(
-    anyio_backend: object, transport: str, scratch: Path, monkeypatch: pytest.MonkeyPatch
+    anyio_backend: object, transport: str, sockdir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     pauses: Counter[str] = Counter()
     pause = _Writer.pause_writing
@@ -80,7 +65,7 @@ async def test_large_calls_in_flight_pause_both_ends_and_all_complete(
         pause(self)
 
     monkeypatch.setattr(_Writer, "pause_writing", counted)
-    address = "tcp://127.0.0.1:0" if transport == "tcp" else f"unix://{scratch}/echo.sock"
+    address = "tcp://127.0.0.1:0" if transport == "tcp" else f"unix://{sockdir}/echo.sock"
     payloads = [bytes([i]) * SIZE for i in range(IN_FLIGHT)]
     results: dict[int, bytes] = {}
     with anyio.fail_after(30):

@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import shutil
 import socket
-import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -53,14 +51,6 @@ COMPONENTS = ["tests.components:Echo", "tests.components:Lab"]
 
 
 # -- fixtures and helpers -------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def scratch() -> Iterator[Path]:
-    # Short on purpose: a Unix socket path must fit in 108 bytes.
-    path = Path(tempfile.mkdtemp(prefix="crt", dir="/tmp" if os.path.isdir("/tmp") else None))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def _address(scratch: Path, transport: str) -> str:

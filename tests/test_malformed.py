@@ -10,9 +10,7 @@ the deliberately broken parts are packed by hand.
 from __future__ import annotations
 
 import os
-import shutil
 import struct
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -54,13 +52,6 @@ ECHO_KEY = make_method_key("tests.Echo", "echo")
 
 def echo_request(request_id: int, data: bytes) -> bytes:
     return encode_frame(Request(request_id, ECHO_KEY, msgspec.msgpack.encode((data,))))
-
-
-@pytest.fixture(scope="module")
-def scratch() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="crt", dir="/tmp" if os.path.isdir("/tmp") else None))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(

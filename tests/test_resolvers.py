@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import socket
-import tempfile
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -53,14 +52,6 @@ async def stays_blocked(resolver: Resolver, version: Version, seconds: float = 0
 
 
 # --- UnixDirectoryResolver ------------------------------------------------------
-
-
-@pytest.fixture
-def sockdir() -> Iterator[Path]:
-    # Short on purpose: a Unix socket path must fit in 108 bytes.
-    path = Path(tempfile.mkdtemp(prefix="crt", dir="/tmp" if os.path.isdir("/tmp") else None))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

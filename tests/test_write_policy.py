@@ -23,13 +23,10 @@ from callrt.endpoints import parse_endpoint
 from callrt.keys import make_method_key
 from callrt.protocol import FrameDecoder, HelloReply, Request, Response, encode_frame, encode_hello_reply
 from callrt.transport._asyncio import ClientProtocol
+from tests.support import ASYNCIO_ONLY
 
 pytestmark = pytest.mark.anyio
 
-ASYNCIO_ONLY = [
-    pytest.param(("asyncio", {"use_uvloop": True}), id="asyncio+uvloop"),
-    pytest.param(("asyncio", {"use_uvloop": False}), id="asyncio"),
-]
 KEY = make_method_key("tests.Writes", "call")
 
 

@@ -100,12 +100,18 @@ class _Writer(asyncio.Protocol):
         self._paused = False
         self._flush()
 
-    def _flush(self) -> None:
-        raise NotImplementedError
+    def _flush(self) -> bool:
+        """Hand what is held to the transport, unless it asked us to wait; whether any of it went.
 
-    def _write_out(self, transport: asyncio.WriteTransport) -> None:
-        """Hand ``_out`` to ``transport``; what a pause leaves unwritten stays in it."""
+        What a pause leaves unwritten stays held; what a closing transport cannot take is dropped.
+        """
         out = self._out
+        if not out or self._paused:
+            return False
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            out.clear()
+            return False
         data = joined(out, self.flatten_limit)
         if data is not None:
             transport.write(data)
@@ -115,9 +121,10 @@ class _Writer(asyncio.Protocol):
             for i, buffer in enumerate(out):
                 if self._paused:
                     del out[:i]
-                    return
+                    return True
                 transport.write(buffer)
         out.clear()
+        return True
 
 
 class ServerProtocol(_Writer, ServerConnection):
@@ -211,14 +218,9 @@ class ServerProtocol(_Writer, ServerConnection):
             self._flush_scheduled = True
             self.loop.call_soon(self._flush)
 
-    def _flush(self) -> None:
+    def _flush(self) -> bool:
         self._flush_scheduled = False
-        out = self._out
-        if out and not self._paused:
-            if self.transport is not None and not self.closed:
-                self._write_out(self.transport)
-            else:
-                out.clear()
+        return _Writer._flush(self)
 
     def close(self) -> None:
         if self.transport is not None and not self.closed:
@@ -409,18 +411,13 @@ class ClientProtocol(_Writer, ClientSession):
         self._flushes_queued -= 1
         self._flush()
 
-    def _flush(self) -> None:
-        """Write what is held, now (unless the transport asked us to wait)."""
-        out = self._out
-        if out and not self._paused:
-            transport = self.transport
-            if transport is not None and not transport.is_closing():
-                self._write_out(transport)
-                # Counted as sent even if the transport paused us part-way: a request thought
-                # sent is only not retried, one thought unsent could be run twice.
-                self.mark_sent()
-            else:
-                out.clear()
+    def _flush(self) -> bool:
+        if not _Writer._flush(self):
+            return False
+        # Counted as sent even if the transport paused us part-way: a request thought sent is
+        # only not retried, one thought unsent could be run twice.
+        self.mark_sent()
+        return True
 
     def abort(self, error: BaseException) -> None:
         if self.transport is not None:
