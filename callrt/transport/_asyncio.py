@@ -233,6 +233,8 @@ class ServerProtocol(_Writer, ServerConnection):
     # -- async handlers: the dispatcher and inline execution ------------------
 
     def run_async(self, request: Request, entry: RegisteredHandler, deadline: float | None) -> None:
+        if request.id in self._calls:
+            raise RemoteProtocolError(f"request id {request.id} reused while its call is in flight")
         call = self._calls[request.id] = _AsyncCall(request, entry, deadline)
         if self.inline_duration < 0:
             self.loop.create_task(self._run_one(call), context=self._context.copy())

@@ -116,6 +116,8 @@ class StreamServerConnection(ServerConnection):
         self.tg.cancel_scope.cancel()
 
     def run_async(self, request: Request, entry: RegisteredHandler, deadline: float | None) -> None:
+        if request.id in self.scopes:
+            raise RemoteProtocolError(f"request id {request.id} reused while its call is in flight")
         # The scope exists from now on, so a cancel that arrives before the handler starts is kept.
         self.scopes[request.id] = (anyio.CancelScope(deadline=math.inf if deadline is None else deadline), [])
         if self.task_per_call:
