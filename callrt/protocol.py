@@ -43,6 +43,8 @@ __all__ = (
     "HEADER_SIZE",
     "HELLO_SIZE",
     "MAGIC",
+    "MAX_METADATA_ENTRIES",
+    "MAX_REQUEST_HEADER_SIZE",
     "PROTOCOL_VERSION",
     "SUPPORTED_VERSIONS",
     "Cancel",
@@ -74,6 +76,10 @@ MAGIC: Final = b"CLRT"
 PROTOCOL_VERSION: Final = 1
 SUPPORTED_VERSIONS: Final = range(1, 2)
 DEFAULT_MAX_FRAME_SIZE: Final = 64 << 20  # 64 MiB of body
+#: The most metadata entries a request may carry: a receiver's default limit, a sender's hard one.
+MAX_METADATA_ENTRIES: Final = 64
+#: The largest request header (method key to the payload's first byte): the same, in bytes.
+MAX_REQUEST_HEADER_SIZE: Final = 64 << 10
 
 _HELLO = struct.Struct("<4sHHI")
 _HEADER = struct.Struct("<IBQ")
@@ -87,7 +93,7 @@ _REQUEST_HEAD = struct.Struct("<16sBQ")  # a request body's method key, flags an
 HELLO_SIZE: Final = _HELLO.size  # 12
 HEADER_SIZE: Final = _HEADER.size  # 13
 _MAX_U32: Final = (1 << 32) - 1
-_LARGE_BODY: Final = 64 << 10  # bodies this large are received into a buffer of their own
+_LARGE_BODY: Final = 64 << 10  # bodies this large are received into a buffer of their own, grown as bytes arrive
 _MAX_U64: Final = (1 << 64) - 1
 
 
@@ -279,7 +285,7 @@ def encode_request_header(
             parts.append(_TRACE.pack(trace.trace_id, trace.span_id, trace.flags, len(state)))
             parts.append(state)
         if metadata:
-            _check(len(metadata) <= 0xFFFF, "too many metadata entries")
+            _check(len(metadata) <= MAX_METADATA_ENTRIES, f"more than {MAX_METADATA_ENTRIES} metadata entries")
             flags |= _F_METADATA
             parts.append(_U16.pack(len(metadata)))
             for key, value in metadata:
@@ -297,6 +303,7 @@ def encode_request_header(
             parts.append(_U64.pack(shard_key))
         parts[1] = bytes((flags,))
         body = b"".join(parts)
+        _check(len(body) <= MAX_REQUEST_HEADER_SIZE, f"request header over {MAX_REQUEST_HEADER_SIZE} bytes")
         return _HEADER.pack(len(body) + payload_size, 1, request_id) + body
     except struct.error as exc:  # request id or total length beyond the header's fields
         raise LocalProtocolError(f"request field out of range: {exc}") from None
@@ -390,9 +397,33 @@ class FrameDecoder:
         ``None`` when the handshake is done elsewhere.
     :param version: the negotiated protocol version; set from the hello when
         ``expect`` is given.
+    :param max_metadata_entries: the most metadata entries a request may carry;
+        a count above it is a :class:`RemoteProtocolError` before any entry is
+        parsed.
+    :param max_request_header_size: the largest request header (from the
+        method key to the payload); a field reaching past it is a
+        :class:`RemoteProtocolError` before the field is decoded.
+
+    Memory: nothing is allocated ahead of the bytes received. A body that does
+    not fit the read it started in is collected in a buffer that grows as its
+    bytes arrive, so a header announcing a large body costs nothing until the
+    body comes; :attr:`buffered` and :attr:`partial_body_bytes` say how much is
+    held.
     """
 
-    __slots__ = ("_buf", "_error", "_expect", "_filled", "_large", "_large_head", "_pos", "max_frame_size", "more", "version")
+    __slots__ = (
+        "_buf",
+        "_error",
+        "_expect",
+        "_large",
+        "_large_head",
+        "_pos",
+        "max_frame_size",
+        "max_metadata_entries",
+        "max_request_header_size",
+        "more",
+        "version",
+    )
 
     def __init__(
         self,
@@ -400,10 +431,14 @@ class FrameDecoder:
         *,
         expect: str | None = None,
         version: int = PROTOCOL_VERSION,
+        max_metadata_entries: int = MAX_METADATA_ENTRIES,
+        max_request_header_size: int = MAX_REQUEST_HEADER_SIZE,
     ) -> None:
         if expect not in (None, "hello", "hello_reply"):
             raise ValueError(f"expect must be None, 'hello' or 'hello_reply', not {expect!r}")
         self.max_frame_size = max_frame_size
+        self.max_metadata_entries = max_metadata_entries
+        self.max_request_header_size = max_request_header_size
         self.version = version
         self._expect = expect
         # Unparsed bytes start at _pos. When everything before a read was parsed, the read's
@@ -411,29 +446,45 @@ class FrameDecoder:
         # one copy); only a partial frame left over makes a bytearray to append to.
         self._buf: bytes | bytearray = b""
         self._pos = 0
-        # A large body is received straight into a buffer of its own, sized from its
-        # (already checked) header, and handed over without being copied again.
+        # A large body is received straight into a buffer of its own and handed over without
+        # being copied again. The buffer grows as the body's bytes arrive (never from the
+        # header's length, which the peer chose): CPython over-allocates a growing bytearray
+        # and glibc grows a large one with mremap, so this costs no more than sizing it ahead.
         self._large: bytearray | None = None
-        self._large_head: tuple[int, int] = (0, 0)  # kind, id
-        self._filled = 0
+        self._large_head: tuple[int, int, int] = (0, 0, 0)  # kind, id, body size
         self._error: RemoteProtocolError | None = None  # the stream is broken: raised by every later call
         self.more = False  # frames() stopped early: call it again once its frames are handled
 
     @property
     def buffered(self) -> int:
         """Bytes received but not yet returned as frames."""
-        pending_large = 0 if self._large is None else HEADER_SIZE + self._filled
+        pending_large = 0 if self._large is None else HEADER_SIZE + len(self._large)
         return len(self._buf) - self._pos + pending_large
+
+    @property
+    def partial_body_bytes(self) -> int:
+        """Bytes held of a frame body whose header has arrived but whose end has not.
+
+        Meant for a server-wide budget of partly received bodies and for a body
+        timeout (nonzero for too long: the peer is trickling). O(1). Exact once the
+        decoder has returned every complete frame (:meth:`next_frame` returned
+        ``None``, or :meth:`frames` returned with :attr:`more` false); before that
+        it may also count frames received whole but not yet taken.
+        """
+        if self._large is not None:
+            return len(self._large)
+        held = len(self._buf) - self._pos - HEADER_SIZE
+        return held if held > 0 else 0
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
         large = self._large
         if large is not None:
-            n = min(len(data), len(large) - self._filled)
+            n = self._large_head[2] - len(large)
+            if len(data) <= n:
+                large += data
+                return
             with memoryview(data) as view:
-                large[self._filled : self._filled + n] = view[:n]
-                self._filled += n
-                if n == len(data):
-                    return
+                large += view[:n]
                 data = bytes(view[n:])
         buf, pos = self._buf, self._pos
         if pos == len(buf):
@@ -540,11 +591,10 @@ class FrameDecoder:
             raise RemoteProtocolError(f"unknown frame kind {kind}")
         if len(buf) < end:
             if size >= _LARGE_BODY and kind <= 2:
-                self._large = large = bytearray(size)
-                self._large_head = (kind, ident)
-                self._filled = len(buf) - start
+                # Only the bytes received so far: the rest of the body grows it as it comes.
                 with memoryview(buf) as view:
-                    large[: self._filled] = view[start:]
+                    self._large = bytearray(view[start:])
+                self._large_head = (kind, ident, size)
                 self._buf, self._pos = b"", 0
             return None
         self._pos = end
@@ -576,10 +626,10 @@ class FrameDecoder:
     def _large_frame(self) -> Frame | None:
         large = self._large
         assert large is not None
-        if self._filled < len(large):
+        kind, ident, size = self._large_head
+        if len(large) < size:
             return None
-        kind, ident = self._large_head
-        self._large, self._filled = None, 0
+        self._large = None
         if kind == 2:
             return Response(ident, large)  # the body's own buffer, handed over as it is
         return self._request(ident, large, 0, len(large))
@@ -627,11 +677,17 @@ class FrameDecoder:
         deadline = trace = shard = None
         metadata: tuple[tuple[str, str], ...] = ()
         caller = ""
+        # Header fields must end by here: the frame's end, or the header size limit before it.
+        header_end = p - 17 + self.max_request_header_size
+        if header_end > end:
+            header_end = end
 
         def take(n: int) -> int:
             nonlocal p
-            if p + n > end:
-                raise RemoteProtocolError("request header overruns its frame")
+            if p + n > header_end:
+                if p + n > end:
+                    raise RemoteProtocolError("request header overruns its frame")
+                raise RemoteProtocolError(f"request header longer than {self.max_request_header_size} bytes")
             p += n
             return p - n
 
@@ -643,6 +699,8 @@ class FrameDecoder:
             trace = TraceContext(trace_id, span_id, tflags, _utf8(buf, s, p))
         if flags & _F_METADATA:
             (count,) = _U16.unpack_from(buf, take(2))
+            if count > self.max_metadata_entries:
+                raise RemoteProtocolError(f"{count} metadata entries, more than {self.max_metadata_entries}")
             entries = []
             for _ in range(count):
                 (klen,) = _U16.unpack_from(buf, take(2))
