@@ -103,22 +103,22 @@ class _Sink(asyncio.Transport):
 
 
 @asynccontextmanager
-async def _fake_session(endpoint: call.Endpoint, options: call.ClientOptions, use_protocol: bool) -> AsyncIterator[Any]:
+async def _fake_connect(_self: Any, endpoint: call.Endpoint, options: call.ClientOptions) -> AsyncIterator[Any]:
     from callrt.transport._asyncio import ClientProtocol
 
     protocol = ClientProtocol(endpoint, options)
     transport = _AnsweringTransport(protocol)
     protocol.transport = transport
     protocol.data_received(encode_hello_reply(HelloReply(1, options.max_frame_size)))
-    yield protocol
+    yield protocol.session
 
 
 async def client_cost(inflight: int, calls: int, payload: bytes, deadline: bool = False) -> float:
     """Seconds of CPU per call on the client side."""
-    import callrt.transport as transport
+    from callrt.transport import ProtocolTransport
 
-    real = transport.open_session
-    transport.open_session = _fake_session  # type: ignore[assignment]
+    real = ProtocolTransport.connect
+    ProtocolTransport.connect = _fake_connect  # type: ignore[assignment,method-assign]
     _AnsweringTransport.result = msgspec.msgpack.encode(payload)
     try:
         async with call.connect(call.ConstantResolver(["tcp://127.0.0.1:9"])) as conn:
@@ -138,14 +138,15 @@ async def client_cost(inflight: int, calls: int, payload: bytes, deadline: bool 
                         tg.start_soon(worker)
             return (time.process_time() - start) / (per_task * inflight)
     finally:
-        transport.open_session = real  # type: ignore[assignment]
+        ProtocolTransport.connect = real  # type: ignore[method-assign]
 
 
 async def server_cost(
     inflight: int, calls: int, payload: bytes, method: str, inline: float, deadline: bool = False
 ) -> float:
     """Seconds of CPU per call on the server side, ``inflight`` requests per read."""
-    from callrt.server import Server, _handler_map
+    from callrt.connection.server import Server
+    from callrt.server import _handler_map
     from callrt.transport._asyncio import ServerProtocol
 
     server = Server(_handler_map([Echo()]), call.ServerOptions(inline_handler_duration=inline))

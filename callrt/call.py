@@ -8,19 +8,26 @@ Weaver's ``call`` package.
 from __future__ import annotations
 
 from .balancers import Balancer, BalancerFunc, Replica, RoundRobin
-from .client import Connection, ReplicaState, connect
-from .endpoints import Endpoint, parse_endpoint, tcp, unix
-from .keys import Handler, HandlerMap, MethodKey, make_method_key
-from .options import CallOptions, ClientOptions, RetryPolicy, ServerOptions
+from .client import Client, ReplicaState, connect
+from .connection.server import Server
+from .context import CallContext, CallOptions, current_call
+from .endpoints import Endpoint, memory, parse_endpoint, tcp, unix
+from .handlers import Handler, HandlerMap
+from .keys import MethodKey, make_method_key
+from .options import ClientOptions, RetryPolicy, ServerOptions
 from .registry import Registrar
 from .resolvers import ConstantResolver, Resolver, Version
-from .server import CallContext, Server, current_call, serve, start_server
+from .server import serve, start_server
+
+#: The name :class:`Client` had before 0.2; kept so that existing annotations still work.
+Connection = Client
 
 __all__ = (
     "Balancer",
     "BalancerFunc",
     "CallContext",
     "CallOptions",
+    "Client",
     "ClientOptions",
     "Connection",
     "ConstantResolver",
@@ -40,6 +47,7 @@ __all__ = (
     "connect",
     "current_call",
     "make_method_key",
+    "memory",
     "parse_endpoint",
     "serve",
     "start_server",

@@ -1,19 +1,19 @@
-"""Endpoints: where a server listens and a client connects (TCP or Unix socket)."""
+"""Endpoints: where a server listens and a client connects (TCP, Unix socket, or in-memory for tests)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ("Endpoint", "parse_endpoint", "tcp", "unix")
+__all__ = ("Endpoint", "memory", "parse_endpoint", "tcp", "unix")
 
 
 @dataclass(frozen=True, slots=True)
 class Endpoint:
     """A network address. ``str()`` gives the URL form that :func:`parse_endpoint` reads."""
 
-    scheme: Literal["tcp", "unix"]
-    address: str  # "host:port" for tcp, a filesystem path for unix
+    scheme: Literal["tcp", "unix", "memory"]
+    address: str  # "host:port" for tcp, a filesystem path for unix, a name for memory
 
     @property
     def host(self) -> str:
@@ -40,8 +40,15 @@ def unix(path: str) -> Endpoint:
     return Endpoint("unix", path)
 
 
+def memory(name: str) -> Endpoint:
+    """An in-memory endpoint (``callrt.testing``'s transport): a server and its clients in one event loop."""
+    if not name:
+        raise ValueError("memory endpoint needs a name")
+    return Endpoint("memory", name)
+
+
 def parse_endpoint(value: str | Endpoint) -> Endpoint:
-    """Parse ``"tcp://host:port"`` or ``"unix:///path.sock"``; an Endpoint is returned as is."""
+    """Parse ``"tcp://host:port"``, ``"unix:///path.sock"`` or ``"memory://name"``; an Endpoint is returned as is."""
     if isinstance(value, Endpoint):
         return value
     scheme, sep, rest = value.partition("://")
@@ -51,6 +58,8 @@ def parse_endpoint(value: str | Endpoint) -> Endpoint:
         return tcp(rest)
     if scheme == "unix":
         return unix(rest)
+    if scheme == "memory":
+        return memory(rest)
     raise ValueError(f"unknown endpoint scheme {scheme!r} in {value!r}")
 
 

@@ -6,6 +6,8 @@
      ├── CommunicationError        the call may not have reached a handler, or its
      │    │                        reply was lost; retriable methods are retried
      │    ├── Unreachable          no endpoint to send the call to
+     │    ├── SessionLost          the connection carrying the call was lost;
+     │    │                        ``sent`` says whether the request had left
      │    └── ProtocolError        a peer broke the wire protocol (abstract)
      │         ├── LocalProtocolError    we would break it (e.g. frame too large)
      │         └── RemoteProtocolError   the peer broke it (malformed frame)
@@ -51,6 +53,7 @@ __all__ = (
     "RegistrationError",
     "RemoteError",
     "RemoteProtocolError",
+    "SessionLost",
     "Unavailable",
     "UnknownMethod",
     "Unreachable",
@@ -146,6 +149,17 @@ class CommunicationError(CallrtError):
 
 class Unreachable(CommunicationError):
     """Raised when there is no endpoint (or no available replica) for a call."""
+
+
+class SessionLost(CommunicationError):
+    """Raised for calls on a connection that was lost; ``sent`` tells whether the request had left the client.
+
+    A request that never left (``sent=False``) is retried even for a ``@not_retriable`` method.
+    """
+
+    def __init__(self, message: str, *, sent: bool = True) -> None:
+        super().__init__(message)
+        self.sent = sent
 
 
 class ProtocolError(CommunicationError):

@@ -1,20 +1,22 @@
-"""Options for servers, clients and single calls; defaults are chosen by measurement (see bench/)."""
+"""Options for servers and clients; defaults are chosen by measurement (see bench/).
+
+Per-call options (:class:`~callrt.context.CallOptions`) live below, in
+``callrt.context``, because balancers read them.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
+from .balancers import Balancer
 from .protocol import DEFAULT_MAX_FRAME_SIZE
+from .registry import Registrar
 
-if TYPE_CHECKING:
-    from .balancers import Balancer
-    from .registry import Registrar
+__all__ = ("ClientOptions", "RetryPolicy", "ServerOptions", "TransportChoice")
 
-__all__ = ("CallOptions", "ClientOptions", "RetryPolicy", "ServerOptions")
-
-Transport = Literal["auto", "protocol", "stream"]
+TransportChoice = Literal["auto", "protocol", "stream"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -42,7 +44,7 @@ class ServerOptions:
     max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
     handshake_timeout: float = 10.0
     drain_grace: float = 5.0
-    transport: Transport = "auto"
+    transport: TransportChoice = "auto"
     registrars: Sequence[Registrar] = ()
 
 
@@ -94,21 +96,4 @@ class ClientOptions:
     fail_fast: bool = False
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     caller: str = ""
-    transport: Transport = "auto"
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class CallOptions:
-    """Per-call choices.
-
-    :ivar retry: ``None`` follows the method (retriable unless ``@not_retriable``);
-        ``False`` treats the call as not retriable (retried only if the request
-        provably never left the client); ``True`` retries even a not-retriable method.
-    :ivar shard_key: routes the call with shard-aware balancers and travels in the request.
-    :ivar fail_fast: fail at once with Unreachable when no replica is available.
-    """
-
-    retry: bool | None = None
-    shard_key: int | None = None
-    metadata: Mapping[str, str] | None = None
-    fail_fast: bool | None = None
+    transport: TransportChoice = "auto"

@@ -22,8 +22,8 @@ import msgspec
 from opentelemetry import trace
 
 from callrt import component, not_retriable
+from callrt.context import current_call
 from callrt.errors import ErrorCode, RemoteError
-from callrt.server import current_call
 
 
 @component(name="tests.Echo")

@@ -18,8 +18,8 @@ from callrt.balancers import (
     RoundRobin,
     ShardKeyBalancer,
 )
+from callrt.context import CallOptions
 from callrt.endpoints import Endpoint, tcp
-from callrt.options import CallOptions
 
 
 @dataclass(eq=False)  # identity, like the client's replicas

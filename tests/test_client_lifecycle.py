@@ -30,10 +30,13 @@ import pytest
 
 from callrt import call
 from callrt.balancers import Balancer, BalancerFunc, FewestPending, RoundRobin
-from callrt.client import ClientSession, Connection, ReplicaState
+from callrt.call import Connection
+from callrt.client import ReplicaState
+from callrt.connection.client import ClientSession
+from callrt.context import CallOptions
 from callrt.endpoints import Endpoint, tcp
 from callrt.errors import ClosedError, CommunicationError, RemoteError, Unreachable
-from callrt.options import CallOptions, ClientOptions
+from callrt.options import ClientOptions
 from callrt.protocol import GoAway
 from callrt.resolvers import ConstantResolver, Resolver
 from callrt.testing import ManualResolver, ResolverError, WorkerProcess
@@ -1108,7 +1111,7 @@ async def test_a_stale_session_failing_does_not_touch_the_new_one(workers: Worke
 
 
 def test_retry_budget_allows_a_share_of_recent_calls() -> None:
-    from callrt.client import RetryBudget
+    from callrt.client.retries import RetryBudget
     from callrt.options import RetryPolicy
 
     budget = RetryBudget(RetryPolicy(budget_ratio=0.2, budget_window=3, budget_min_per_second=1))

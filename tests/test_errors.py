@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from callrt import errors
+from callrt.connection.server import error_frame
 from callrt.errors import (
     GRPC_STATUS,
     HTTP_STATUS,
@@ -27,7 +28,6 @@ from callrt.errors import (
     remote_error,
 )
 from callrt.protocol import Error, FrameDecoder, encode_frame
-from callrt.server import error_frame
 
 REMOTE_SUBCLASSES = [InvalidArgument, UnknownMethod, DeadlineExceeded, Cancelled, Unavailable, Internal]
 

@@ -23,9 +23,10 @@ import msgspec
 import pytest
 
 from callrt import call, component
+from callrt.connection.server import Server
 from callrt.keys import make_method_key
 from callrt.protocol import FrameDecoder, Hello, Request, Response, encode_frame
-from callrt.server import Server, _handler_map
+from callrt.server import _handler_map
 from callrt.transport._asyncio import ServerProtocol, _Writer
 from tests.support import ASYNCIO_ONLY
 

@@ -9,7 +9,8 @@ import xxhash
 import callrt.keys
 from callrt import component
 from callrt.errors import RegistrationError
-from callrt.keys import HandlerMap, MethodKey, make_method_key
+from callrt.handlers import HandlerMap
+from callrt.keys import MethodKey, make_method_key
 
 
 def echo(payload: bytes) -> bytes:

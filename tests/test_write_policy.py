@@ -18,8 +18,8 @@ import anyio
 import pytest
 
 from callrt.call import ClientOptions
-from callrt.client import SessionLost
 from callrt.endpoints import parse_endpoint
+from callrt.errors import SessionLost
 from callrt.keys import make_method_key
 from callrt.protocol import FrameDecoder, HelloReply, Request, Response, encode_frame, encode_hello_reply
 from callrt.transport._asyncio import ClientProtocol
@@ -88,11 +88,11 @@ class _CopyingTransport(_RecordingTransport):
 
 
 def _session() -> tuple[ClientProtocol, _RecordingTransport]:
-    session = ClientProtocol(parse_endpoint("tcp://127.0.0.1:9"), ClientOptions())
+    protocol = ClientProtocol(parse_endpoint("tcp://127.0.0.1:9"), ClientOptions())
     transport = _RecordingTransport()
-    session.transport = transport
-    session.data_received(encode_hello_reply(HelloReply(1, 1 << 20)))
-    return session, transport
+    protocol.transport = transport
+    protocol.data_received(encode_hello_reply(HelloReply(1, 1 << 20)))
+    return protocol, transport
 
 
 async def _written(transport: _RecordingTransport, count: int) -> list[list[int]]:
@@ -106,16 +106,16 @@ async def _written(transport: _RecordingTransport, count: int) -> list[list[int]
 
 @pytest.mark.parametrize("anyio_backend", ASYNCIO_ONLY)
 async def test_a_lone_call_is_written_at_once(anyio_backend: object) -> None:
-    session, transport = _session()
-    request_id, _ = session.start(KEY, b"\x90", math.inf, None, None)
+    protocol, transport = _session()
+    request_id, _ = protocol.session.start(KEY, b"\x90", math.inf, None, None)
     assert transport.writes == [[request_id]]  # before anything else runs
 
 
 @pytest.mark.parametrize("anyio_backend", ASYNCIO_ONLY)
 async def test_calls_made_together_leave_in_one_write(anyio_backend: object) -> None:
-    session, transport = _session()
-    first, _ = session.start(KEY, b"\x90", math.inf, None, None)
-    others = [session.start(KEY, b"\x90", math.inf, None, None)[0] for _ in range(7)]
+    protocol, transport = _session()
+    first, _ = protocol.session.start(KEY, b"\x90", math.inf, None, None)
+    others = [protocol.session.start(KEY, b"\x90", math.inf, None, None)[0] for _ in range(7)]
     assert transport.writes == [[first]]  # the first was alone when it was made
     assert await _written(transport, 2) == [[first], others]  # the rest, at the end of the iteration
 
@@ -126,16 +126,16 @@ async def test_callers_woken_by_one_read_write_their_next_calls_together(
     anyio_backend: object, flush_queued: bool
 ) -> None:
     """Also when the read comes while a flush is queued: it runs before the woken callers, so it cannot be theirs."""
-    session, transport = _session()
+    protocol, transport = _session()
     callers = 8
     first_ids: list[int] = []
     second_ids: list[int] = []
 
     async def caller() -> None:
-        request_id, waiter = session.start(KEY, b"\x90", math.inf, None, None)
+        request_id, waiter = protocol.session.start(KEY, b"\x90", math.inf, None, None)
         first_ids.append(request_id)
         await waiter
-        second_ids.append(session.start(KEY, b"\x90", math.inf, None, None)[0])
+        second_ids.append(protocol.session.start(KEY, b"\x90", math.inf, None, None)[0])
 
     async with anyio.create_task_group() as tg:
         for _ in range(callers):
@@ -144,10 +144,10 @@ async def test_callers_woken_by_one_read_write_their_next_calls_together(
         if flush_queued:
             # Another call is made and given up at once: its request and cancel are held for a
             # flush queued now, ahead of the wake-ups the read below causes.
-            given_up, _ = session.start(KEY, b"\x90", math.inf, None, None)
-            session.give_up(given_up, math.inf)
+            given_up, _ = protocol.session.start(KEY, b"\x90", math.inf, None, None)
+            protocol.session.give_up(given_up, math.inf)
         # Every reply in one read: all callers wake in the same loop iteration.
-        session.data_received(b"".join(encode_frame(Response(i, b"\xc0")) for i in first_ids))
+        protocol.data_received(b"".join(encode_frame(Response(i, b"\xc0")) for i in first_ids))
         writes = await _written(transport, 4 if flush_queued else 3)
     assert first_writes == [first_ids[:1], first_ids[1:]]
     assert len(second_ids) == callers
@@ -158,25 +158,25 @@ async def test_callers_woken_by_one_read_write_their_next_calls_together(
 
 @pytest.mark.parametrize("anyio_backend", ASYNCIO_ONLY)
 async def test_requests_are_held_while_the_transport_is_paused(anyio_backend: object) -> None:
-    session, transport = _session()
-    session.pause_writing()
-    first, _ = session.start(KEY, b"\x90", math.inf, None, None)  # a lone call: written at once, were it not paused
-    second, _ = session.start(KEY, b"\x90", math.inf, None, None)
+    protocol, transport = _session()
+    protocol.pause_writing()
+    first, _ = protocol.session.start(KEY, b"\x90", math.inf, None, None)  # a lone call: written at once, were it not paused
+    second, _ = protocol.session.start(KEY, b"\x90", math.inf, None, None)
     await anyio.wait_all_tasks_blocked()  # the end-of-iteration flush has run, and written nothing
     assert transport.writes == []
-    session.resume_writing()
+    protocol.resume_writing()
     assert transport.writes == [[first, second]]  # held in order, then one write
 
 
 @pytest.mark.parametrize("anyio_backend", ASYNCIO_ONLY)
 async def test_requests_held_by_a_pause_fail_as_never_sent(anyio_backend: object) -> None:
     """A lost connection fails them with ``sent=False``: retrying them cannot run them twice."""
-    session, transport = _session()
-    sent, sent_waiter = session.start(KEY, b"\x90", math.inf, None, None)
-    session.pause_writing()
-    held, held_waiter = session.start(KEY, b"\x90", math.inf, None, None)
+    protocol, transport = _session()
+    sent, sent_waiter = protocol.session.start(KEY, b"\x90", math.inf, None, None)
+    protocol.pause_writing()
+    held, held_waiter = protocol.session.start(KEY, b"\x90", math.inf, None, None)
     await anyio.wait_all_tasks_blocked()
-    session.connection_lost(None)
+    protocol.connection_lost(None)
     assert transport.writes == [[sent]]
     with pytest.raises(SessionLost) as sent_error:
         await sent_waiter
@@ -189,14 +189,14 @@ async def test_requests_held_by_a_pause_fail_as_never_sent(anyio_backend: object
 async def test_large_requests_go_one_at_a_time_where_writelines_copies(anyio_backend: object) -> None:
     """Each resume hands over one large request (header, then payload uncopied) and stops at the next pause."""
     large = b"x" * 200_000  # above the 64 KiB flatten limit: a buffer of its own
-    session = ClientProtocol(parse_endpoint("tcp://127.0.0.1:9"), ClientOptions())
-    transport = _CopyingTransport(session, high=100_000)
-    session.connection_made(transport)  # sends the hello
-    session.data_received(encode_hello_reply(HelloReply(1, 1 << 20)))
+    protocol = ClientProtocol(parse_endpoint("tcp://127.0.0.1:9"), ClientOptions())
+    transport = _CopyingTransport(protocol, high=100_000)
+    protocol.connection_made(transport)  # sends the hello
+    protocol.data_received(encode_hello_reply(HelloReply(1, 1 << 20)))
     transport.writes.clear()
     transport.sizes.clear()
     transport.buffered = 0
-    ids = [session.start(KEY, large, math.inf, None, None)[0] for _ in range(3)]
+    ids = [protocol.session.start(KEY, large, math.inf, None, None)[0] for _ in range(3)]
     rounds = [transport.writes[:]]
     for _ in range(2):
         transport.writes.clear()

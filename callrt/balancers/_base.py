@@ -4,8 +4,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
+from ..context import CallOptions
 from ..endpoints import Endpoint
-from ..options import CallOptions
 
 
 class Replica(Protocol):

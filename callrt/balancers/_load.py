@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 
-from ..options import CallOptions
+from ..context import CallOptions
 from ._base import Balancer, Replica
 
 __all__ = ("FewestPending", "PowerOfTwoChoices")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import xxhash
 
-from ..options import CallOptions
+from ..context import CallOptions
 from ._base import Balancer, Replica, RoundRobin
 
 __all__ = ("ShardKeyBalancer",)

@@ -1,70 +1,45 @@
-"""The I/O shell around the sans-IO protocol: sockets in, frames out.
+"""The I/O shells around the sans-IO protocol and connection logic: bytes in, frames out.
 
-Two shells share ``callrt.protocol`` and the connection logic of
-``callrt.server`` and ``callrt.client``: an asyncio Protocol (the fast path,
-uvloop's when installed) and anyio byte streams (trio, or asyncio on
-request). OS and anyio errors are mapped to ``callrt.errors`` here, at the
-edge, and go no further.
+Three transports implement :class:`~callrt.transport.base.Transport`:
+
+- ``_asyncio`` — :class:`ProtocolTransport`: asyncio Protocols, the fast path (uvloop's when installed);
+- ``_stream`` — :class:`StreamTransport`: anyio byte streams, for trio (and asyncio on request);
+- ``memory`` — :class:`MemoryTransport`: ``memory://NAME``, in-process, for tests.
+
+:class:`TransportSelector` picks one per endpoint, from its scheme and the
+``transport`` option, once per server or client. A new transport is a new
+module and a line in :data:`BY_SCHEME` or :meth:`TransportSelector.__init__`.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-
 import sniffio
-from anyio.abc import TaskGroup
 
-from ..client import ClientSession
 from ..endpoints import Endpoint
-from ..options import ClientOptions
-from ..server import Server
+from ..options import TransportChoice
+from ._asyncio import ProtocolTransport
+from ._stream import StreamTransport
+from .base import Transport
+from .memory import MemoryTransport
 
-__all__ = ("listen", "open_session", "use_protocol")
+__all__ = ("BY_SCHEME", "MemoryTransport", "ProtocolTransport", "StreamTransport", "Transport", "TransportSelector")
 
-
-def use_protocol(transport: str) -> bool:
-    """Whether the asyncio Protocol path serves the ``transport`` option in the running loop."""
-    if transport == "stream":
-        return False
-    asyncio_loop = sniffio.current_async_library() == "asyncio"
-    if transport == "protocol" and not asyncio_loop:
-        raise RuntimeError('transport="protocol" needs asyncio')
-    return asyncio_loop
+#: Transports chosen by their endpoint's scheme alone.
+BY_SCHEME: dict[str, Transport] = {"memory": MemoryTransport()}
 
 
-@asynccontextmanager
-async def listen(endpoint: Endpoint, server: Server, protocol_path: bool, conn_tg: TaskGroup) -> AsyncIterator[Endpoint]:
-    """Accept connections for ``server`` on ``endpoint`` while the context is open; yields the bound endpoint.
+class TransportSelector:
+    """The transport for each endpoint: by scheme, else (TCP and Unix sockets) by the ``transport`` option.
 
-    Leaving the context stops accepting; live connections stay for the drain.
-    Stream connections run in ``conn_tg``.
+    Made where the event loop runs: ``"auto"`` means asyncio Protocols on
+    asyncio and anyio streams elsewhere.
     """
-    if protocol_path:
-        from ._asyncio import listen_protocol
 
-        async with listen_protocol(endpoint, server) as bound:
-            yield bound
-    else:
-        from ._stream import listen_stream
+    def __init__(self, choice: TransportChoice) -> None:
+        asyncio_loop = sniffio.current_async_library() == "asyncio"
+        if choice == "protocol" and not asyncio_loop:
+            raise RuntimeError('transport="protocol" needs asyncio')
+        self.sockets: Transport = ProtocolTransport() if asyncio_loop and choice != "stream" else StreamTransport()
 
-        async with listen_stream(endpoint, server, conn_tg) as bound:
-            yield bound
-
-
-@asynccontextmanager
-async def open_session(endpoint: Endpoint, options: ClientOptions, protocol_path: bool) -> AsyncIterator[ClientSession]:
-    """A connected, handshaken session to ``endpoint``; closed on exit.
-
-    :raises ~callrt.errors.CommunicationError: the connection or handshake failed or timed out.
-    """
-    if protocol_path:
-        from ._asyncio import open_client
-
-        async with open_client(endpoint, options) as session:
-            yield session
-    else:
-        from ._stream import open_stream_client
-
-        async with open_stream_client(endpoint, options) as session:
-            yield session
+    def for_endpoint(self, endpoint: Endpoint) -> Transport:
+        return BY_SCHEME.get(endpoint.scheme, self.sockets)

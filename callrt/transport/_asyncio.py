@@ -15,32 +15,22 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import time
 from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import anyio
+from anyio.abc import TaskGroup
 
 from .._writes import joined
-from ..client import ClientSession
+from ..connection.client import ClientSession
+from ..connection.server import Server, ServerConnection
 from ..endpoints import Endpoint
 from ..errors import CommunicationError, DeadlineExceeded, RemoteError, RemoteProtocolError
-from ..keys import RegisteredHandler
+from ..handlers import RegisteredHandler
 from ..options import ClientOptions
-from ..protocol import (
-    SUPPORTED_VERSIONS,
-    FrameDecoder,
-    Hello,
-    HelloReply,
-    Request,
-    Response,
-    choose_version,
-    encode_hello,
-    encode_hello_reply,
-)
-from ..server import Server, ServerConnection
+from ..protocol import FrameDecoder, Hello, Request, Response
+from .base import Transport, client_hello, connect_errors, handshake
 
 
 class _AsyncCall:
@@ -127,14 +117,16 @@ class _Writer(asyncio.Protocol):
         return True
 
 
-class ServerProtocol(_Writer, ServerConnection):
-    """One accepted connection on the asyncio fast path."""
+class ServerProtocol(_Writer):
+    """One accepted connection on the asyncio fast path (the :class:`ServerIO` of its connection)."""
 
     def __init__(self, server: Server) -> None:
         _Writer.__init__(self)
-        ServerConnection.__init__(self, server)
+        self.server = server
+        self.conn = conn = ServerConnection(server, self)
+        self.flatten_limit = conn.flatten_limit
         self.loop = asyncio.get_running_loop()
-        self.now = self.loop.time
+        conn.now = self.loop.time
         # Tasks that run handlers start from this context, never from the context of the
         # handler that happened to hand off to them (its trace context, say).
         self._context = contextvars.copy_context()
@@ -154,24 +146,24 @@ class ServerProtocol(_Writer, ServerConnection):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._attach(transport)
-        self.server.connections.add(self)
-        self._handshake_timer = self.loop.call_later(self.server.options.handshake_timeout, self.close)
+        self.server.connection_opened(self.conn)
+        self._handshake_timer = self.loop.call_later(self.server.options.handshake_timeout, self.conn.handshake_expired)
 
     def data_received(self, data: bytes) -> None:
-        decoder = self.decoder
+        decoder, conn = self.decoder, self.conn
         decoder.receive_data(data)
         self._batching = True
-        token = self.start_reading()
+        token = conn.start_reading()
         try:
             frames = decoder.frames()
             while frames:
                 for frame in frames:
                     if type(frame) is Request:  # frame_received's first case, inlined for the common frame
-                        self.request_received(frame)
+                        conn.request_received(frame)
                     elif type(frame) is Hello:
-                        self._hello(frame)
+                        conn.hello_received(frame)
                     else:
-                        self.frame_received(frame)
+                        conn.frame_received(frame)
                 frames = decoder.frames() if decoder.more else []
         except RemoteProtocolError:
             # Framing is lost: this connection ends, every other one goes on.
@@ -179,12 +171,12 @@ class ServerProtocol(_Writer, ServerConnection):
             self.close()
             return
         finally:
-            self.stop_reading(token)
+            conn.stop_reading(token)
         self._batching = False
         self._flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
+        self.conn.closed = True
         if self._handshake_timer is not None:
             self._handshake_timer.cancel()
         for call in list(self._calls.values()):
@@ -192,25 +184,13 @@ class ServerProtocol(_Writer, ServerConnection):
                 call.task.cancel()
         if self._dispatcher is not None:
             self._dispatcher.cancel()
-        self.server.connection_closed(self)
-
-    def _hello(self, hello: Hello) -> None:
-        version = choose_version(hello)
-        self.peer_max_frame = hello.max_frame_size
-        assert self.transport is not None
-        self.transport.write(encode_hello_reply(HelloReply(version, self.server.options.max_frame_size)))
-        if self._handshake_timer is not None:
-            self._handshake_timer.cancel()
-            self._handshake_timer = None
-        self.handshake_done = version != 0
-        if version == 0:
-            raise RemoteProtocolError("no common protocol version")
+        self.server.connection_closed(self.conn)
 
     # -- writes --------------------------------------------------------------
 
     def write(self, data: bytes) -> None:
         if not self.coalesce:
-            if self.transport is not None and not self.closed:
+            if self.transport is not None and not self.conn.closed:
                 self.transport.write(data)
             return
         self._out.append(data)
@@ -223,11 +203,11 @@ class ServerProtocol(_Writer, ServerConnection):
         return _Writer._flush(self)
 
     def close(self) -> None:
-        if self.transport is not None and not self.closed:
+        if self.transport is not None and not self.conn.closed:
             if self._out:  # all of it, paused or not: the transport sends its buffer before closing
                 self.transport.writelines(self._out)
                 self._out.clear()
-            self.closed = True
+            self.conn.closed = True
             self.transport.close()
 
     # -- async handlers: the dispatcher and inline execution ------------------
@@ -266,17 +246,17 @@ class ServerProtocol(_Writer, ServerConnection):
             call.reason = DeadlineExceeded(f"{call.entry.name}: deadline passed while the call waited its turn")
         if call.reason is not None:  # cancelled before it started
             del self._calls[request.id]
-            self.fail(request.id, call.reason)
+            self.conn.fail(request.id, call.reason)
             return
         self._current = call
         try:
-            await self.call_async(request, call.entry, call.deadline, self._on_block)
+            await self.conn.call_async(request, call.entry, call.deadline, self._on_block)
         except asyncio.CancelledError:
             task = asyncio.current_task()
             assert task is not None
             if call.reason is None or task.uncancel() > 0:
                 raise  # not ours: the connection or the server is going away
-            self.fail(request.id, call.reason)
+            self.conn.fail(request.id, call.reason)
         finally:
             del self._calls[request.id]
             for timer in call.timers:
@@ -301,7 +281,7 @@ class ServerProtocol(_Writer, ServerConnection):
     def _hand_off(self, task: asyncio.Task[Any]) -> None:
         if self._dispatcher is task:
             self._dispatcher = None
-            if self._queue and not self.closed:
+            if self._queue and not self.conn.closed:
                 self._dispatcher = self.loop.create_task(self._dispatch(), context=self._context.copy())
 
     def cancel_running(self, request_id: int, reason: RemoteError) -> None:
@@ -315,32 +295,32 @@ class ServerProtocol(_Writer, ServerConnection):
         # Otherwise it has not started; _run_one fails it when its turn comes.
 
 
-class ClientProtocol(_Writer, ClientSession):
-    """One client socket on the asyncio fast path."""
+class ClientProtocol(_Writer):
+    """One client socket on the asyncio fast path (the :class:`ClientIO` of its session)."""
 
     def __init__(self, endpoint: Endpoint, options: ClientOptions) -> None:
         _Writer.__init__(self)
-        ClientSession.__init__(self, endpoint, options)
         self.loop = asyncio.get_running_loop()
-        self.now = self.loop.time
+        self.session = session = ClientSession(endpoint, options, self)
+        session.now = self.loop.time
+        session.new_waiter = self.loop.create_future  # no Python frame per call
+        self.flatten_limit = session.flatten_limit
         self.decoder = FrameDecoder(options.max_frame_size, expect="hello_reply")
         self.coalesce = options.coalesce_writes
+        self._hello = client_hello(options)
         # Flushes queued on the loop: while one is, requests are held for it.
         self._flushes_queued = 0
-        self.new_waiter = self.loop.create_future  # type: ignore[method-assign]  # no Python frame per call
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._attach(transport)
-        hello = Hello(SUPPORTED_VERSIONS[0], SUPPORTED_VERSIONS[-1], self.options.max_frame_size)
-        self.transport.write(encode_hello(hello))  # type: ignore[union-attr]
+        self.transport.write(self._hello)  # type: ignore[union-attr]
 
     def data_received(self, data: bytes) -> None:
-        # The clock keepalive() reads: uvloop's loop.time() counts whole milliseconds, so a
-        # pong arriving within a millisecond of its ping would look older than the ping.
-        self.last_received = time.monotonic()
+        session = self.session
+        session.last_received = self.loop.time()
         decoder = self.decoder
         decoder.receive_data(data)
-        calls = self.calls
+        calls = session.calls
         woken = 0
         try:
             frames = decoder.frames()
@@ -352,10 +332,10 @@ class ClientProtocol(_Writer, ClientSession):
                             if not waiter.done():  # a caller cancelled an instant ago
                                 waiter.set_result(frame.payload)
                                 woken += 1
-                            if self._idle is not None:
-                                self._call_done()
+                            if session._idle is not None:
+                                session._call_done()
                     else:
-                        self.frame_received(frame)
+                        session.frame_received(frame)
                 frames = decoder.frames() if decoder.more else []
         except RemoteProtocolError as exc:
             self.abort(exc)
@@ -371,7 +351,7 @@ class ClientProtocol(_Writer, ClientSession):
             self._flush_later()
 
     def connection_lost(self, exc: BaseException | None) -> None:
-        ClientSession.connection_lost(self, exc)
+        self.session.connection_lost(exc)
 
     def send(self, request_id: int, header: bytes, payload: bytes) -> None:
         if len(payload) > self.flatten_limit:
@@ -380,7 +360,7 @@ class ClientProtocol(_Writer, ClientSession):
             # held goes with it, first: frames keep their order.
             self._out += (header, payload)
             self._flush()
-        elif self._flushes_queued or (self.coalesce and len(self.calls) > 1):
+        elif self._flushes_queued or (self.coalesce and len(self.session.calls) > 1):
             # Other calls are in flight: replies arriving in this loop iteration may wake more
             # callers, so every request of the iteration leaves in one write at its end. (Had
             # this one been written at once, the server could wake and answer it alone.)
@@ -403,7 +383,7 @@ class ClientProtocol(_Writer, ClientSession):
         transport = self.transport
         if transport is not None and not transport.is_closing():
             transport.write(data)
-            self.mark_sent()
+            self.session.mark_sent()
 
     def _flush_later(self) -> None:
         self._flushes_queued += 1
@@ -418,74 +398,59 @@ class ClientProtocol(_Writer, ClientSession):
             return False
         # Counted as sent even if the transport paused us part-way: a request thought sent is
         # only not retried, one thought unsent could be run twice.
-        self.mark_sent()
+        self.session.mark_sent()
         return True
 
     def abort(self, error: BaseException) -> None:
         if self.transport is not None:
             self.transport.abort()
-        ClientSession.connection_lost(self, error)
+        self.session.connection_lost(error)
 
 
-@asynccontextmanager
-async def open_client(endpoint: Endpoint, options: ClientOptions) -> AsyncIterator[ClientSession]:
-    loop = asyncio.get_running_loop()
-    protocol: ClientProtocol | None = None
+class ProtocolTransport(Transport):
+    """TCP and Unix sockets through asyncio Protocols: the fast path (uvloop's when it runs the loop)."""
 
-    def factory() -> ClientProtocol:
-        nonlocal protocol
-        protocol = ClientProtocol(endpoint, options)
-        return protocol
+    @asynccontextmanager
+    async def listen(self, endpoint: Endpoint, server: Server, conn_tg: TaskGroup) -> AsyncIterator[Endpoint]:
+        loop = asyncio.get_running_loop()
 
-    try:
-        with anyio.fail_after(options.connect_timeout):
+        def factory() -> ServerProtocol:
+            return ServerProtocol(server)
+
+        if endpoint.scheme == "tcp":
+            srv = await loop.create_server(factory, endpoint.host, endpoint.port, reuse_address=True)
+            sockname = srv.sockets[0].getsockname()
+            host = f"[{sockname[0]}]" if ":" in sockname[0] else sockname[0]
+            bound = Endpoint("tcp", f"{host}:{sockname[1]}")
+        else:
+            srv = await loop.create_unix_server(factory, endpoint.address)
+            bound = endpoint
+        try:
+            yield bound
+        finally:
+            srv.close()  # stop accepting; live connections are drained by the server
+
+    @asynccontextmanager
+    async def connect(self, endpoint: Endpoint, options: ClientOptions) -> AsyncIterator[ClientSession]:
+        loop = asyncio.get_running_loop()
+        protocol: ClientProtocol | None = None
+
+        def factory() -> ClientProtocol:
+            nonlocal protocol
+            protocol = ClientProtocol(endpoint, options)
+            return protocol
+
+        with connect_errors(endpoint, options):
             if endpoint.scheme == "tcp":
                 await loop.create_connection(factory, endpoint.host, endpoint.port)
             else:
                 await loop.create_unix_connection(factory, endpoint.address)
-    except TimeoutError:
-        raise CommunicationError(f"connecting to {endpoint} timed out after {options.connect_timeout}s") from None
-    except OSError as exc:
-        raise CommunicationError(f"cannot connect to {endpoint}: {exc}") from exc
-    assert protocol is not None
-    try:
-        with anyio.fail_after(options.handshake_timeout):
-            await protocol.ready.wait()
-        if protocol.lost.is_set():
-            raise CommunicationError(f"{endpoint} closed the connection during the handshake") from protocol.error
-    except TimeoutError:
-        protocol.abort(CommunicationError("handshake timed out"))
-        raise CommunicationError(f"handshake with {endpoint} timed out after {options.handshake_timeout}s") from None
-    except BaseException:
-        # Cancelled mid-handshake (the client is closing, say): close the socket now, not
-        # whenever the transport is collected (uvloop warns, and may not cope).
-        protocol.abort(CommunicationError("handshake interrupted"))
-        raise
-    try:
-        yield protocol
-    finally:
-        protocol.abort(CommunicationError("connection closed by the client"))
+        assert protocol is not None
+        await handshake(protocol.session, endpoint, options)
+        try:
+            yield protocol.session
+        finally:
+            protocol.abort(CommunicationError("connection closed by the client"))
 
 
-@asynccontextmanager
-async def listen_protocol(endpoint: Endpoint, server: Server) -> AsyncIterator[Endpoint]:
-    loop = asyncio.get_running_loop()
-
-    def factory() -> ServerProtocol:
-        return ServerProtocol(server)
-
-    if endpoint.scheme == "tcp":
-        srv = await loop.create_server(factory, endpoint.host, endpoint.port, reuse_address=True)
-        sockname = srv.sockets[0].getsockname()
-        host = f"[{sockname[0]}]" if ":" in sockname[0] else sockname[0]
-        bound = Endpoint("tcp", f"{host}:{sockname[1]}")
-    else:
-        srv = await loop.create_unix_server(factory, endpoint.address)
-        bound = endpoint
-    try:
-        yield bound
-    finally:
-        srv.close()  # stop accepting; live connections are drained by the server
-
-
-__all__ = ("ClientProtocol", "ServerProtocol", "listen_protocol", "open_client")
+__all__ = ("ClientProtocol", "ProtocolTransport", "ServerProtocol")

@@ -1,4 +1,4 @@
-"""The portable path: anyio byte streams, for trio (and asyncio when asked for).
+"""The portable shell: anyio byte streams, for trio (and asyncio when asked for), and the in-memory transport.
 
 Each connection has a reader task and a writer task. The server's reader
 feeds the sans-IO decoder and runs handlers inline; when an async handler
@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextvars
 import functools
 import math
-import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -21,36 +20,27 @@ import anyio
 from anyio.abc import ByteStream, TaskGroup
 
 from .._writes import frame_buffers, joined
-from ..client import ClientSession
+from ..connection.client import ClientSession
+from ..connection.server import Server, ServerConnection
 from ..endpoints import Endpoint
 from ..errors import CommunicationError, DeadlineExceeded, RemoteError, RemoteProtocolError
-from ..keys import RegisteredHandler
+from ..handlers import RegisteredHandler
 from ..options import ClientOptions
-from ..protocol import (
-    SUPPORTED_VERSIONS,
-    FrameDecoder,
-    Hello,
-    HelloReply,
-    Request,
-    choose_version,
-    encode_hello,
-    encode_hello_reply,
-)
-from ..server import Server, ServerConnection
+from ..protocol import FrameDecoder, Hello, Request
+from .base import BROKEN, Transport, client_hello, connect_errors, handshake
 
-__all__ = ("listen_stream", "open_stream_client")
+__all__ = ("StreamTransport", "client_over", "serve_stream")
 
-_BROKEN = (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStream, OSError)
 _CLOSE_FLUSH_TIMEOUT = 1.0
 
 
 class _Writer:
     """Coalesces writes: ``write`` is sync; one task sends whatever has accumulated."""
 
-    def __init__(self, stream: ByteStream, flatten_limit: int, on_sent: Callable[[], None] | None = None) -> None:
+    def __init__(self, stream: ByteStream, flatten_limit: int) -> None:
         self.stream = stream
         self.flatten_limit = flatten_limit
-        self.on_sent = on_sent
+        self.on_sent: Callable[[], None] | None = None  # the client's: what it held back is sent
         self.out: list[bytes] = []
         self.wake = anyio.Event()
         self.closing = False
@@ -84,30 +74,30 @@ class _Writer:
 # -- server ------------------------------------------------------------------
 
 
-class StreamServerConnection(ServerConnection):
+class StreamServerShell:
+    """The I/O of one accepted connection on a byte stream (the :class:`ServerIO` of its connection)."""
+
     def __init__(self, server: Server, stream: ByteStream, tg: TaskGroup) -> None:
-        super().__init__(server)
+        self.writer = _Writer(stream, server.options.write_flatten_limit)
+        self.write = self.writer.write
+        self.conn = ServerConnection(server, self)
         self.stream = stream
         self.tg = tg
         # Readers start from this context, never from the context of the handler that
         # handed off to them (its trace context, say).
         self.context = contextvars.copy_context()
         self.decoder = FrameDecoder(server.options.max_frame_size, expect="hello")
-        self.writer = _Writer(stream, self.flatten_limit)
         self.reader: object | None = None
         self.scopes: dict[int, tuple[anyio.CancelScope, list[RemoteError]]] = {}
         self.task_per_call = server.options.inline_handler_duration < 0
         self.inline: tuple[Request, RegisteredHandler, float | None] | None = None
 
-    def write(self, data: bytes) -> None:
-        self.writer.write(data)
-
     def close(self) -> None:
         """End the connection. Replies already written (the last ones of a drain, say) are
         sent first, for at most ``_CLOSE_FLUSH_TIMEOUT`` seconds if the peer does not read."""
-        if self.closed:
+        if self.conn.closed:
             return
-        self.closed = True
+        self.conn.closed = True
         self.writer.finish()  # _write_until_broken cancels the connection once all is sent
         self.tg.start_soon(self._close_after, _CLOSE_FLUSH_TIMEOUT)
 
@@ -133,11 +123,11 @@ class StreamServerConnection(ServerConnection):
             with scope:
                 if reasons:  # cancelled before it started
                     await anyio.lowlevel.checkpoint()
-                await self.call_async(request, entry, deadline, on_block)
+                await self.conn.call_async(request, entry, deadline, on_block)
         finally:
             del self.scopes[request.id]
         if scope.cancelled_caught:
-            self.fail(request.id, reasons[0] if reasons else DeadlineExceeded(f"{entry.name}: deadline exceeded"))
+            self.conn.fail(request.id, reasons[0] if reasons else DeadlineExceeded(f"{entry.name}: deadline exceeded"))
 
     def cancel_running(self, request_id: int, reason: RemoteError) -> None:
         entry = self.scopes.get(request_id)
@@ -158,15 +148,15 @@ class StreamServerConnection(ServerConnection):
         """
         me = object()
         self.reader = me
-        decoder = self.decoder
-        self.start_reading()  # in this task's own context, for as long as it reads
+        decoder, conn = self.decoder, self.conn
+        conn.start_reading()  # in this task's own context, for as long as it reads
         try:
             while True:
                 while (frame := decoder.next_frame()) is not None:
                     if type(frame) is Hello:
-                        self.hello_received(frame)
+                        conn.hello_received(frame)
                         continue
-                    self.frame_received(frame)
+                    conn.frame_received(frame)
                     if self.inline is not None:
                         request, entry, deadline = self.inline
                         self.inline = None
@@ -174,93 +164,64 @@ class StreamServerConnection(ServerConnection):
                         if self.reader is not me:
                             return  # a new reader took over while this handler was blocked
                 decoder.receive_data(await self.stream.receive())
-        except (*_BROKEN, RemoteProtocolError):
+        except (*BROKEN, RemoteProtocolError):
             self.close()  # this connection ends; the server goes on
 
-    def hello_received(self, hello: Hello) -> None:
-        version = choose_version(hello)
-        self.peer_max_frame = hello.max_frame_size
-        self.write(encode_hello_reply(HelloReply(version, self.server.options.max_frame_size)))
-        if version == 0:
-            raise RemoteProtocolError("no common protocol version")
-        self.handshake_done = True
-
     async def handshake_watchdog(self) -> None:
-        await anyio.sleep(self.server.options.handshake_timeout)
-        if not self.handshake_done:
-            self.close()
+        await anyio.sleep(self.conn.server.options.handshake_timeout)
+        self.conn.handshake_expired()
+
+    async def write_until_broken(self) -> None:
+        try:
+            await self.writer.run()
+        except BROKEN:
+            pass
+        self.conn.closed = True
+        self.tg.cancel_scope.cancel()
 
 
 def _no_hook() -> None:
     pass
 
 
-async def _serve_stream(server: Server, stream: ByteStream) -> None:
+async def serve_stream(server: Server, stream: ByteStream) -> None:
+    """Serve one accepted connection on ``stream`` until it ends."""
     async with stream:
         async with anyio.create_task_group() as tg:
-            conn = StreamServerConnection(server, stream, tg)
-            server.connections.add(conn)
-            tg.start_soon(_write_until_broken, conn)
-            tg.start_soon(conn.handshake_watchdog)
-            tg.start_soon(conn.read)
-        conn.closed = True
-        server.connection_closed(conn)
-
-
-async def _write_until_broken(conn: StreamServerConnection) -> None:
-    try:
-        await conn.writer.run()
-    except _BROKEN:
-        pass
-    conn.closed = True
-    conn.tg.cancel_scope.cancel()
-
-
-@asynccontextmanager
-async def listen_stream(endpoint: Endpoint, server: Server, conn_tg: TaskGroup) -> AsyncIterator[Endpoint]:
-    listener: Any
-    if endpoint.scheme == "tcp":
-        listener = await anyio.create_tcp_listener(local_host=endpoint.host, local_port=endpoint.port)
-        host, port = listener.listeners[0].extra(anyio.abc.SocketAttribute.local_address)[:2]
-        bound = Endpoint("tcp", f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
-    else:
-        listener = await anyio.create_unix_listener(endpoint.address)
-        bound = endpoint
-
-    async with anyio.create_task_group() as accept_tg:
-        # Accepted connections live in ``conn_tg``, so they outlive the listener for the drain.
-        accept_tg.start_soon(listener.serve, functools.partial(_serve_stream, server), conn_tg)
-        try:
-            yield bound
-        finally:
-            accept_tg.cancel_scope.cancel()
-    with anyio.CancelScope(shield=True):
-        await listener.aclose()
+            shell = StreamServerShell(server, stream, tg)
+            server.connection_opened(shell.conn)
+            tg.start_soon(shell.write_until_broken)
+            tg.start_soon(shell.handshake_watchdog)
+            tg.start_soon(shell.read)
+        shell.conn.closed = True
+        server.connection_closed(shell.conn)
 
 
 # -- client ------------------------------------------------------------------
 
 
-class StreamClientSession(ClientSession):
+class StreamClientShell:
+    """The I/O of one client connection on a byte stream (the :class:`ClientIO` of its session)."""
+
     def __init__(self, endpoint: Endpoint, options: ClientOptions, stream: ByteStream) -> None:
-        super().__init__(endpoint, options)
+        self.writer = _Writer(stream, options.write_flatten_limit)
+        self.write = self.writer.write
+        self.session = session = ClientSession(endpoint, options, self)
+        self.writer.on_sent = session.mark_sent
         self.stream = stream
         self.decoder = FrameDecoder(options.max_frame_size, expect="hello_reply")
-        self.writer = _Writer(stream, options.write_flatten_limit, self.mark_sent)
         self.cancel_scope = anyio.CancelScope()
 
     def send(self, request_id: int, header: bytes, payload: bytes) -> None:
-        for buffer in frame_buffers(header, payload, self.flatten_limit):
+        for buffer in frame_buffers(header, payload, self.session.flatten_limit):
             self.writer.write(buffer)
 
-    def write(self, data: bytes) -> None:
-        self.writer.write(data)
-
     def abort(self, error: BaseException) -> None:
-        self.connection_lost(error)
+        self.session.connection_lost(error)
         self.cancel_scope.cancel()
 
     async def run(self) -> None:
+        session = self.session
         with self.cancel_scope:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._write_loop)
@@ -268,17 +229,17 @@ class StreamClientSession(ClientSession):
                     decoder = self.decoder
                     while True:
                         data = await self.stream.receive()
-                        self.last_received = time.monotonic()
+                        session.last_received = anyio.current_time()
                         decoder.receive_data(data)
                         frames = decoder.frames()
                         while frames:
                             for frame in frames:
-                                self.frame_received(frame)
+                                session.frame_received(frame)
                             frames = decoder.frames() if decoder.more else []
-                except (*_BROKEN, RemoteProtocolError) as exc:
-                    self.connection_lost(exc)
+                except (*BROKEN, RemoteProtocolError) as exc:
+                    session.connection_lost(exc)
                 finally:
-                    self.connection_lost(None)
+                    session.connection_lost(None)
                     tg.cancel_scope.cancel()
                     with anyio.CancelScope(shield=True):
                         await self.stream.aclose()
@@ -286,41 +247,64 @@ class StreamClientSession(ClientSession):
     async def _write_loop(self) -> None:
         try:
             await self.writer.run()
-        except _BROKEN as exc:
+        except BROKEN as exc:
             self.abort(exc)
 
 
 @asynccontextmanager
-async def open_stream_client(endpoint: Endpoint, options: ClientOptions) -> AsyncIterator[ClientSession]:
-    try:
-        with anyio.fail_after(options.connect_timeout):
-            if endpoint.scheme == "tcp":
-                stream: ByteStream = await anyio.connect_tcp(endpoint.host, endpoint.port)
-            else:
-                stream = await anyio.connect_unix(endpoint.address)
-    except TimeoutError:
-        raise CommunicationError(f"connecting to {endpoint} timed out after {options.connect_timeout}s") from None
-    except OSError as exc:
-        raise CommunicationError(f"cannot connect to {endpoint}: {exc}") from exc
-    session = StreamClientSession(endpoint, options, stream)
+async def client_over(stream: ByteStream, endpoint: Endpoint, options: ClientOptions) -> AsyncIterator[ClientSession]:
+    """A handshaken session over a connected ``stream``; closed on exit."""
+    shell = StreamClientShell(endpoint, options, stream)
+    session = shell.session
     # A failed handshake is raised after the task group has closed: raised inside it, it
     # would reach the caller wrapped in an exception group instead of as itself.
     failure: CommunicationError | None = None
     async with anyio.create_task_group() as tg:
-        tg.start_soon(session.run)
-        session.write(encode_hello(Hello(SUPPORTED_VERSIONS[0], SUPPORTED_VERSIONS[-1], options.max_frame_size)))
-        with anyio.move_on_after(options.handshake_timeout) as handshake:
-            await session.ready.wait()
-        if handshake.cancelled_caught:
-            session.abort(CommunicationError("handshake timed out"))
-            failure = CommunicationError(f"handshake with {endpoint} timed out after {options.handshake_timeout}s")
-        elif session.lost.is_set():
-            failure = CommunicationError(f"{endpoint} closed the connection during the handshake")
-            failure.__cause__ = session.error
-        if failure is None:
+        tg.start_soon(shell.run)
+        shell.write(client_hello(options))
+        try:
+            await handshake(session, endpoint, options)
+        except CommunicationError as exc:
+            failure = exc  # the session is aborted already
+        else:
             try:
                 yield session
             finally:
-                session.abort(CommunicationError("connection closed by the client"))
+                shell.abort(CommunicationError("connection closed by the client"))
     if failure is not None:
         raise failure
+
+
+class StreamTransport(Transport):
+    """TCP and Unix sockets through anyio's byte streams: trio's path, and asyncio's when asked for."""
+
+    @asynccontextmanager
+    async def listen(self, endpoint: Endpoint, server: Server, conn_tg: TaskGroup) -> AsyncIterator[Endpoint]:
+        listener: Any
+        if endpoint.scheme == "tcp":
+            listener = await anyio.create_tcp_listener(local_host=endpoint.host, local_port=endpoint.port)
+            host, port = listener.listeners[0].extra(anyio.abc.SocketAttribute.local_address)[:2]
+            bound = Endpoint("tcp", f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+        else:
+            listener = await anyio.create_unix_listener(endpoint.address)
+            bound = endpoint
+
+        async with anyio.create_task_group() as accept_tg:
+            # Accepted connections live in ``conn_tg``, so they outlive the listener for the drain.
+            accept_tg.start_soon(listener.serve, functools.partial(serve_stream, server), conn_tg)
+            try:
+                yield bound
+            finally:
+                accept_tg.cancel_scope.cancel()
+        with anyio.CancelScope(shield=True):
+            await listener.aclose()
+
+    @asynccontextmanager
+    async def connect(self, endpoint: Endpoint, options: ClientOptions) -> AsyncIterator[ClientSession]:
+        with connect_errors(endpoint, options):
+            if endpoint.scheme == "tcp":
+                stream: ByteStream = await anyio.connect_tcp(endpoint.host, endpoint.port)
+            else:
+                stream = await anyio.connect_unix(endpoint.address)
+        async with client_over(stream, endpoint, options) as session:
+            yield session

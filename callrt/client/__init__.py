@@ -1,0 +1,149 @@
+"""The client: ``connect(resolver)`` gives a :class:`Client` of the service the resolver finds.
+
+This module is the facade; its parts are modules of their own:
+
+- :mod:`.replicas` — one managed replica per endpoint, its state machine and its task;
+- :mod:`.retries` — when a failed call is tried again, and the retry budget;
+- :mod:`.stubs` — a component's methods as async functions calling a replica.
+
+The client follows the resolver (:meth:`Client.watch_resolver`), keeps the
+replicas, and makes stubs whose calls pick a replica with the balancer.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import TypeVar
+
+import anyio
+from anyio.abc import TaskGroup
+
+from .._deadline import deadline_function
+from ..balancers import RoundRobin
+from ..context import CallOptions
+from ..endpoints import Endpoint
+from ..errors import Unreachable
+from ..options import ClientOptions
+from ..resolvers import ConstantResolver, Resolver, Version
+from ..transport import TransportSelector
+from .replicas import TRANSITIONS, ManagedReplica, ReplicaSet, ReplicaState
+from .retries import Retrier
+from .stubs import CallPath, make_stub
+
+__all__ = ("TRANSITIONS", "Client", "ManagedReplica", "ReplicaState", "connect")
+
+T = TypeVar("T")
+
+
+class Client:
+    """A client of one service: replicas from a resolver, a balancer, typed stubs.
+
+    Made by :func:`connect`. Safe to share among the tasks of one event loop.
+    """
+
+    def __init__(self, resolver: Resolver, options: ClientOptions, tg: TaskGroup) -> None:
+        self.resolver = resolver
+        self.options = options
+        self.balancer = options.balancer if options.balancer is not None else RoundRobin()
+        self.resolver_error: BaseException | None = None  # the last resolve() failure, until one succeeds
+        self.replica_set = ReplicaSet(options, self.balancer, TransportSelector(options.transport), tg)
+        self.replica_set.describe_source = lambda: repr(resolver)
+        self.replica_set.source_error = lambda: self.resolver_error
+        self.retrier = Retrier(options.retry)
+        self._calls = CallPath(self.replica_set, self.retrier, deadline_function(), options.optimistic_spin_duration)
+
+    @property
+    def replicas(self) -> dict[Endpoint, ManagedReplica]:
+        """The replicas this client knows, by endpoint."""
+        return self.replica_set.replicas
+
+    @property
+    def retry_counts(self) -> dict[str, int]:
+        """Attempts made (first tries and retries) and retries, since the client opened."""
+        retries = self.retrier.retries
+        return {"attempts": self.retrier.budget.calls + retries, "retries": retries}
+
+    def stub(self, cls: type[T], *, options: CallOptions | None = None, name: str | None = None) -> T:
+        """A stub of component ``cls``: the same methods, each awaitable, calling a remote replica."""
+        return make_stub(self._calls, cls, options, name)
+
+    def update_endpoints(self, endpoints: Sequence[Endpoint]) -> None:
+        self.replica_set.update(endpoints)
+
+    async def watch_resolver(self, version: Version | None) -> None:
+        """Follow the resolver; errors and quick "nothing new" answers back off, capped."""
+        backoff = 0.01
+        while True:
+            asked = anyio.current_time()
+            try:
+                endpoints, new_version = await self.resolver.resolve(version)
+            except Exception as exc:
+                self.resolver_error = exc
+                await anyio.sleep(backoff * (1 - 0.4 * random.random()))
+                backoff = min(backoff * 2, 5.0)
+                continue
+            if new_version is None or new_version == version:
+                if anyio.current_time() - asked < 1.0:
+                    # It did not block: ask again later, not in a busy loop.
+                    await anyio.sleep(backoff)
+                    backoff = min(backoff * 2, 5.0)
+                else:
+                    backoff = 0.01  # it blocked and timed out: its watch is live, ask again now
+                continue
+            backoff = 0.01
+            version = new_version
+            self.resolver_error = None
+            self.update_endpoints(endpoints)
+
+    async def aclose(self) -> None:
+        self.replica_set.close()
+
+
+@asynccontextmanager
+async def connect(
+    resolver: Resolver | str | Sequence[str], *, options: ClientOptions | None = None
+) -> AsyncIterator[Client]:
+    """``async with connect(resolver) as client:`` — a client of the service ``resolver`` finds.
+
+    ``resolver`` may also be an endpoint URL or a list of them (a constant resolver).
+    A constant resolver with no endpoints raises :class:`~callrt.errors.Unreachable`;
+    otherwise calls wait (up to their deadline, or ``pick_timeout`` without one) for a
+    replica. A non-constant resolver that fails is asked again with capped backoff,
+    at start-up too: its errors never end the client.
+    """
+    if isinstance(resolver, str):
+        resolver = ConstantResolver([resolver])
+    elif not isinstance(resolver, Resolver):
+        resolver = ConstantResolver(resolver)
+    options = options or ClientOptions()
+    first_error: Exception | None = None
+    try:
+        endpoints, version = await resolver.resolve(None)
+    except Exception as exc:
+        if resolver.is_constant():
+            raise
+        # A resolver that may change can also recover: the watch keeps asking, with backoff.
+        endpoints, version, first_error = (), None, exc
+    if resolver.is_constant() and not endpoints:
+        raise Unreachable(f"no endpoints: {resolver!r} is empty")
+    raised: BaseException | None = None
+    async with anyio.create_task_group() as tg:
+        client = Client(resolver, options, tg)
+        client.resolver_error = first_error
+        client.update_endpoints(endpoints)
+        tg.start_soon(client.retrier.tick_budget)
+        if not resolver.is_constant():
+            tg.start_soon(client.watch_resolver, version)
+        try:
+            yield client
+        except BaseException as exc:
+            # Raised by the caller's block: re-raised below, outside our task group,
+            # so that it reaches the caller as itself, not inside an exception group.
+            raised = exc
+        finally:
+            await client.aclose()
+            tg.cancel_scope.cancel()
+    if raised is not None:
+        raise raised

@@ -1,0 +1,230 @@
+"""The client's replicas: one per endpoint the resolver gives, each with a lifecycle of its own.
+
+Each replica has one task that owns it (:meth:`ReplicaSet.manage`), and its
+state lives in :attr:`ManagedReplica.state` and nowhere else; every change
+goes through :meth:`ManagedReplica.set_state`, which checks it against
+:data:`TRANSITIONS` and keeps the balancer in step (only AVAILABLE replicas
+are in the balancer)::
+
+    CONNECTING ──handshake done──▶ AVAILABLE ◀──address back──┐
+        ▲   │                          │                         │
+        │   │                          └──goaway / removed──▶ DRAINING
+        │   └──failed──▶ UNAVAILABLE ◀──lost / keepalive failed──┘ │
+        └──────backoff────────┘        ◀──drained: calls done, closed─┘
+
+A replica's socket is a :class:`~callrt.connection.client.ClientSession`,
+opened through the transport its endpoint's scheme and the client's options
+choose.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import random
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import anyio
+from anyio.abc import TaskGroup
+
+from ..balancers import Balancer
+from ..connection.client import ClientSession
+from ..context import CallOptions
+from ..endpoints import Endpoint
+from ..errors import CallrtError, ClosedError, Unreachable
+from ..options import ClientOptions
+from ..transport import TransportSelector
+
+__all__ = ("TRANSITIONS", "ManagedReplica", "ReplicaSet", "ReplicaState")
+
+
+class ReplicaState(enum.Enum):
+    CONNECTING = "connecting"
+    AVAILABLE = "available"
+    DRAINING = "draining"
+    UNAVAILABLE = "unavailable"
+
+
+TRANSITIONS: dict[ReplicaState, frozenset[ReplicaState]] = {
+    ReplicaState.CONNECTING: frozenset({ReplicaState.AVAILABLE, ReplicaState.UNAVAILABLE}),
+    ReplicaState.AVAILABLE: frozenset({ReplicaState.DRAINING, ReplicaState.UNAVAILABLE}),
+    ReplicaState.DRAINING: frozenset({ReplicaState.AVAILABLE, ReplicaState.UNAVAILABLE}),
+    ReplicaState.UNAVAILABLE: frozenset({ReplicaState.CONNECTING}),
+}
+
+
+class ManagedReplica:
+    """One endpoint of the service as the client manages it: its state and its current session.
+
+    It is what balancers see as a :class:`~callrt.balancers.Replica`.
+    """
+
+    def __init__(self, endpoint: Endpoint, replicas: ReplicaSet) -> None:
+        self.endpoint = endpoint
+        self.state = ReplicaState.UNAVAILABLE
+        self.session: ClientSession | None = None
+        self.wanted = True
+        self._replicas = replicas
+
+    def __repr__(self) -> str:
+        return f"<Replica {self.endpoint} {self.state.value} pending={self.pending}>"
+
+    @property
+    def pending(self) -> int:
+        session = self.session
+        return session.pending if session is not None else 0
+
+    def set_state(self, new: ReplicaState) -> None:
+        old = self.state
+        if new is old:
+            return
+        if new not in TRANSITIONS[old]:
+            raise AssertionError(f"replica {self.endpoint}: no transition {old.value} -> {new.value}")
+        self.state = new
+        balancer = self._replicas.balancer
+        if old is ReplicaState.AVAILABLE:
+            balancer.remove(self)
+        if new is ReplicaState.AVAILABLE:
+            balancer.add(self)
+        self._replicas.changed()
+
+
+class ReplicaSet:
+    """The replicas of one client, the balancer that picks among them, and their tasks."""
+
+    def __init__(self, options: ClientOptions, balancer: Balancer, transports: TransportSelector, tg: TaskGroup) -> None:
+        self.options = options
+        self.balancer = balancer
+        self.replicas: dict[Endpoint, ManagedReplica] = {}
+        self.closed = False
+        self.describe_source: Callable[[], str] = lambda: "the resolver"  # for Unreachable's message
+        self.source_error: Callable[[], BaseException | None] = lambda: None
+        self._transports = transports
+        self._tg = tg
+        self._changed = anyio.Event()
+
+    def changed(self) -> None:
+        """Wake whoever waits for a replica to change state."""
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    def close(self) -> None:
+        self.closed = True
+        self.changed()
+
+    def update(self, endpoints: Sequence[Endpoint]) -> None:
+        """The resolver's latest answer: new endpoints get a replica, missing ones drain and go."""
+        wanted = set(endpoints)
+        for endpoint in wanted:
+            replica = self.replicas.get(endpoint)
+            if replica is None:
+                replica = self.replicas[endpoint] = ManagedReplica(endpoint, self)
+                self._tg.start_soon(self.manage, replica)
+            else:
+                replica.wanted = True  # an address that went away and came back is used again
+        for endpoint, replica in list(self.replicas.items()):
+            if endpoint not in wanted:
+                replica.wanted = False  # its task drains it and lets it go
+        self.changed()
+
+    async def wait_for_session(self, options: CallOptions | None, deadline: float) -> ClientSession:
+        """A session of an available replica, waiting for one until ``deadline`` (or ``pick_timeout``)."""
+        fail_fast = (
+            options.fail_fast if options is not None and options.fail_fast is not None else self.options.fail_fast
+        )
+        # YARPC's choose: wait for a replica until the call's deadline; a call without one
+        # waits pick_timeout.
+        limit = deadline if not math.isinf(deadline) else anyio.current_time() + self.options.pick_timeout
+        while True:
+            replica: ManagedReplica | None = self.balancer.pick(options)  # type: ignore[assignment]
+            if replica is not None and replica.session is not None:
+                return replica.session
+            if self.closed:
+                raise ClosedError("the connection is closed")
+            if fail_fast or anyio.current_time() >= limit:
+                raise self.unreachable()
+            changed = self._changed
+            with anyio.move_on_after(limit - anyio.current_time()):
+                await changed.wait()
+
+    def unreachable(self) -> Unreachable:
+        error = self.source_error()
+        if error is not None and not self.replicas:
+            return Unreachable(f"no endpoints: {self.describe_source()} failed: {error!r}")
+        if not self.replicas:
+            return Unreachable(f"no endpoints: {self.describe_source()} returned none")
+        states = ", ".join(f"{r.endpoint} {r.state.value}" for r in self.replicas.values())
+        return Unreachable(f"no available replica among {len(self.replicas)}: {states}")
+
+    async def manage(self, replica: ManagedReplica) -> None:
+        """The one task that owns ``replica``: connect, serve calls, drain, reconnect with backoff."""
+        opts = self.options
+        backoff = opts.reconnect_initial_backoff
+        transport = self._transports.for_endpoint(replica.endpoint)
+        try:
+            while replica.wanted and not self.closed:
+                replica.set_state(ReplicaState.CONNECTING)
+                try:
+                    async with transport.connect(replica.endpoint, opts) as session:
+                        backoff = opts.reconnect_initial_backoff  # reset after a successful handshake
+                        replica.session = session
+                        session.on_lost = lambda s=session: self._session_lost(replica, s)
+                        async with anyio.create_task_group() as tg:
+                            tg.start_soon(session.keepalive)
+                            await self._use_session(replica, session)
+                            tg.cancel_scope.cancel()
+                except (OSError, CallrtError, TimeoutError):
+                    pass  # connect or handshake failed: back off and try again
+                replica.session = None
+                replica.set_state(ReplicaState.UNAVAILABLE)
+                if not replica.wanted or self.closed:
+                    break
+                await anyio.sleep(backoff * (1 - 0.4 * random.random()))
+                backoff = min(opts.reconnect_max_backoff, backoff * 2)
+        finally:
+            if self.replicas.get(replica.endpoint) is replica and not replica.wanted:
+                del self.replicas[replica.endpoint]
+            self.changed()
+
+    def _session_lost(self, replica: ManagedReplica, session: ClientSession) -> None:
+        # At once, not when this replica's task next runs: until then a balancer would keep
+        # picking a dead replica (a load-aware one even prefers it, its count being 0), and
+        # the retries of the calls it just failed would be spent on it.
+        if replica.session is session and replica.state in (ReplicaState.AVAILABLE, ReplicaState.DRAINING):
+            replica.set_state(ReplicaState.UNAVAILABLE)
+
+    async def _use_session(self, replica: ManagedReplica, session: ClientSession) -> None:
+        """AVAILABLE until the session is lost, the server says goaway, or the resolver drops it; then drain."""
+        gone = session.lost.wait
+        while replica.wanted:
+            replica.set_state(ReplicaState.AVAILABLE)
+            await _first(gone, session.goaway.wait, self._until(lambda: not replica.wanted))
+            if session.lost.is_set() or session.goaway.is_set():
+                break
+            # Dropped by the resolver: finish the calls in flight, unless it comes back first.
+            replica.set_state(ReplicaState.DRAINING)
+            await _first(gone, session.goaway.wait, session.wait_idle, self._until(lambda: replica.wanted))
+            if session.lost.is_set() or session.goaway.is_set() or not replica.wanted:
+                break
+        if not session.lost.is_set():
+            if replica.state is ReplicaState.CONNECTING:
+                return  # dropped before its handshake finished: never used, nothing to drain
+            replica.set_state(ReplicaState.DRAINING)  # goaway or dropped: no new calls here
+            await _first(gone, session.wait_idle)
+
+    async def _until(self, condition: Callable[[], bool]) -> None:
+        while not condition():
+            await self._changed.wait()
+
+
+async def _first(*waits: Any) -> None:
+    """Return when the first of ``waits`` (coroutine functions or coroutines) returns."""
+    async with anyio.create_task_group() as tg:
+
+        async def run(w: Any) -> None:
+            await (w() if callable(w) else w)
+            tg.cancel_scope.cancel()
+
+        for w in waits:
+            tg.start_soon(run, w)

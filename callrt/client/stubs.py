@@ -1,0 +1,137 @@
+"""Stubs: a component class's methods as async functions that call a remote replica.
+
+:func:`remote_method` is the whole client side of one call, in one coroutine
+with what it uses bound once when the stub is made, because it runs for every
+call: bind and encode the arguments, pick a replica, send, wait, decode, and
+retry as :mod:`~callrt.client.retries` allows.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+import anyio
+
+from ..component import MethodSpec, _method_spec, component_spec
+from ..context import CallOptions, current_deadline, serving_var
+from ..errors import ClosedError, CommunicationError, ErrorCode, RemoteError
+from ..tracing import client_trace, current_otel_context
+from .replicas import ManagedReplica, ReplicaSet
+from .retries import Retrier
+
+__all__ = ("CallPath", "StubMethod", "make_stub", "remote_method")
+
+T = TypeVar("T")
+
+
+class StubMethod(Protocol):
+    """One remote method: ``await stub.method(*args)``; ``.options(CallOptions)`` for one call."""
+
+    __signature__: inspect.Signature
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Coroutine[Any, Any, Any]: ...
+
+    def options(self, options: CallOptions) -> StubMethod: ...
+
+
+@dataclass(frozen=True, slots=True)
+class CallPath:
+    """What every call of one client goes through."""
+
+    replicas: ReplicaSet
+    retrier: Retrier
+    effective_deadline: Callable[[], float]  # the caller's deadline, read once per call
+    spin: float  # ClientOptions.optimistic_spin_duration
+
+
+class _Stub:
+    def __init__(self, label: str) -> None:
+        self._label = label
+
+    def __repr__(self) -> str:
+        return f"<{self._label}>"
+
+
+def make_stub(path: CallPath, cls: type[T], options: CallOptions | None, name: str | None) -> T:
+    """A stub of component ``cls`` whose calls go through ``path``."""
+    spec = component_spec(cls)
+    methods = spec.methods
+    if name is not None and name != spec.name:
+        methods = {m: _method_spec(name, m, getattr(cls, m)) for m in methods}
+    stub = _Stub(f"{spec.name} stub")
+    for method in methods.values():
+        setattr(stub, method.name, remote_method(path, method, options))
+    return stub  # type: ignore[return-value]
+
+
+def remote_method(path: CallPath, method: MethodSpec, options: CallOptions | None = None) -> StubMethod:
+    """``method`` as an async function of its arguments: ``await f(*args)`` calls it remotely.
+
+    ``f.options(CallOptions(...))`` is the same method with other options.
+    """
+    encode_args, key, decode_result = method.encode_args, method.key, method.decode_result
+    arity = len(method.params)
+    replicas, retrier, effective_deadline, spin = path.replicas, path.retrier, path.effective_deadline, path.spin
+    pick, wait_for_session = replicas.balancer.pick, replicas.wait_for_session
+    budget, retriable = retrier.budget, method.retriable
+
+    async def call(*args: Any, **kwargs: Any) -> Any:
+        if replicas.closed:
+            raise ClosedError("the connection is closed")
+        if kwargs or len(args) != arity:
+            payload = method.payload_from_args(args, kwargs)
+        else:
+            try:
+                payload = encode_args(args)
+            except Exception:
+                payload = method.payload_from_args(args, kwargs)  # raises the error that names the argument
+        deadline = effective_deadline()
+        if serving_var.get() is not None:  # called from a handler: its own deadline bounds this call too
+            inherited = current_deadline()
+            if inherited is not None and inherited < deadline:
+                deadline = inherited
+        trace = client_trace() if current_otel_context() else None  # an empty context holds no span
+        budget.calls += 1
+        attempt = 0
+        while True:
+            attempt += 1
+            # The balancer holds only the replicas this client gave it.
+            replica: ManagedReplica | None = pick(options)  # type: ignore[assignment]
+            session = None if replica is None else replica.session
+            if session is None:
+                # This wait (until the deadline, or pick_timeout) is the call's whole wait for a
+                # replica: its Unreachable is final, not retried into another full wait.
+                session = await wait_for_session(options, deadline)
+            try:
+                request_id, waiter = session.start(key, payload, deadline, trace, options)
+                try:
+                    if spin > 0 and not waiter.done():
+                        await session.spin(waiter, spin)
+                    result = await waiter
+                except BaseException:
+                    session.give_up(request_id, deadline)
+                    raise
+                try:
+                    return decode_result(result)
+                except Exception as exc:  # msgspec.ValidationError/DecodeError
+                    raise RemoteError(
+                        f"{method.full_name}: result does not match the return type: {exc}",
+                        code=ErrorCode.MALFORMED_RESPONSE,
+                    ) from None
+            except CommunicationError as exc:
+                if replicas.closed:
+                    raise ClosedError("the connection is closed") from exc
+                delay = retrier.delay(exc, retriable, options, attempt, deadline)
+                if delay is None:
+                    raise
+                await anyio.sleep(delay)
+
+    call.__name__ = method.name
+    call.__qualname__ = f"{method.full_name} (remote)"  # in reprs and tracebacks
+    stub_method: StubMethod = call  # type: ignore[assignment]
+    stub_method.options = lambda options: remote_method(path, method, options)  # type: ignore[method-assign]
+    stub_method.__signature__ = method.signature
+    return stub_method

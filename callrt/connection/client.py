@@ -1,0 +1,279 @@
+"""One client socket's protocol logic: the call table, frames in, requests and cancels out. No sockets here.
+
+A :class:`ClientSession` is a client's connection to one replica, from its
+hello to its loss. Its transport shell (``callrt.transport``) owns the socket,
+feeds it frames, and is its :class:`ClientIO`. A failure of one session fails
+only that session's calls and never another session of the same address:
+each session is its own object with its own call table.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import anyio
+
+from ..context import CallOptions
+from ..endpoints import Endpoint
+from ..errors import CommunicationError, ErrorCode, LocalProtocolError, RemoteProtocolError, SessionLost, remote_error
+from ..options import ClientOptions
+from ..protocol import (
+    HEADER_SIZE,
+    Cancel,
+    Error,
+    GoAway,
+    HelloReply,
+    Ping,
+    Pong,
+    Response,
+    TraceContext,
+    encode_frame,
+    encode_plain_request_header,
+    encode_request_header,
+)
+
+__all__ = ("ClientIO", "ClientSession", "EventWaiter")
+
+_MAX_DEADLINE_US = (1 << 64) - 1  # the protocol's u64 field
+_MAX_DEADLINE_S = 1e12  # beyond it (31,000 years), the field's maximum: "no limit"
+_INF = math.inf
+
+
+class ClientIO(Protocol):
+    """What a transport shell does for a :class:`ClientSession`."""
+
+    def send(self, request_id: int, header: bytes, payload: bytes) -> None:
+        """Write one request, coalescing as the shell likes; call :meth:`ClientSession.mark_sent`
+        when what it held back is handed to the socket."""
+
+    def write(self, data: bytes) -> None:
+        """Write a control frame (cancel, ping, pong)."""
+
+    def abort(self, error: BaseException) -> None:
+        """Close the socket now; calls fail with ``error``'s message."""
+
+
+class EventWaiter:
+    """A one-shot result slot for any anyio backend; awaitable like an asyncio future."""
+
+    __slots__ = ("_error", "_event", "_result")
+
+    def __init__(self) -> None:
+        self._event = anyio.Event()
+        self._result: Any = None
+        self._error: BaseException | None = None
+
+    def done(self) -> bool:
+        return self._event.is_set()
+
+    def set_result(self, value: Any) -> None:
+        self._result = value
+        self._event.set()
+
+    def set_exception(self, error: BaseException) -> None:
+        self._error = error
+        self._event.set()
+
+    def __await__(self) -> Any:
+        yield from self._event.wait().__await__()
+        if self._error is not None:
+            raise self._error
+        return self._result
+
+
+class ClientSession:
+    """Protocol logic of one client socket; its transport shell is its :class:`ClientIO`."""
+
+    def __init__(self, endpoint: Endpoint, options: ClientOptions, io: ClientIO) -> None:
+        self.endpoint = endpoint
+        self.options = options
+        self.calls: dict[int, Any] = {}
+        # Every request with a smaller id has been handed to the socket; shells hold requests
+        # back only in id order, so the ones at or above it are exactly those still held.
+        self.sent_below = 1
+        self.next_id = 1
+        self.peer_max_frame = options.max_frame_size
+        self.flatten_limit = options.write_flatten_limit
+        self.ready = anyio.Event()  # hello reply received
+        self.lost = anyio.Event()  # socket gone
+        self.goaway = anyio.Event()  # server draining
+        self._idle: anyio.Event | None = None  # set when the last call finishes, if someone waits
+        self.error: BaseException | None = None
+        self.is_lost = False  # ``lost`` as a plain flag, for the per-call check
+        self.caller = options.caller
+        # When the peer last spoke, set by the shell on every read, on the loop's clock (which
+        # keepalive also sleeps on, so trio's MockClock drives it exactly).
+        self.last_received = 0.0
+        self.on_lost: Callable[[], None] | None = None  # called once, when the socket is gone
+        # anyio.current_time(), or the loop's own clock when a shell has one (the same clock,
+        # without finding the backend on every call).
+        self.now: Callable[[], float] = anyio.current_time
+        # The shell's methods, bound once: they run for every call. The asyncio shell replaces
+        # new_waiter with its loop's create_future (no Python frame per call).
+        self.send = io.send
+        self.write = io.write
+        self.abort = io.abort
+        self.new_waiter: Callable[[], Any] = EventWaiter
+
+    def mark_sent(self) -> None:
+        """Everything held back so far was handed to the socket."""
+        self.sent_below = self.next_id
+
+    @property
+    def pending(self) -> int:
+        """Calls in flight on this session: its call table's size, so each finish counts once."""
+        return len(self.calls)
+
+    def frame_received(self, frame: object) -> None:
+        kind = type(frame)
+        if kind is Response:
+            waiter = self.calls.pop(frame.id, None)  # type: ignore[attr-defined]
+            if waiter is not None:
+                # A caller cancelled an instant ago has a done waiter but has not yet given up.
+                if not waiter.done():
+                    waiter.set_result(frame.payload)  # type: ignore[attr-defined]
+                self._call_done()
+        elif kind is Error:
+            waiter = self.calls.pop(frame.id, None)  # type: ignore[attr-defined]
+            if waiter is not None:
+                if not waiter.done():
+                    f: Error = frame  # type: ignore[assignment]
+                    waiter.set_exception(remote_error(ErrorCode.parse(f.code), f.remote_type, f.message, f.traceback))
+                self._call_done()
+        elif kind is Pong or kind is HelloReply:
+            if kind is HelloReply:
+                self._hello_reply(frame)  # type: ignore[arg-type]
+        elif kind is Ping:
+            self.write(encode_frame(Pong(frame.id)))  # type: ignore[attr-defined]
+        elif kind is GoAway:
+            self.goaway.set()
+        else:
+            raise RemoteProtocolError(f"a server may not send {kind.__name__} frames")
+
+    def _hello_reply(self, reply: HelloReply) -> None:
+        if reply.version == 0:
+            raise RemoteProtocolError("the server speaks no protocol version we do")
+        self.peer_max_frame = reply.max_frame_size
+        self.ready.set()
+
+    def _call_done(self) -> None:
+        if self._idle is not None and not self.calls:
+            self._idle.set()
+
+    async def wait_idle(self) -> None:
+        """Return once no call is in flight on this session."""
+        while self.calls:
+            self._idle = anyio.Event()
+            await self._idle.wait()
+
+    def connection_lost(self, error: BaseException | None) -> None:
+        """The socket is gone: fail every call still waiting, once."""
+        if self.is_lost:
+            return
+        self.is_lost = True
+        self.error = error
+        reason = f"connection to {self.endpoint} lost" + (f": {error}" if error else "")
+        calls, self.calls = self.calls, {}
+        for request_id, waiter in calls.items():
+            if not waiter.done():
+                exc = SessionLost(reason, sent=request_id < self.sent_below)
+                if error is not None:
+                    exc.__cause__ = error
+                waiter.set_exception(exc)
+        self.lost.set()
+        self.ready.set()  # wake a handshake waiter; it checks ``lost``
+        self._call_done()
+        if self.on_lost is not None:
+            self.on_lost()
+
+    def start(
+        self, key: bytes, payload: bytes, deadline: float, trace: TraceContext | None, options: CallOptions | None
+    ) -> tuple[int, Any]:
+        """Send one request; returns its id and the waiter its reply will resolve.
+
+        ``deadline`` is in ``anyio.current_time()`` terms, ``inf`` for none.
+        """
+        if self.is_lost:
+            raise SessionLost(f"connection to {self.endpoint} is closed", sent=False)
+        request_id = self.next_id
+        self.next_id = request_id + 1
+        size = len(payload)
+        if deadline == _INF:
+            deadline_us = None
+        else:
+            left = deadline - self.now()
+            # -inf is a caller whose scope is already cancelled: the time left is none.
+            deadline_us = int(left * 1e6) if 0 < left < _MAX_DEADLINE_S else 0 if left <= 0 else _MAX_DEADLINE_US
+        if trace is None and options is None and not self.caller:
+            header = encode_plain_request_header(request_id, key, size, deadline_us)
+        else:
+            header = self._full_header(request_id, key, size, deadline_us, trace, options)
+        if len(header) - HEADER_SIZE + size > self.peer_max_frame:
+            raise LocalProtocolError(
+                f"request of {size} bytes exceeds the server's maximum frame of {self.peer_max_frame}"
+            )
+        self.calls[request_id] = waiter = self.new_waiter()
+        self.send(request_id, header, payload)
+        return request_id, waiter
+
+    def _full_header(
+        self,
+        request_id: int,
+        key: bytes,
+        size: int,
+        deadline_us: int | None,
+        trace: TraceContext | None,
+        options: CallOptions | None,
+    ) -> bytes:
+        metadata: tuple[tuple[str, str], ...] = ()
+        shard_key = None
+        if options is not None:
+            shard_key = options.shard_key
+            metadata = tuple(options.metadata.items()) if options.metadata else ()
+        return encode_request_header(request_id, key, size, deadline_us, trace, metadata, self.caller, shard_key)
+
+    def give_up(self, request_id: int, deadline: float) -> None:
+        """The caller stopped waiting (cancelled, or timed out here): tell the server if it matters."""
+        if self.calls.pop(request_id, None) is None:
+            return
+        if self.now() < deadline:
+            # Past the deadline the server needs no cancel: it enforces deadlines itself.
+            # A request still held back leaves before its cancel, which then cancels it.
+            self.write(encode_frame(Cancel(request_id)))
+        self._call_done()
+
+    async def spin(self, waiter: Any, duration: float) -> None:
+        """Keep the loop polling for ``waiter``'s reply for up to ``duration`` seconds before parking.
+
+        On an event loop, "spinning" is yielding with zero timeouts: the loop
+        polls the socket instead of parking the thread in the kernel.
+        """
+        end = time.perf_counter() + duration
+        while not waiter.done() and time.perf_counter() < end:
+            await anyio.lowlevel.checkpoint()
+
+    async def keepalive(self) -> None:
+        """Ping after ``keepalive_interval`` of silence; abort if nothing arrives in ``keepalive_timeout``."""
+        interval, timeout = self.options.keepalive_interval, self.options.keepalive_timeout
+        if interval <= 0:
+            return
+        nonce = 0
+        now = self.now
+        self.last_received = max(self.last_received, now())
+        while not self.lost.is_set():
+            quiet = now() - self.last_received
+            if quiet < interval:
+                await anyio.sleep(interval - quiet)
+                continue
+            nonce += 1
+            sent_at = now()
+            self.write(encode_frame(Ping(nonce)))
+            await anyio.sleep(timeout)
+            # uvloop's clock counts whole milliseconds and is read once per loop iteration: a
+            # reply read in a later iteration of the same millisecond is equal, not older.
+            if self.last_received < sent_at:
+                self.abort(CommunicationError(f"{self.endpoint} did not answer a ping within {timeout}s"))
+                return

@@ -1,0 +1,322 @@
+"""One accepted connection's protocol logic, and the server state its connections share. No sockets here.
+
+Theory of operation
+-------------------
+:class:`ServerConnection` is the protocol logic of one accepted connection; it
+does no I/O itself. A transport shell (``callrt.transport``) owns the socket,
+feeds it decoded frames, and is its :class:`ServerIO`: a way to write reply
+bytes, a policy for what to do when an async handler blocks, and close.
+
+*Inline handler execution.* Sync handlers, and async handlers that finish
+without suspending, run on the reading path: no task is created for them,
+and their replies join the same write as the other replies of that batch.
+An async handler is driven by :func:`run_watched`, which notices its first
+suspension; the connection then has ``inline_handler_duration`` before the
+reading path is handed to a new task, so a slow handler cannot stall the
+frames behind it. The blocked handler finishes on the task it started on
+(cancel scopes bind to their task), which then retires. A negative duration
+puts every async handler on a task of its own.
+
+*Deadlines and cancellation.* A request's deadline (the caller's remaining
+time) becomes the handler's; a cancel frame cancels the handler. Only a
+handler that has blocked can be cancelled: one that runs to completion
+without suspending has already replied by the time any later frame is read.
+
+*Drain.* On shutdown the server removes itself from registries, stops
+accepting, sends goaway on every connection, lets in-flight calls finish for
+``drain_grace`` seconds, then closes what is left.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import traceback
+import types
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import anyio
+
+from ..context import SyncSlot, serving_var
+from ..endpoints import Endpoint
+from ..errors import (
+    Cancelled,
+    CommunicationError,
+    DeadlineExceeded,
+    ErrorCode,
+    RemoteError,
+    RemoteProtocolError,
+    UnknownMethod,
+)
+from ..handlers import HandlerMap, RegisteredHandler
+from ..options import ServerOptions
+from ..protocol import (
+    Cancel,
+    Error,
+    FrameKind,
+    GoAway,
+    Hello,
+    HelloReply,
+    Ping,
+    Pong,
+    Request,
+    choose_version,
+    encode_frame,
+    encode_hello_reply,
+    pack_frame_header,
+)
+from ..tracing import detach, server_context
+
+__all__ = ("Server", "ServerConnection", "ServerIO", "error_frame", "run_watched")
+
+_RESPONSE = int(FrameKind.RESPONSE)
+
+
+def error_frame(request_id: int, exc: BaseException) -> Error:
+    """How ``exc``, raised while serving a call, travels to the caller."""
+    if isinstance(exc, RemoteError):
+        code, message = exc.code, exc.message
+        remote_type = exc.remote_type or _qualname(type(exc))
+        # One relayed from a nested call keeps the traceback of where it came from;
+        # one the handler raised itself gets the handler's traceback.
+        tb = exc.remote_traceback
+        if not tb and exc.__traceback__ is not None:
+            tb = "".join(traceback.format_exception(exc))
+    else:
+        # A communication failure of a nested call must not look like one of this call.
+        code = ErrorCode.UNAVAILABLE if isinstance(exc, CommunicationError) else ErrorCode.UNKNOWN
+        message, remote_type = str(exc), _qualname(type(exc))
+        tb = "".join(traceback.format_exception(exc))
+    return Error(request_id, code.value, _utf8_safe(remote_type), _utf8_safe(message), _utf8_safe(tb))
+
+
+def _utf8_safe(text: str) -> str:
+    # An exception's text may hold lone surrogates (a surrogateescape'd file name,
+    # say), which UTF-8 cannot carry: escape them rather than fail the reply.
+    return text if text.isascii() else text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _qualname(cls: type) -> str:
+    return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+
+
+@types.coroutine
+def run_watched(coro: Coroutine[Any, Any, Any], on_block: Callable[[], None]) -> Any:
+    """Await ``coro`` in the current task, calling ``on_block()`` at its first suspension.
+
+    Equivalent to ``await coro`` otherwise: values and exceptions pass both ways.
+    """
+    try:
+        yielded = coro.send(None)
+    except StopIteration as done:
+        return done.value
+    on_block()
+    while True:
+        try:
+            sent = yield yielded
+        except GeneratorExit:
+            coro.close()
+            raise
+        except BaseException as exc:
+            try:
+                yielded = coro.throw(exc)
+            except StopIteration as done:
+                return done.value
+        else:
+            try:
+                yielded = coro.send(sent)
+            except StopIteration as done:
+                return done.value
+
+
+class ServerIO(Protocol):
+    """What a transport shell does for a :class:`ServerConnection`: the I/O and the tasks."""
+
+    def write(self, data: bytes) -> None:
+        """Send ``data`` (coalescing writes as the shell likes)."""
+
+    def run_async(self, request: Request, entry: RegisteredHandler, deadline: float | None) -> None:
+        """Start the async handler of ``request`` (inline or on a task; see the module docstring).
+
+        :raises RemoteProtocolError: ``request.id`` is the id of a call still in flight.
+        """
+
+    def cancel_running(self, request_id: int, reason: RemoteError) -> None:
+        """Cancel the async handler of ``request_id``, if any, replying with ``reason``."""
+
+    def close(self) -> None:
+        """End the connection, after sending what was written."""
+
+
+class ServerConnection:
+    """Protocol logic of one accepted connection; its transport shell is its :class:`ServerIO`."""
+
+    def __init__(self, server: Server, io: ServerIO) -> None:
+        self.server = server
+        self.find_handler = server.handlers.get
+        self.peer_max_frame = 0  # the client's maximum frame, from its hello
+        self._sync_slot = SyncSlot()
+        # anyio.current_time(), or the loop's own clock when a shell has one (the same clock,
+        # without finding the backend on every call).
+        self.now: Callable[[], float] = anyio.current_time
+        self.flatten_limit = server.options.write_flatten_limit
+        self.closed = False
+        self.handshake_done = False
+        # The shell's methods, bound once: they run for every frame.
+        self.write = io.write
+        self.run_async = io.run_async
+        self.cancel_running = io.cancel_running
+        self.close = io.close
+
+    def start_reading(self) -> contextvars.Token[Any]:
+        """Shells call this before handling frames (and :meth:`stop_reading` after), in the same context."""
+        return serving_var.set(self._sync_slot)
+
+    def stop_reading(self, token: contextvars.Token[Any]) -> None:
+        serving_var.reset(token)
+
+    def hello_received(self, hello: Hello) -> None:
+        """Answer the client's hello (the first frame); a hello with no common version ends the connection."""
+        version = choose_version(hello)
+        self.peer_max_frame = hello.max_frame_size
+        self.write(encode_hello_reply(HelloReply(version, self.server.options.max_frame_size)))
+        if version == 0:
+            raise RemoteProtocolError("no common protocol version")
+        self.handshake_done = True
+
+    def handshake_expired(self) -> None:
+        """The handshake timeout passed: a client that has not sent its hello by now is dropped."""
+        if not self.handshake_done:
+            self.close()
+
+    # -- protocol ------------------------------------------------------------
+
+    def frame_received(self, frame: object) -> None:
+        if type(frame) is Request:
+            self.request_received(frame)
+        elif type(frame) is Cancel:
+            self.cancel_running(frame.id, Cancelled("the caller cancelled the call"))
+        elif type(frame) is Ping:
+            self.write(encode_frame(Pong(frame.id)))
+        elif type(frame) is Pong:
+            pass
+        else:
+            raise RemoteProtocolError(f"a client may not send {type(frame).__name__} frames")
+
+    def request_received(self, request: Request) -> None:
+        entry = self.find_handler(request.method_key)
+        if entry is None:
+            self.fail(request.id, UnknownMethod(f"no handler for method key {request.method_key.hex()}"))
+            return
+        deadline = None
+        if request.deadline_us is not None:
+            if request.deadline_us == 0:
+                self.fail(request.id, DeadlineExceeded(f"{entry.name}: deadline passed before the call arrived"))
+                return
+            # The caller's time left becomes a deadline once, on arrival, for every use below.
+            deadline = self.now() + request.deadline_us / 1e6
+        if entry.is_async:
+            self.run_async(request, entry, deadline)
+            return
+        slot = self._sync_slot
+        slot.call = (request, entry.name, deadline)
+        otel = None if request.trace is None else server_context(request.trace)
+        try:
+            result = entry.handler(request.payload)
+        except Exception as exc:
+            self.fail(request.id, exc)
+        else:
+            self.reply(request.id, result)  # type: ignore[arg-type]
+        finally:
+            slot.call = None
+            if otel is not None:
+                detach(otel)
+
+    def reply(self, request_id: int, payload: bytes) -> None:
+        size = len(payload)
+        if size <= self.flatten_limit and size <= self.peer_max_frame:  # the common reply first
+            self.write(pack_frame_header(size, _RESPONSE, request_id) + payload)
+        elif size > self.peer_max_frame:
+            # The caller would have to drop the connection over it: fail this call only.
+            message = f"result of {size} bytes exceeds the caller's maximum frame of {self.peer_max_frame}"
+            self.fail(request_id, RemoteError(message, code=ErrorCode.RESOURCE_EXHAUSTED))
+        else:
+            self.write(pack_frame_header(size, _RESPONSE, request_id))
+            self.write(payload)
+
+    def fail(self, request_id: int, exc: BaseException) -> None:
+        self.write(encode_frame(error_frame(request_id, exc)))
+
+    async def call_async(
+        self, request: Request, entry: RegisteredHandler, deadline: float | None, on_block: Callable[[], None]
+    ) -> None:
+        """Run an async handler with ``on_block`` as its first-suspension hook, then reply."""
+        token = serving_var.set((request, entry.name, deadline))
+        otel = None if request.trace is None else server_context(request.trace)
+        try:
+            result = await run_watched(entry.handler(request.payload), on_block)  # type: ignore[arg-type]
+        except Exception as exc:
+            self.fail(request.id, exc)
+        else:
+            self.reply(request.id, result)
+        finally:
+            serving_var.reset(token)
+            if otel is not None:
+                detach(otel)
+
+    def goaway(self, reason: str) -> None:
+        if not self.handshake_done:
+            self.close()  # nothing in flight, and a goaway must not come before the hello reply
+        elif not self.closed:
+            self.write(encode_frame(GoAway(reason)))
+
+
+@dataclass(eq=False)
+class Server:
+    """A running server: its handlers, listeners and live connections.
+
+    Made by ``call.serve`` (runs until cancelled, then drains) or
+    ``call.start_server`` (an async context manager, for tests and embedding).
+    """
+
+    handlers: HandlerMap
+    options: ServerOptions
+    endpoints: list[Endpoint] = field(default_factory=list)
+    connections: set[ServerConnection] = field(default_factory=set)
+    _stop: anyio.Event = field(default_factory=anyio.Event)
+    _all_closed: anyio.Event | None = None
+
+    @property
+    def endpoint(self) -> Endpoint:
+        """The first bound endpoint (with the real port when port 0 was asked for)."""
+        return self.endpoints[0]
+
+    def stop(self) -> None:
+        """Ask :func:`serve` to drain and return."""
+        self._stop.set()
+
+    def connection_opened(self, conn: ServerConnection) -> None:
+        self.connections.add(conn)
+
+    def connection_closed(self, conn: ServerConnection) -> None:
+        self.connections.discard(conn)
+        if self._all_closed is not None and not self.connections:
+            self._all_closed.set()
+
+    async def drain(self) -> None:
+        """Goaway to every connection; wait up to ``drain_grace`` for clients to finish and close; close the rest.
+
+        Connections are left for their clients to close: a request that crossed
+        the goaway on the wire is still served, which closing at the moment of
+        zero calls in flight would lose.
+        """
+        self._all_closed = anyio.Event()
+        for conn in list(self.connections):
+            conn.goaway("server draining")
+        if self.connections:
+            with anyio.move_on_after(self.options.drain_grace):
+                await self._all_closed.wait()
+        for conn in list(self.connections):
+            conn.close()
+        self.connections.clear()

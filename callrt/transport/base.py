@@ -1,0 +1,86 @@
+"""What every transport shell shares: the :class:`Transport` interface, the client's handshake, the error map.
+
+A transport carries callrt's frames: it listens for connections (each one a
+:class:`~callrt.connection.server.ServerConnection` it feeds) and opens
+connections (each one a :class:`~callrt.connection.client.ClientSession`).
+OS and anyio errors are mapped to ``callrt.errors`` here, once per
+operation, and go no further: :func:`connect_errors` for connecting,
+:data:`BROKEN` for what a read or a write of a live connection may raise.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import AbstractAsyncContextManager, contextmanager
+
+import anyio
+from anyio.abc import TaskGroup
+
+from ..connection.client import ClientSession
+from ..connection.server import Server
+from ..endpoints import Endpoint
+from ..errors import CommunicationError
+from ..options import ClientOptions
+from ..protocol import SUPPORTED_VERSIONS, Hello, encode_hello
+
+__all__ = ("BROKEN", "Transport", "client_hello", "connect_errors", "handshake")
+
+# What reading from or writing to a live connection raises when the connection is gone.
+BROKEN = (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStream, OSError)
+
+
+class Transport(ABC):
+    """One way of carrying callrt's frames between processes (or within one)."""
+
+    @abstractmethod
+    def listen(self, endpoint: Endpoint, server: Server, conn_tg: TaskGroup) -> AbstractAsyncContextManager[Endpoint]:
+        """Accept connections for ``server`` on ``endpoint`` while the context is open; yields the bound endpoint.
+
+        Leaving the context stops accepting; live connections stay for the
+        drain. Connections that need tasks run them in ``conn_tg``.
+        """
+
+    @abstractmethod
+    def connect(self, endpoint: Endpoint, options: ClientOptions) -> AbstractAsyncContextManager[ClientSession]:
+        """A connected, handshaken session to ``endpoint``; closed on exit.
+
+        :raises ~callrt.errors.CommunicationError: the connection or handshake failed or timed out.
+        """
+
+
+def client_hello(options: ClientOptions) -> bytes:
+    """The first bytes a client sends."""
+    return encode_hello(Hello(SUPPORTED_VERSIONS[0], SUPPORTED_VERSIONS[-1], options.max_frame_size))
+
+
+@contextmanager
+def connect_errors(endpoint: Endpoint, options: ClientOptions) -> Iterator[None]:
+    """Bound a connection attempt by ``connect_timeout``; its OS errors become :class:`CommunicationError`."""
+    try:
+        with anyio.fail_after(options.connect_timeout):
+            yield
+    except TimeoutError:
+        raise CommunicationError(f"connecting to {endpoint} timed out after {options.connect_timeout}s") from None
+    except OSError as exc:
+        raise CommunicationError(f"cannot connect to {endpoint}: {exc}") from exc
+
+
+async def handshake(session: ClientSession, endpoint: Endpoint, options: ClientOptions) -> None:
+    """Wait for the server's hello reply (the shell sent :func:`client_hello` and reads into ``session``).
+
+    On failure the session is aborted and a :class:`CommunicationError` says why.
+    """
+    try:
+        with anyio.fail_after(options.handshake_timeout):
+            await session.ready.wait()
+    except TimeoutError:
+        session.abort(CommunicationError("handshake timed out"))
+        raise CommunicationError(f"handshake with {endpoint} timed out after {options.handshake_timeout}s") from None
+    except BaseException:
+        # Cancelled mid-handshake (the client is closing, say): close the socket now, not
+        # whenever the transport is collected (uvloop warns, and may not cope).
+        session.abort(CommunicationError("handshake interrupted"))
+        raise
+    if session.lost.is_set():
+        raise CommunicationError(f"{endpoint} closed the connection during the handshake") from session.error
