@@ -2,6 +2,27 @@
 
 Write plain classes marked ``@component``; host them in a worker with
 ``call.serve()``; call them through typed stubs from ``call.connect(resolver)``.
+
+The package is built in layers; a module imports only from layers below its
+own (``[tool.importlinter]`` in pyproject.toml checks it), top to bottom:
+
+================================  ================================================
+``testing``                       the kit for tests: worker processes, fault proxy
+``call``                          the public namespace (``from callrt import call``)
+``server``, ``client/``           ``serve()``; ``connect()``, replicas, retries, stubs
+``transport/``                    the I/O shells: asyncio Protocol, anyio streams,
+                                  in-memory; one ``Transport`` interface
+``connection/``                   one connection's protocol logic, no sockets
+``options``                       server and client settings
+``balancers/``, ``resolvers/``    picking a replica; finding endpoints
+``registry``                      servers announcing themselves
+``handlers``                      the HandlerMap: method key to handler
+``component``                     ``@component``, method specs and codecs
+``context``, ``tracing``          per-call values; W3C trace context
+``protocol``, ``keys``,           the sans-IO wire codec, method keys, addresses
+``endpoints``, ...
+``errors``                        the error tree
+================================  ================================================
 """
 
 from __future__ import annotations

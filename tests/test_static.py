@@ -1,4 +1,4 @@
-"""The package type-checks and lints clean (mypy, ruff), so neither drifts unnoticed."""
+"""The package type-checks, lints and keeps its layers (mypy, ruff, import-linter), so none drifts unnoticed."""
 
 from __future__ import annotations
 
@@ -16,8 +16,9 @@ ROOT = Path(__file__).resolve().parent.parent
     [
         [sys.executable, "-m", "mypy", "callrt"],
         [sys.executable, "-m", "ruff", "check", "callrt", "examples", "bench", "tests"],
+        [str(Path(sys.executable).parent / "lint-imports")],
     ],
-    ids=["mypy", "ruff"],
+    ids=["mypy", "ruff", "layers"],
 )
 def test_clean(command: list[str]) -> None:
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
