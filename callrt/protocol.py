@@ -557,12 +557,12 @@ class FrameDecoder:
         try:
             while self._error is None:
                 large = self._large is not None
-                if (frame := self.next_frame()) is None:
+                if (frame := self._next_frame()) is None:
                     break
                 out.append(frame)
                 if large:
                     # A large frame is handled before the next one is parsed (whose body would be
-                    # allocated meanwhile): one large buffer alive at a time, as with next_frame().
+                    # collected meanwhile): one large buffer alive at a time, as with next_frame().
                     self.more = True
                     break
         except RemoteProtocolError as exc:
@@ -574,9 +574,20 @@ class FrameDecoder:
         return out
 
     def next_frame(self) -> Frame | None:
-        """The next complete frame, or ``None`` when more bytes are needed."""
+        """The next complete frame, or ``None`` when more bytes are needed.
+
+        A :class:`RemoteProtocolError` is final: every later call raises it again
+        (the frame after a malformed one is never decoded; framing is lost).
+        """
         if self._error is not None:
             raise self._error
+        try:
+            return self._next_frame()
+        except RemoteProtocolError as exc:
+            self._error = exc
+            raise
+
+    def _next_frame(self) -> Frame | None:
         if self._expect is not None or self._large is not None:
             return self._hello() if self._expect is not None else self._large_frame()
         buf, pos = self._buf, self._pos

@@ -127,6 +127,28 @@ def test_partial_body_bytes_counts_small_bodies_too() -> None:
     assert decoder.partial_body_bytes == 0
 
 
+# -- found by fuzzing (fuzz/README.md) --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "bad", [b"\xff" * 13, HEADER.pack(5, 1, 1) + KEY[:5]], ids=["unknown-kind", "truncated-request"]
+)
+def test_next_frame_stays_broken_after_an_error(bad: bytes) -> None:
+    """decoder-server, first minute: after next_frame() raised, the next call decoded the frame after the bad one.
+
+    frames() kept its error; next_frame() (the stream transport's handshake loop uses it)
+    moved past a malformed request and went on, as if framing were not lost.
+    """
+    decoder = FrameDecoder()
+    decoder.receive_data(bad + encode_frame(Ping(7)))
+    with pytest.raises(RemoteProtocolError) as first:
+        decoder.next_frame()
+    for call in (decoder.next_frame, decoder.frames, decoder.next_frame):
+        with pytest.raises(RemoteProtocolError) as again:
+            call()
+        assert again.value is first.value
+
+
 # -- (b) metadata entries and header size ----------------------------------------------
 
 

@@ -1,0 +1,1 @@
+"""Coverage-guided fuzzing of callrt's sans-IO codec; see fuzz/README.md."""
