@@ -4,6 +4,7 @@
 components you name (``"package.module:Class"``) and tells you the endpoint it
 bound. Stop it gracefully (SIGTERM: the server drains) or kill it (SIGKILL).
 :class:`ManualResolver` is a resolver the test drives: set endpoints, inject errors.
+:class:`FaultProxy` sits between a client and a server and delays, drops, corrupts, stalls or resets their bytes.
 """
 
 from __future__ import annotations
@@ -20,8 +21,18 @@ from typing import Any
 from ..endpoints import Endpoint, parse_endpoint
 from ..options import ServerOptions
 from ._resolver import ManualResolver, ResolverError
+from .proxy import Direction, FaultProxy, Faults, Pipe, ProxyConnection
 
-__all__ = ("ManualResolver", "ResolverError", "WorkerProcess")
+__all__ = (
+    "Direction",
+    "FaultProxy",
+    "Faults",
+    "ManualResolver",
+    "Pipe",
+    "ProxyConnection",
+    "ResolverError",
+    "WorkerProcess",
+)
 
 
 def _die_with_parent() -> None:
