@@ -69,7 +69,8 @@ async def start_server(
     endpoints = [parse_endpoint(a) for a in addresses]
     server = Server(_handler_map(components), options or ServerOptions())
     transports = TransportSelector(server.options.transport)
-    raised: BaseException | None = None
+    raised: BaseException | None = None  # by the caller's block
+    failed: Exception | None = None  # binding or registering
     async with anyio.create_task_group() as connections:
         try:
             async with AsyncExitStack() as stack:
@@ -85,9 +86,13 @@ async def start_server(
                     # Raised by the caller's block: re-raised below, outside our task group,
                     # so that it reaches the caller as itself, not inside an exception group.
                     raised = exc
+        except Exception as exc:
+            failed = exc  # raised below as itself (an OSError naming the address, say), not in a group
         finally:
             with anyio.CancelScope(shield=True):
                 await server.drain()
             connections.cancel_scope.cancel()
     if raised is not None:
         raise raised
+    if failed is not None:
+        raise failed

@@ -107,6 +107,7 @@ class ClientSession:
         # When the peer last spoke, set by the shell on every read, on the loop's clock (which
         # keepalive also sleeps on, so trio's MockClock drives it exactly).
         self.last_received = 0.0
+        self.pongs = 0  # pongs received: keepalive reads the clock, tests read this
         self.on_lost: Callable[[], None] | None = None  # called once, when the socket is gone
         # anyio.current_time(), or the loop's own clock when a shell has one (the same clock,
         # without finding the backend on every call).
@@ -143,9 +144,10 @@ class ClientSession:
                     f: Error = frame  # type: ignore[assignment]
                     waiter.set_exception(remote_error(ErrorCode.parse(f.code), f.remote_type, f.message, f.traceback))
                 self._call_done()
-        elif kind is Pong or kind is HelloReply:
-            if kind is HelloReply:
-                self._hello_reply(frame)  # type: ignore[arg-type]
+        elif kind is Pong:
+            self.pongs += 1
+        elif kind is HelloReply:
+            self._hello_reply(frame)  # type: ignore[arg-type]
         elif kind is Ping:
             self.write(encode_frame(Pong(frame.id)))  # type: ignore[attr-defined]
         elif kind is GoAway:

@@ -5,6 +5,13 @@ components you name (``"package.module:Class"``) and tells you the endpoint it
 bound. Stop it gracefully (SIGTERM: the server drains) or kill it (SIGKILL).
 :class:`ManualResolver` is a resolver the test drives: set endpoints, inject errors.
 :class:`FaultProxy` sits between a client and a server and delays, drops, corrupts, stalls or resets their bytes.
+
+Without sockets: serve and call on ``memory://NAME`` endpoints (the in-memory
+transport, same behaviour as TCP: deadlines, cancellation, errors, goaway),
+in one event loop, on every backend and on trio's ``MockClock``;
+:func:`raw_listener` stands in for a misbehaving server there.
+:func:`~callrt.testing.conformance.check_transport` is the suite every
+transport passes.
 """
 
 from __future__ import annotations
@@ -20,10 +27,14 @@ from typing import Any
 
 from ..endpoints import Endpoint, parse_endpoint
 from ..options import ServerOptions
+from ..transport.memory import raw_listener
 from ._resolver import ManualResolver, ResolverError
+from .conformance import check_transport
 from .proxy import Direction, FaultProxy, Faults, Pipe, ProxyConnection
 
 __all__ = (
+    "check_transport",
+    "raw_listener",
     "Direction",
     "FaultProxy",
     "Faults",

@@ -12,6 +12,7 @@ its server stops.
 from __future__ import annotations
 
 import errno
+import math
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
@@ -26,7 +27,7 @@ from ..options import ClientOptions
 from ._stream import client_over, serve_stream
 from .base import Transport, connect_errors
 
-__all__ = ("MemoryTransport", "memory_stream_pair")
+__all__ = ("MemoryTransport", "memory_stream_pair", "raw_listener")
 
 # Chunks in flight one way before the sender waits, like a socket's buffer filling up.
 _CHUNKS_IN_FLIGHT = 64
@@ -66,6 +67,25 @@ def memory_stream_pair() -> tuple[ByteStream, ByteStream]:
 
 # name -> how to hand a new connection's server end to its server
 _listeners: dict[str, Callable[[ByteStream], None]] = {}
+
+
+@asynccontextmanager
+async def raw_listener(endpoint: Endpoint) -> AsyncIterator[MemoryObjectReceiveStream[ByteStream]]:
+    """Listen on a ``memory://`` endpoint without a callrt server: yields the server ends of new connections.
+
+    For tests of what a client does when the server misbehaves (never answers,
+    answers garbage, goes silent after the hello).
+    """
+    if endpoint.address in _listeners:
+        raise OSError(errno.EADDRINUSE, f"a server already listens on {endpoint}")
+    send, receive = anyio.create_memory_object_stream[ByteStream](math.inf)
+    _listeners[endpoint.address] = send.send_nowait
+    try:
+        async with receive:
+            yield receive
+    finally:
+        del _listeners[endpoint.address]
+        send.close()
 
 
 class MemoryTransport(Transport):
