@@ -117,14 +117,20 @@ async def test_transparent_both_ways_with_half_close(listen: str, up: str, sockd
             await p.client.send_eof()
             with pytest.raises(anyio.EndOfStream):
                 await p.server.receive()
-            await p.server.send(b"late")
-            assert await read(p.client, 4) == b"late"
-            await p.server.aclose()
+            # Its last bytes, then its close, reach the client.
+            async with anyio.create_task_group() as tg:
+
+                async def send_and_close() -> None:
+                    await p.server.send(big)
+                    await p.server.aclose()
+
+                tg.start_soon(send_and_close)
+                assert await read(p.client, len(big)) == big
             with pytest.raises(anyio.EndOfStream):
                 await p.client.receive()
             await p.conn.wait_closed()
             assert not p.conn.was_reset and proxy.connections == []
-            assert (p.conn.to_server.forwarded, p.conn.to_client.forwarded) == (5, len(big) + 4)
+            assert (p.conn.to_server.forwarded, p.conn.to_client.forwarded) == (5, 2 * len(big))
 
 
 async def test_delay_holds_each_chunk_without_adding_up(sockdir: Path) -> None:

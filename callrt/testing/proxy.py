@@ -55,7 +55,7 @@ from collections.abc import Awaitable, Callable, Collection
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 import anyio
 from anyio.abc import ByteStream, Listener, SocketAttribute, TaskGroup
@@ -285,10 +285,13 @@ class ProxyConnection:
     async def wait_closed(self) -> None:
         await self._closed_event.wait()
 
-    async def _run(self, connect: Callable[[], Awaitable[ByteStream]]) -> None:
+    async def _run(
+        self, prepare: Callable[[ProxyConnection], None], connect: Callable[[], Awaitable[ByteStream]]
+    ) -> None:
         """Connect upstream, forward both ways until both peers have closed or a reset; close both sockets."""
         queues: tuple[MemoryObjectSendStream[_Chunk] | MemoryObjectReceiveStream[_Chunk], ...] = ()
         try:
+            prepare(self)
             with anyio.CancelScope() as self._scope:
                 if self.was_reset:
                     return  # reset before it began: upstream never sees it
@@ -448,15 +451,17 @@ class FaultProxy:
         self._accepted_event.set()
         self._accepted_event = anyio.Event()
         try:
-            if self.refuse:
-                conn.reset()
-            elif self.on_connect is not None:
-                self.on_connect(conn)
-            if any(pipe.faults.reset_after == 0 for pipe in conn.pipes("both")):
-                conn.reset()  # reset at offset 0: at once
-            await conn._run(self._connect)
+            await conn._run(self._prepare, self._connect)
         finally:
             self._live.remove(conn)
+
+    def _prepare(self, conn: ProxyConnection) -> None:
+        if self.refuse:
+            conn.reset()
+        elif self.on_connect is not None:
+            self.on_connect(conn)
+        if any(pipe.faults.reset_after == 0 for pipe in conn.pipes("both")):
+            conn.reset()  # reset at offset 0: at once
 
 
 class _Address(NamedTuple):
@@ -478,7 +483,11 @@ def _parse(url: str) -> _Address:
 
 
 async def _close(stream: ByteStream, *, reset: bool) -> None:
-    """Close ``stream``: with an RST when ``reset`` (SO_LINGER 0), else after what it still has to send."""
+    """Close ``stream``, with an RST when ``reset`` (SO_LINGER 0).
+
+    Nothing sent is lost to a plain close: anyio's ``send()`` returns once the bytes are
+    the kernel's (on asyncio it sets the transport's write buffer limit to 0).
+    """
     if reset:
         try:
             sock: socket.socket = stream.extra(SocketAttribute.raw_socket)
@@ -486,14 +495,4 @@ async def _close(stream: ByteStream, *, reset: bool) -> None:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         except (anyio.TypedAttributeLookupError, AttributeError, OSError):
             pass  # not a socket, or already closed (asyncio's transports forget theirs)
-    else:
-        # anyio's asyncio streams abort their transport on aclose(), dropping what is still
-        # buffered in it (a peer that reads slowly): give that a moment to leave first.
-        transport: Any = getattr(stream, "_transport", None)
-        buffered: Callable[[], int] | None = getattr(transport, "get_write_buffer_size", None)
-        if buffered is not None:
-            with anyio.move_on_after(5):
-                # Polled: the transport tells nobody when its buffer empties.
-                while buffered() and not transport.is_closing():  # noqa: ASYNC110
-                    await anyio.sleep(0.001)
     await stream.aclose()
