@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from .protocol import Request
 
-__all__ = ("CallContext", "CallOptions", "SyncSlot", "current_call", "current_deadline", "serving_var")
+__all__ = ("CallContext", "CallOptions", "Peer", "SyncSlot", "current_call", "current_deadline", "serving_var")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -35,6 +35,29 @@ class CallOptions:
 
 
 @dataclass(frozen=True, slots=True)
+class Peer:
+    """Who is on the other end of a server's connection, as the transport established it.
+
+    :ivar address: ``"tcp://host:port"``, ``"unix://<path>"`` or ``"memory://<name>"``.
+    :ivar local: the peer is on this machine (loopback TCP, a Unix socket, in memory).
+    :ivar uid: for Unix sockets, the peer process's user id (``SO_PEERCRED``); likewise ``gid`` and ``pid``.
+    :ivar uri_sans: with TLS, the URI names of the peer's verified certificate (SPIFFE IDs, say).
+    :ivar dns_sans: with TLS, the DNS names of the peer's verified certificate.
+    """
+
+    address: str
+    local: bool
+    uid: int | None = None
+    gid: int | None = None
+    pid: int | None = None
+    uri_sans: tuple[str, ...] = ()
+    dns_sans: tuple[str, ...] = ()
+
+
+UNKNOWN_PEER = Peer("unknown", local=False)
+
+
+@dataclass(frozen=True, slots=True)
 class CallContext:
     """What a handler can learn about the call it is serving (:func:`current_call`)."""
 
@@ -43,11 +66,12 @@ class CallContext:
     caller: str
     deadline: float | None  # in anyio.current_time() terms, or None
     shard_key: int | None
+    peer: Peer = UNKNOWN_PEER
 
 
 # The serving path stores only what it already has; current_call() builds the
 # CallContext on demand, so calls whose handlers never ask pay nothing for it.
-Serving = tuple[Request, str, float | None]
+Serving = tuple[Request, str, float | None, Peer]
 
 
 class SyncSlot:
@@ -72,7 +96,7 @@ serving_var: contextvars.ContextVar[Serving | SyncSlot | None] = contextvars.Con
 
 def _serving() -> Serving | None:
     current = serving_var.get()
-    return current.call if type(current) is SyncSlot else current  # type: ignore[union-attr,return-value]
+    return current.call if type(current) is SyncSlot else current  # type: ignore[return-value]
 
 
 def current_call() -> CallContext | None:
@@ -80,8 +104,8 @@ def current_call() -> CallContext | None:
     current = _serving()
     if current is None:
         return None
-    request, name, deadline = current
-    return CallContext(name, dict(request.metadata), request.caller, deadline, request.shard_key)
+    request, name, deadline, peer = current
+    return CallContext(name, dict(request.metadata), request.caller, deadline, request.shard_key, peer)
 
 
 def current_deadline() -> float | None:

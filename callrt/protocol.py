@@ -495,7 +495,7 @@ class FrameDecoder:
             self._buf += data
             self._pos = 0
         else:
-            buf += data  # type: ignore[operator]  # a bytearray, extended in place
+            buf += data  # a bytearray, extended in place
 
     def frames(self) -> list[Frame]:
         """Every complete frame received so far, in order; ``[]`` when more bytes are needed.

@@ -38,7 +38,7 @@ from typing import Any, Protocol
 
 import anyio
 
-from ..context import SyncSlot, serving_var
+from ..context import UNKNOWN_PEER, SyncSlot, serving_var
 from ..endpoints import Endpoint
 from ..errors import (
     Cancelled,
@@ -156,6 +156,7 @@ class ServerConnection:
         self.server = server
         self.find_handler = server.handlers.get
         self.peer_max_frame = 0  # the client's maximum frame, from its hello
+        self.peer = UNKNOWN_PEER  # set by the shell once the connection is accepted
         self._sync_slot = SyncSlot()
         # anyio.current_time(), or the loop's own clock when a shell has one (the same clock,
         # without finding the backend on every call).
@@ -220,7 +221,7 @@ class ServerConnection:
             self.run_async(request, entry, deadline)
             return
         slot = self._sync_slot
-        slot.call = (request, entry.name, deadline)
+        slot.call = (request, entry.name, deadline, self.peer)
         otel = None if request.trace is None else server_context(request.trace)
         try:
             result = entry.handler(request.payload)
@@ -252,7 +253,7 @@ class ServerConnection:
         self, request: Request, entry: RegisteredHandler, deadline: float | None, on_block: Callable[[], None]
     ) -> None:
         """Run an async handler with ``on_block`` as its first-suspension hook, then reply."""
-        token = serving_var.set((request, entry.name, deadline))
+        token = serving_var.set((request, entry.name, deadline, self.peer))
         otel = None if request.trace is None else server_context(request.trace)
         try:
             result = await run_watched(entry.handler(request.payload), on_block)  # type: ignore[arg-type]

@@ -30,7 +30,7 @@ from ..errors import CommunicationError, DeadlineExceeded, RemoteError, RemotePr
 from ..handlers import RegisteredHandler
 from ..options import ClientOptions
 from ..protocol import FrameDecoder, Hello, Request, Response
-from .base import Transport, client_hello, connect_errors, handshake
+from .base import Transport, client_hello, connect_errors, handshake, socket_peer
 
 
 class _AsyncCall:
@@ -146,6 +146,8 @@ class ServerProtocol(_Writer):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._attach(transport)
+        info = transport.get_extra_info
+        self.conn.peer = socket_peer(info("socket"), info("peername"), info("peercert"))
         self.server.connection_opened(self.conn)
         self._handshake_timer = self.loop.call_later(self.server.options.handshake_timeout, self.conn.handshake_expired)
 

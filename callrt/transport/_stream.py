@@ -17,17 +17,19 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
-from anyio.abc import ByteStream, TaskGroup
+from anyio.abc import ByteStream, SocketAttribute, TaskGroup
+from anyio.streams.tls import TLSAttribute
 
 from .._writes import frame_buffers, joined
 from ..connection.client import ClientSession
 from ..connection.server import Server, ServerConnection
+from ..context import Peer
 from ..endpoints import Endpoint
 from ..errors import CommunicationError, DeadlineExceeded, RemoteError, RemoteProtocolError
 from ..handlers import RegisteredHandler
 from ..options import ClientOptions
 from ..protocol import FrameDecoder, Hello, Request
-from .base import BROKEN, Transport, client_hello, connect_errors, handshake
+from .base import BROKEN, Transport, client_hello, connect_errors, handshake, socket_peer
 
 __all__ = ("StreamTransport", "client_over", "serve_stream")
 
@@ -184,17 +186,25 @@ def _no_hook() -> None:
     pass
 
 
-async def serve_stream(server: Server, stream: ByteStream) -> None:
-    """Serve one accepted connection on ``stream`` until it ends."""
+async def serve_stream(server: Server, stream: ByteStream, peer: Peer | None = None) -> None:
+    """Serve one accepted connection on ``stream`` until it ends; ``peer`` when the stream cannot tell."""
     async with stream:
         async with anyio.create_task_group() as tg:
             shell = StreamServerShell(server, stream, tg)
+            shell.conn.peer = peer or _stream_peer(stream)
             server.connection_opened(shell.conn)
             tg.start_soon(shell.write_until_broken)
             tg.start_soon(shell.handshake_watchdog)
             tg.start_soon(shell.read)
         shell.conn.closed = True
         server.connection_closed(shell.conn)
+
+
+def _stream_peer(stream: ByteStream) -> Peer:
+    sock = stream.extra(SocketAttribute.raw_socket, None)
+    peername = stream.extra(SocketAttribute.remote_address, None)
+    cert = stream.extra(TLSAttribute.peer_certificate, None)
+    return socket_peer(sock, peername, cert)
 
 
 # -- client ------------------------------------------------------------------

@@ -10,21 +10,27 @@ operation, and go no further: :func:`connect_errors` for connecting,
 
 from __future__ import annotations
 
+import ipaddress
+import socket
+import struct
+import sys
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import AbstractAsyncContextManager, contextmanager
+from typing import Any
 
 import anyio
 from anyio.abc import TaskGroup
 
 from ..connection.client import ClientSession
 from ..connection.server import Server
+from ..context import Peer
 from ..endpoints import Endpoint
 from ..errors import CommunicationError
 from ..options import ClientOptions
 from ..protocol import SUPPORTED_VERSIONS, Hello, encode_hello
 
-__all__ = ("BROKEN", "Transport", "client_hello", "connect_errors", "handshake")
+__all__ = ("BROKEN", "Transport", "client_hello", "connect_errors", "handshake", "socket_peer")
 
 # What reading from or writing to a live connection raises when the connection is gone.
 BROKEN = (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStream, OSError)
@@ -84,3 +90,38 @@ async def handshake(session: ClientSession, endpoint: Endpoint, options: ClientO
         raise
     if session.lost.is_set():
         raise CommunicationError(f"{endpoint} closed the connection during the handshake") from session.error
+
+
+_PEERCRED = struct.Struct("3i")  # pid, uid, gid: Linux's struct ucred
+
+
+def socket_peer(sock: socket.socket | None, peername: Any, cert: dict[str, Any] | None = None) -> Peer:
+    """Who is on the other end of an accepted socket: address, Unix credentials, verified TLS names.
+
+    ``cert`` is the peer's certificate as ``ssl.SSLSocket.getpeercert()`` gives it (verified, or ``None``).
+    """
+    uri_sans: tuple[str, ...] = ()
+    dns_sans: tuple[str, ...] = ()
+    if cert:
+        names = cert.get("subjectAltName", ())
+        uri_sans = tuple(value for kind, value in names if kind == "URI")
+        dns_sans = tuple(value for kind, value in names if kind == "DNS")
+    if sock is not None and sock.family == socket.AF_UNIX:
+        uid = gid = pid = None
+        if sys.platform == "linux":
+            try:
+                pid, uid, gid = _PEERCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
+            except OSError:
+                pass
+        path = sock.getsockname()
+        address = f"unix://{path if isinstance(path, str) else path.decode(errors='backslashreplace')}"
+        return Peer(address, True, uid, gid, pid, uri_sans, dns_sans)
+    if isinstance(peername, tuple) and len(peername) >= 2:
+        host, port = str(peername[0]), int(peername[1])
+        try:
+            local = ipaddress.ip_address(host.split("%")[0]).is_loopback
+        except ValueError:
+            local = False
+        address = f"tcp://[{host}]:{port}" if ":" in host else f"tcp://{host}:{port}"
+        return Peer(address, local, uri_sans=uri_sans, dns_sans=dns_sans)
+    return Peer(f"tcp://{peername}", False, uri_sans=uri_sans, dns_sans=dns_sans)

@@ -22,6 +22,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from ..connection.client import ClientSession
 from ..connection.server import Server
+from ..context import Peer
 from ..endpoints import Endpoint
 from ..options import ClientOptions
 from ._stream import client_over, serve_stream
@@ -97,8 +98,10 @@ class MemoryTransport(Transport):
         if name in _listeners:
             raise OSError(errno.EADDRINUSE, f"a server already listens on {endpoint}")
 
+        peer = Peer(str(endpoint), local=True)
+
         def accept(stream: ByteStream) -> None:
-            conn_tg.start_soon(serve_stream, server, stream)
+            conn_tg.start_soon(serve_stream, server, stream, peer)
 
         _listeners[name] = accept
         try:
