@@ -492,3 +492,22 @@ async def test_corrupt_frame_closes_the_connection_and_the_call_is_retried(
             assert await conn.stub(Lab).add(2, 3) == 5
             assert proxy.accepted == 2 and conn.retry_counts["retries"] == 1
             assert [c.number for c in proxy.connections] == [2]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="callrt: keepalive counts bytes, not frames, so pongs keep alive a connection whose replies no "
+    "longer parse; its calls hang (without a deadline, forever) and it is never replaced",
+)
+async def test_keepalive_drops_a_connection_whose_replies_no_longer_parse(worker: WorkerProcess) -> None:
+    def grow_first_reply(c: ProxyConnection) -> None:
+        # The first reply's length grows by 16 MiB in transit, under the 64 MiB limit: the
+        # client's decoder waits for a body that never comes, and the server answers its pings.
+        if c.number == 1:
+            c.set_faults(Faults(corrupt_at=[HELLO + 2]), "to_client")
+
+    options = {"keepalive_interval": 0.2, "keepalive_timeout": 0.2}
+    with anyio.fail_after(1.5):
+        async with proxied(worker, on_connect=grow_first_reply, **options) as (proxy, conn):
+            assert await conn.stub(Lab).add(2, 3) == 5  # retried on a second connection
+            assert proxy.accepted == 2
