@@ -11,17 +11,21 @@ runs on anyio: asyncio (uvloop too) and trio. ::
     from callrt import call
     from callrt.testing import FaultProxy, Faults
 
-    async with FaultProxy("tcp://127.0.0.1:9000") as proxy:       # listens on tcp://127.0.0.1:<free port>
+    def script(conn: ProxyConnection) -> None:               # each new connection, before it goes upstream
+        if conn.number == 2:                                   # the second one: its 17th byte to the server inverted
+            conn.set_faults(Faults(corrupt_at={16}), "to_server")
+
+    async with FaultProxy("tcp://127.0.0.1:9000") as proxy:     # listens on tcp://127.0.0.1:<free port>
+        proxy.on_connect = script
         async with call.connect(call.ConstantResolver([proxy.endpoint])) as conn:
             cart = conn.stub(Cart)
-            await cart.total("ann")                                # transparent until told otherwise
-            proxy.set_faults(Faults(delay=0.05))                   # 50 ms each way, live and new connections
-            proxy.set_faults(Faults(stall=True), "to_client")      # replies stop; the sockets stay open
-            proxy.clear_faults()                                   # the held replies go on, in order
-            await proxy.reset_all()                                # RST every live connection
-
-    # Scripted per connection: only the second connection has its 17th byte toward the server inverted.
-    proxy.on_connect = lambda c: c.set_faults(Faults(corrupt_at={16}), "to_server") if c.number == 2 else None
+            await cart.total("ann")                              # transparent until told otherwise
+            proxy.set_faults(Faults(delay=0.05))                 # 50 ms each way, live and new connections
+            proxy.set_faults(Faults(stall=True), "to_client")    # replies stop; the sockets stay open
+            (first,) = proxy.connections
+            await first.to_client.wait_received(1)               # a reply reached the proxy, and stays there
+            proxy.clear_faults()                                 # what was held goes on, in order
+            await proxy.reset_all()                              # RST every live connection
 
 What each :class:`Faults` field does to one direction of one connection
 (offsets count that direction's bytes from the connection's first byte):
@@ -32,9 +36,11 @@ What each :class:`Faults` field does to one direction of one connection
 - ``drop_after``: bytes at offsets from ``drop_after`` on are read and discarded
   silently, and so is the sender's EOF. ``drop_after=0``: drop from now on.
 - ``corrupt_at`` / ``corrupt_probability``: the bytes at those offsets, or each
-  byte with that probability (drawn from ``rng``; by default a ``random.Random(0)``
-  of the direction's own, so runs repeat), are inverted (xor 0xFF).
-- ``reset_after``: once the direction reaches that offset, the connection is reset.
+  byte with that probability, are inverted (xor 0xFF). The draws come from
+  ``rng`` (shared by every direction given the same ``Faults``) or, without one,
+  from a ``random.Random(0)`` of the direction's own, so runs repeat.
+- ``reset_after``: once the direction reaches that offset (at once if it has), the
+  connection is reset; the bytes from that offset on are not forwarded.
 
 :meth:`ProxyConnection.reset` resets one connection: both sockets are closed
 with SO_LINGER 0, so each peer gets a TCP RST (a Unix socket has no RST: its
@@ -133,6 +139,7 @@ class Pipe:
 
     @property
     def faults(self) -> Faults:
+        """This direction's faults: :meth:`set_faults` replaces them."""
         return self._faults
 
     @property
@@ -219,11 +226,11 @@ class Pipe:
 
     def _apply(self, faults: Faults, offset: int, data: bytes) -> tuple[bytes, bool]:
         """What of ``data`` (at ``offset``) goes on, and whether the connection is reset after it."""
-        end = offset + len(data)
         keep = len(data)
-        reset = faults.reset_after is not None and faults.reset_after <= end
-        if reset:
-            keep = max(0, faults.reset_after - offset)  # type: ignore[operator]
+        reset_at = faults.reset_after
+        reset = reset_at is not None and reset_at <= offset + keep
+        if reset_at is not None and reset:
+            keep = max(0, reset_at - offset)
         if faults.drop_after is not None:
             keep = min(keep, max(0, faults.drop_after - offset))
         self.dropped += len(data) - keep
