@@ -145,11 +145,11 @@ async def test_delay_holds_each_chunk_without_adding_up(sockdir: Path) -> None:
                 await p.conn.to_server.wait_received(i + 1)  # three chunks, not one
             assert await read(p.server, 3) == b"abc"  # in order
             elapsed = time.monotonic() - start
-            assert delay <= elapsed < delay + 0.2, elapsed  # each held `delay`, not one after another
+            assert delay <= elapsed < 2 * delay, elapsed  # each held `delay`, not one after another (3 * delay)
             start = time.monotonic()
             await p.server.send(b"x")  # the other direction is not delayed
             assert await read(p.client, 1) == b"x"
-            assert time.monotonic() - start < 0.1
+            assert time.monotonic() - start < delay
 
 
 async def test_stall_holds_bytes_with_the_socket_open(sockdir: Path) -> None:
@@ -399,7 +399,7 @@ async def test_keepalive_finds_a_stalled_connection_dead(worker: WorkerProcess) 
                 tg.start_soon(not_retried)
                 await until(lambda: replica.state is not call.ReplicaState.AVAILABLE, "the replica found dead")
                 dead_after = time.monotonic() - stalled_at
-                assert interval <= dead_after < interval + timeout + 0.3, dead_after
+                assert interval <= dead_after < interval + timeout + 0.5, dead_after
                 # Its calls failed with a communication error; the retriable one is retried and
                 # waits for a replica (the reconnection is stalled too), the other one surfaces.
                 await until(lambda: failed, "the not-retriable call to fail")
@@ -422,14 +422,14 @@ async def test_client_deadline_holds_when_replies_are_late(worker: WorkerProcess
             with pytest.raises(TimeoutError):
                 with anyio.fail_after(deadline):
                     await lab.nap(0.05, done_marker)
-            assert deadline - 0.01 <= time.monotonic() - start < deadline + 0.3
+            assert deadline - 0.01 <= time.monotonic() - start < deadline + 0.5  # not the 1 s the reply takes
             assert [e for e, _, _ in await until_event(done_marker, "done")] == ["start", "done"]
             # The handler is still running at the deadline, which travelled: the server cancels it.
             start = time.monotonic()
             with pytest.raises(TimeoutError):
                 with anyio.fail_after(deadline):
                     await lab.nap(5.0, cancelled_marker)
-            assert deadline - 0.01 <= time.monotonic() - start < deadline + 0.3
+            assert deadline - 0.01 <= time.monotonic() - start < deadline + 0.5
             found = await until_event(cancelled_marker, "cancelled", within=3)
             assert [e for e, _, _ in found] == ["start", "cancelled"]
             assert 0 < float(found[0][2]) <= deadline + 0.001
