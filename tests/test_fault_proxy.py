@@ -2,8 +2,10 @@
 
 The first half checks the proxy on its own, between two sockets the test holds
 (TCP and Unix). The second half puts it between a callrt client and a real
-worker process and checks retries, keepalive, deadlines, drains and protocol
-errors; each of those tests fails if the proxy does nothing.
+worker process: transparent at first, then retries, keepalive, deadlines,
+drains and protocol errors, each of which fails with a proxy whose faults do
+nothing (checked by patching them out). The last test is a strict xfail: a gap
+in callrt's keepalive the proxy found.
 
 Waits on another process (a marker file) or on the client's replica state poll
 with a deadline; waits on the proxy use its events. Every test is bounded.
