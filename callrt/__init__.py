@@ -18,9 +18,10 @@ own (``[tool.importlinter]`` in pyproject.toml checks it), top to bottom:
 ``registry``                      servers announcing themselves
 ``handlers``                      the HandlerMap: method key to handler
 ``component``                     ``@component``, method specs and codecs
+``access``                        access policies: who may call which method
 ``context``, ``tracing``          per-call values; W3C trace context
-``protocol``, ``keys``,           the sans-IO wire codec, method keys, addresses
-``endpoints``, ...
+``protocol``, ``keys``,           the sans-IO wire codec, method keys, addresses,
+``endpoints``, ``tls``, ...       TLS contexts from certificate files
 ``errors``                        the error tree
 ================================  ================================================
 """

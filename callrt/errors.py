@@ -20,6 +20,7 @@
           ├── DeadlineExceeded     the server's deadline passed (also TimeoutError)
           ├── Cancelled            the handler was cancelled on the caller's behalf
           ├── Unavailable          the server refused the call (draining, overloaded)
+          ├── PermissionDenied     the server's access policy refused the caller
           └── Internal             the server failed outside the handler
 
 ``except CommunicationError`` works the same on both sides of the wire: a
@@ -49,6 +50,7 @@ __all__ = (
     "Internal",
     "InvalidArgument",
     "LocalProtocolError",
+    "PermissionDenied",
     "ProtocolError",
     "RegistrationError",
     "RemoteError",
@@ -255,6 +257,12 @@ class Unavailable(RemoteError):
     default_code = ErrorCode.UNAVAILABLE
 
 
+class PermissionDenied(RemoteError):
+    """Raised when the server's access policy does not allow the caller's identity to call the method."""
+
+    default_code = ErrorCode.PERMISSION_DENIED
+
+
 class Internal(RemoteError):
     """Raised when the server failed outside the handler (e.g. the result could not be encoded)."""
 
@@ -268,6 +276,7 @@ _BY_CODE: dict[ErrorCode, type[RemoteError]] = {
     ErrorCode.DEADLINE_EXCEEDED: DeadlineExceeded,
     ErrorCode.CANCELED: Cancelled,
     ErrorCode.UNAVAILABLE: Unavailable,
+    ErrorCode.PERMISSION_DENIED: PermissionDenied,
     ErrorCode.INTERNAL: Internal,
     ErrorCode.MALFORMED_RESPONSE: Internal,
 }

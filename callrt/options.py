@@ -6,10 +6,12 @@ Per-call options (:class:`~callrt.context.CallOptions`) live below, in
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from .access import AccessPolicy
 from .balancers import Balancer
 from .protocol import DEFAULT_MAX_FRAME_SIZE
 from .registry import Registrar
@@ -36,6 +38,19 @@ class ServerOptions:
     :ivar drain_grace: seconds in-flight calls get to finish after a goaway.
     :ivar transport: ``"protocol"`` (asyncio only: an asyncio Protocol, uvloop's
         when installed), ``"stream"`` (anyio streams, any backend) or ``"auto"``.
+
+    Security (``callrt.tls`` builds contexts from PEM files; ``callrt.access`` has the policies):
+
+    :ivar tls: serve TLS on TCP and Unix-socket endpoints with this
+        ``ssl.SSLContext`` (mutual TLS when it requires client certificates);
+        ``handshake_timeout`` bounds the TLS handshake too.
+    :ivar insecure: allow plaintext on a TCP address that is not loopback
+        (``0.0.0.0``, ``::``, a public address). Without TLS and without this,
+        such a server refuses to start.
+    :ivar access: who may call what: a callable ``(peer, component, method) -> bool``
+        such as :class:`callrt.access.AllowList`, asked before a handler runs;
+        a refused call fails with :class:`~callrt.errors.PermissionDenied`.
+        ``None``: every caller may call every method.
     """
 
     inline_handler_duration: float = 20e-6
@@ -46,6 +61,9 @@ class ServerOptions:
     drain_grace: float = 5.0
     transport: TransportChoice = "auto"
     registrars: Sequence[Registrar] = ()
+    tls: ssl.SSLContext | None = None
+    insecure: bool = False
+    access: AccessPolicy | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -79,6 +97,12 @@ class ClientOptions:
         replica before :class:`~callrt.errors.Unreachable`.
     :ivar keepalive_interval: a ping is sent after this long without traffic;
         a peer that does not answer within ``keepalive_timeout`` is dead.
+    :ivar tls: connect to TCP and Unix-socket endpoints over TLS with this
+        ``ssl.SSLContext`` (``callrt.tls.client_context``; give it a certificate
+        for mutual TLS). The server's certificate must name the endpoint's host.
+    :ivar tls_server_name: the name the server's certificate must carry, instead
+        of the endpoint's host (and for Unix sockets, which have none: ``"localhost"``
+        when not given).
     """
 
     balancer: Balancer | None = None
@@ -97,3 +121,5 @@ class ClientOptions:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     caller: str = ""
     transport: TransportChoice = "auto"
+    tls: ssl.SSLContext | None = None
+    tls_server_name: str | None = None

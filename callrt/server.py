@@ -7,6 +7,8 @@ scheme and ``ServerOptions.transport`` choose.
 
 from __future__ import annotations
 
+import ipaddress
+import socket
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 
@@ -53,6 +55,37 @@ async def serve(
         await server._stop.wait()
 
 
+async def _refuse_exposed_plaintext(endpoints: Sequence[Endpoint], options: ServerOptions) -> None:
+    """Plaintext on a TCP address other machines can reach needs ``insecure=True``; checked before binding.
+
+    Loopback addresses, and host names that resolve only to loopback addresses (``localhost``),
+    are fine; so are Unix sockets and ``memory://``. ``0.0.0.0`` and ``::`` are every address.
+    """
+    if options.tls is not None or options.insecure:
+        return
+    for endpoint in endpoints:
+        if endpoint.scheme == "tcp" and not await _loopback_only(endpoint.host):
+            raise ValueError(
+                f"refusing to serve plaintext on {endpoint}, which other machines can reach: give the server "
+                "a TLS context (ServerOptions(tls=callrt.tls.server_context(...))), or opt in to unencrypted, "
+                "unauthenticated connections with ServerOptions(insecure=True)"
+            )
+
+
+async def _loopback_only(host: str) -> bool:
+    if not host:
+        return False  # binds every address
+    try:
+        return ipaddress.ip_address(host.split("%")[0]).is_loopback
+    except ValueError:
+        pass  # a host name: what does it bind to?
+    try:
+        infos = await anyio.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except OSError:
+        return True  # it cannot be bound either: binding reports that error
+    return bool(infos) and all(ipaddress.ip_address(str(info[4][0]).split("%")[0]).is_loopback for info in infos)
+
+
 @asynccontextmanager
 async def start_server(
     address: str | Endpoint | Sequence[str | Endpoint],
@@ -68,6 +101,7 @@ async def start_server(
     addresses = [address] if isinstance(address, (str, Endpoint)) else list(address)
     endpoints = [parse_endpoint(a) for a in addresses]
     server = Server(_handler_map(components), options or ServerOptions())
+    await _refuse_exposed_plaintext(endpoints, server.options)
     transports = TransportSelector(server.options.transport)
     raised: BaseException | None = None  # by the caller's block
     failed: Exception | None = None  # binding or registering

@@ -18,6 +18,7 @@ from callrt.errors import (
     Internal,
     InvalidArgument,
     LocalProtocolError,
+    PermissionDenied,
     ProtocolError,
     RegistrationError,
     RemoteError,
@@ -29,7 +30,7 @@ from callrt.errors import (
 )
 from callrt.protocol import Error, FrameDecoder, encode_frame
 
-REMOTE_SUBCLASSES = [InvalidArgument, UnknownMethod, DeadlineExceeded, Cancelled, Unavailable, Internal]
+REMOTE_SUBCLASSES = [InvalidArgument, UnknownMethod, DeadlineExceeded, Cancelled, Unavailable, PermissionDenied, Internal]
 
 # -- the tree --------------------------------------------------------------------
 
@@ -178,6 +179,7 @@ def test_parse_unknown(value: str) -> None:
         (DeadlineExceeded, ErrorCode.DEADLINE_EXCEEDED),
         (Cancelled, ErrorCode.CANCELED),
         (Unavailable, ErrorCode.UNAVAILABLE),
+        (PermissionDenied, ErrorCode.PERMISSION_DENIED),
         (Internal, ErrorCode.INTERNAL),
     ],
 )
@@ -216,7 +218,7 @@ def test_str_format() -> None:
         (ErrorCode.MALFORMED_RESPONSE, Internal),
         (ErrorCode.UNKNOWN, RemoteError),
         (ErrorCode.NOT_FOUND, RemoteError),
-        (ErrorCode.PERMISSION_DENIED, RemoteError),
+        (ErrorCode.PERMISSION_DENIED, PermissionDenied),
         (ErrorCode.DATA_LOSS, RemoteError),
     ],
 )

@@ -65,6 +65,7 @@ class ManagedReplica:
         self.state = ReplicaState.UNAVAILABLE
         self.session: ClientSession | None = None
         self.wanted = True
+        self.last_error: BaseException | None = None  # why the last connection attempt failed, if it did
         self._replicas = replicas
 
     def __repr__(self) -> str:
@@ -154,7 +155,10 @@ class ReplicaSet:
             return Unreachable(f"no endpoints: {self.describe_source()} failed: {error!r}")
         if not self.replicas:
             return Unreachable(f"no endpoints: {self.describe_source()} returned none")
-        states = ", ".join(f"{r.endpoint} {r.state.value}" for r in self.replicas.values())
+        states = ", ".join(
+            f"{r.endpoint} {r.state.value}" + (f" ({r.last_error})" if r.last_error is not None else "")
+            for r in self.replicas.values()
+        )
         return Unreachable(f"no available replica among {len(self.replicas)}: {states}")
 
     async def manage(self, replica: ManagedReplica) -> None:
@@ -168,14 +172,17 @@ class ReplicaSet:
                 try:
                     async with transport.connect(replica.endpoint, opts) as session:
                         backoff = opts.reconnect_initial_backoff  # reset after a successful handshake
+                        replica.last_error = None
                         replica.session = session
                         session.on_lost = lambda s=session: self._session_lost(replica, s)
                         async with anyio.create_task_group() as tg:
                             tg.start_soon(session.keepalive)
                             await self._use_session(replica, session)
                             tg.cancel_scope.cancel()
-                except (OSError, CallrtError, TimeoutError):
-                    pass  # connect or handshake failed: back off and try again
+                except (OSError, CallrtError, TimeoutError) as exc:
+                    # Connect or handshake failed (kept for Unreachable's message: a TLS certificate
+                    # problem, say): back off and try again.
+                    replica.last_error = exc
                 replica.session = None
                 replica.set_state(ReplicaState.UNAVAILABLE)
                 if not replica.wanted or self.closed:

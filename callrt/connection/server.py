@@ -67,6 +67,7 @@ from ..protocol import (
     pack_frame_header,
 )
 from ..tracing import detach, server_context
+from ._access import checked_lookup
 
 __all__ = ("Server", "ServerConnection", "ServerIO", "error_frame", "run_watched")
 
@@ -154,7 +155,12 @@ class ServerConnection:
 
     def __init__(self, server: Server, io: ServerIO) -> None:
         self.server = server
-        self.find_handler = server.handlers.get
+        # With an access policy, handlers are looked up through it (decided once per method and
+        # connection); without one, the table's own lookup: the per-call path pays nothing.
+        policy = server.options.access
+        self.find_handler = (
+            server.handlers.get if policy is None else checked_lookup(server.handlers.get, policy, lambda: self.peer)
+        )
         self.peer_max_frame = 0  # the client's maximum frame, from its hello
         self.peer = UNKNOWN_PEER  # set by the shell once the connection is accepted
         self._sync_slot = SyncSlot()

@@ -26,11 +26,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..endpoints import Endpoint, parse_endpoint
-from ..options import ServerOptions
 from ..transport.memory import raw_listener
 from ._resolver import ManualResolver, ResolverError
 from .conformance import check_transport
 from .proxy import Direction, FaultProxy, Faults, Pipe, ProxyConnection
+from .worker import server_options
 
 __all__ = (
     "check_transport",
@@ -60,7 +60,9 @@ class WorkerProcess:
 
     :param address: where to listen, e.g. ``"tcp://127.0.0.1:0"`` or ``"unix:///tmp/x.sock"``.
     :param components: ``"module:Class"`` names, each instantiated with no arguments.
-    :param options: keyword arguments for :class:`ServerOptions` (JSON-serializable).
+    :param options: keyword arguments for :class:`ServerOptions` (JSON-serializable), and
+        ``tls_cert``, ``tls_key``, ``tls_client_ca`` (PEM paths) and ``access`` (AllowList
+        rules): see ``callrt.testing.worker``.
     :param backend: ``"asyncio"`` (uvloop when installed) or ``"trio"``.
     """
 
@@ -77,7 +79,7 @@ class WorkerProcess:
         self.address = address
         self.components = list(components)
         self.options = options or {}
-        ServerOptions(**self.options)  # fail here, not in the child, on a bad option
+        server_options(self.options)  # fail here, not in the child, on a bad option
         self.backend = backend
         self.env = env
         self.start_timeout = start_timeout

@@ -2,6 +2,12 @@
 
 Serves the named components until SIGTERM or SIGINT, then drains and exits 0.
 Prints ``READY <endpoint>`` on stdout once serving, for the parent to read.
+
+``--options`` holds :class:`~callrt.call.ServerOptions` fields, and, since an
+``ssl.SSLContext`` or a policy is not JSON: ``tls_cert``, ``tls_key`` and
+``tls_client_ca`` (PEM file paths, for :func:`callrt.tls.server_context`;
+``tls_client_ca`` makes it mutual TLS), and ``access`` as the rules of an
+:class:`~callrt.access.AllowList`.
 """
 
 from __future__ import annotations
@@ -11,11 +17,28 @@ import importlib
 import json
 import signal
 import sys
+from typing import Any
 
 import anyio
 
-from .. import call
+from .. import call, tls
+from ..access import AllowList
 from ..runner import run
+
+__all__ = ("main", "server_options")
+
+
+def server_options(fields: dict[str, Any]) -> call.ServerOptions:
+    """``ServerOptions`` from JSON-able ``fields`` (see the module docstring for the extra keys)."""
+    fields = dict(fields)
+    cert, key, client_ca = fields.pop("tls_cert", None), fields.pop("tls_key", None), fields.pop("tls_client_ca", None)
+    if cert is not None:
+        fields["tls"] = tls.server_context(cert, key, client_ca_file=client_ca)
+    elif key is not None or client_ca is not None:
+        raise ValueError("tls_key and tls_client_ca need tls_cert")
+    if isinstance(fields.get("access"), dict):
+        fields["access"] = AllowList(fields["access"])
+    return call.ServerOptions(**fields)
 
 
 def _load(name: str) -> object:
@@ -42,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--options", default="{}")
     parser.add_argument("components", nargs="+")
     args = parser.parse_args(argv)
-    options = call.ServerOptions(**json.loads(args.options))
+    options = server_options(json.loads(args.options))
     components = [_load(c) for c in args.components]
     run(_main, args.address, components, options, backend=args.backend)
     sys.stdout.flush()

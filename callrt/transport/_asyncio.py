@@ -30,7 +30,7 @@ from ..errors import CommunicationError, DeadlineExceeded, RemoteError, RemotePr
 from ..handlers import RegisteredHandler
 from ..options import ClientOptions
 from ..protocol import FrameDecoder, Hello, Request, Response
-from .base import Transport, client_hello, connect_errors, handshake, socket_peer
+from .base import Transport, client_hello, connect_errors, handshake, socket_peer, tls_server_name
 
 
 class _AsyncCall:
@@ -419,13 +419,17 @@ class ProtocolTransport(Transport):
         def factory() -> ServerProtocol:
             return ServerProtocol(server)
 
+        # TLS: the loop's SSL transport (uvloop's own when uvloop runs) does the handshake before
+        # connection_made; the handshake timeout bounds it.
+        tls = server.options.tls
+        ssl: dict[str, Any] = {} if tls is None else {"ssl": tls, "ssl_handshake_timeout": server.options.handshake_timeout}
         if endpoint.scheme == "tcp":
-            srv = await loop.create_server(factory, endpoint.host, endpoint.port, reuse_address=True)
+            srv = await loop.create_server(factory, endpoint.host, endpoint.port, reuse_address=True, **ssl)
             sockname = srv.sockets[0].getsockname()
             host = f"[{sockname[0]}]" if ":" in sockname[0] else sockname[0]
             bound = Endpoint("tcp", f"{host}:{sockname[1]}")
         else:
-            srv = await loop.create_unix_server(factory, endpoint.address)
+            srv = await loop.create_unix_server(factory, endpoint.address, **ssl)
             bound = endpoint
         try:
             yield bound
@@ -442,11 +446,16 @@ class ProtocolTransport(Transport):
             protocol = ClientProtocol(endpoint, options)
             return protocol
 
+        tls = options.tls
+        ssl: dict[str, Any] = {}
+        if tls is not None:
+            name = tls_server_name(endpoint, options)
+            ssl = {"ssl": tls, "server_hostname": name, "ssl_handshake_timeout": options.connect_timeout}
         with connect_errors(endpoint, options):
             if endpoint.scheme == "tcp":
-                await loop.create_connection(factory, endpoint.host, endpoint.port)
+                await loop.create_connection(factory, endpoint.host, endpoint.port, **ssl)
             else:
-                await loop.create_unix_connection(factory, endpoint.address)
+                await loop.create_unix_connection(factory, endpoint.address, **ssl)
         assert protocol is not None
         await handshake(protocol.session, endpoint, options)
         try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextvars
 import functools
+import logging
 import math
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -18,7 +19,7 @@ from typing import Any
 
 import anyio
 from anyio.abc import ByteStream, SocketAttribute, TaskGroup
-from anyio.streams.tls import TLSAttribute
+from anyio.streams.tls import TLSAttribute, TLSStream
 
 from .._writes import frame_buffers, joined
 from ..connection.client import ClientSession
@@ -29,7 +30,7 @@ from ..errors import CommunicationError, DeadlineExceeded, RemoteError, RemotePr
 from ..handlers import RegisteredHandler
 from ..options import ClientOptions
 from ..protocol import FrameDecoder, Hello, Request
-from .base import BROKEN, Transport, client_hello, connect_errors, handshake, socket_peer
+from .base import BROKEN, Transport, client_hello, connect_errors, handshake, socket_peer, tls_server_name
 
 __all__ = ("StreamTransport", "client_over", "serve_stream")
 
@@ -200,6 +201,28 @@ async def serve_stream(server: Server, stream: ByteStream, peer: Peer | None = N
         server.connection_closed(shell.conn)
 
 
+async def serve_tls_stream(server: Server, stream: ByteStream) -> None:
+    """Serve one accepted connection over TLS (``ServerOptions.tls``): the TLS handshake, then :func:`serve_stream`.
+
+    The handshake runs in the connection's own task, bounded by ``handshake_timeout``; one that
+    fails (a plaintext client, a certificate the context refuses) ends this connection only.
+    """
+    assert server.options.tls is not None
+    try:
+        with anyio.fail_after(server.options.handshake_timeout):
+            # Not standard_compatible: callrt's frames are length-prefixed, so a truncation is
+            # seen without TLS's closing handshake, and closing does not wait for the peer's.
+            tls = await TLSStream.wrap(stream, server_side=True, ssl_context=server.options.tls, standard_compatible=False)
+    except (TimeoutError, *BROKEN) as exc:
+        _log.debug("TLS handshake with %s failed: %r", _stream_peer(stream).address, exc)
+        await anyio.aclose_forcefully(stream)
+        return
+    await serve_stream(server, tls)
+
+
+_log = logging.getLogger("callrt.server")
+
+
 def _stream_peer(stream: ByteStream) -> Peer:
     sock = stream.extra(SocketAttribute.raw_socket, None)
     peername = stream.extra(SocketAttribute.remote_address, None)
@@ -299,9 +322,10 @@ class StreamTransport(Transport):
             listener = await anyio.create_unix_listener(endpoint.address)
             bound = endpoint
 
+        serve_one = serve_stream if server.options.tls is None else serve_tls_stream
         async with anyio.create_task_group() as accept_tg:
             # Accepted connections live in ``conn_tg``, so they outlive the listener for the drain.
-            accept_tg.start_soon(listener.serve, functools.partial(serve_stream, server), conn_tg)
+            accept_tg.start_soon(listener.serve, functools.partial(serve_one, server), conn_tg)
             try:
                 yield bound
             finally:
@@ -316,5 +340,17 @@ class StreamTransport(Transport):
                 stream: ByteStream = await anyio.connect_tcp(endpoint.host, endpoint.port)
             else:
                 stream = await anyio.connect_unix(endpoint.address)
+            if options.tls is not None:
+                try:
+                    stream = await TLSStream.wrap(
+                        stream,
+                        server_side=False,
+                        hostname=tls_server_name(endpoint, options),
+                        ssl_context=options.tls,
+                        standard_compatible=False,
+                    )
+                except BaseException:
+                    await anyio.aclose_forcefully(stream)
+                    raise
         async with client_over(stream, endpoint, options) as session:
             yield session

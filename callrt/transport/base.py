@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import ssl
 import struct
 import sys
 from abc import ABC, abstractmethod
@@ -30,7 +31,16 @@ from ..errors import CommunicationError
 from ..options import ClientOptions
 from ..protocol import SUPPORTED_VERSIONS, Hello, encode_hello
 
-__all__ = ("BROKEN", "Transport", "client_hello", "connect_errors", "handshake", "socket_peer")
+__all__ = (
+    "BROKEN",
+    "Transport",
+    "client_hello",
+    "connect_errors",
+    "describe_failure",
+    "handshake",
+    "socket_peer",
+    "tls_server_name",
+)
 
 # What reading from or writing to a live connection raises when the connection is gone.
 BROKEN = (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStream, OSError)
@@ -60,16 +70,58 @@ def client_hello(options: ClientOptions) -> bytes:
     return encode_hello(Hello(SUPPORTED_VERSIONS[0], SUPPORTED_VERSIONS[-1], options.max_frame_size))
 
 
+def tls_server_name(endpoint: Endpoint, options: ClientOptions) -> str:
+    """The name the server's certificate must carry: ``tls_server_name``, else the endpoint's host.
+
+    A Unix socket has no host: ``"localhost"`` unless ``tls_server_name`` says otherwise.
+    """
+    if options.tls_server_name is not None:
+        return options.tls_server_name
+    return endpoint.host if endpoint.scheme == "tcp" else "localhost"
+
+
+# OpenSSL's reasons for failed TLS handshakes, in words a user can act on.
+_TLS_REASONS = {
+    "TLSV13_ALERT_CERTIFICATE_REQUIRED": "the server requires a client certificate (mutual TLS) and we sent none",
+    "SSLV3_ALERT_BAD_CERTIFICATE": "the server refused our client certificate",
+    "SSLV3_ALERT_CERTIFICATE_UNKNOWN": "the server refused our client certificate",
+    "TLSV1_ALERT_UNKNOWN_CA": "the server does not trust the CA of our client certificate",
+    "CERTIFICATE_VERIFY_FAILED": "certificate verify failed",
+    "WRONG_VERSION_NUMBER": "the server does not speak TLS (a plaintext server?)",
+    "UNEXPECTED_EOF_WHILE_READING": "the server closed the connection during the TLS handshake",
+    "TLSV1_ALERT_PROTOCOL_VERSION": "no TLS version both sides accept",
+    "UNSUPPORTED_PROTOCOL": "no TLS version both sides accept",
+}
+
+
+# How a peer's plain close looks to each shell.
+_EOF = (anyio.EndOfStream, anyio.BrokenResourceError, ConnectionError)
+
+
+def describe_failure(exc: BaseException, options: ClientOptions) -> str:
+    """Why a connection or its handshake failed, TLS failures in plain words (one place, for every shell)."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        # "unable to get local issuer certificate", "Hostname mismatch, certificate is not valid for 'x'", ...
+        return f"TLS: the server's certificate verify failed: {exc.verify_message}"
+    if isinstance(exc, ssl.SSLError):
+        reason = exc.reason or ""
+        return f"TLS: {_TLS_REASONS.get(reason, reason.replace('_', ' ').lower() or 'handshake failed')} ({exc})"
+    if options.tls is not None and isinstance(exc, _EOF):
+        return f"the server closed the connection during the TLS handshake (a plaintext server?): {exc!r}"
+    return str(exc) or type(exc).__name__
+
+
 @contextmanager
 def connect_errors(endpoint: Endpoint, options: ClientOptions) -> Iterator[None]:
-    """Bound a connection attempt by ``connect_timeout``; its OS errors become :class:`CommunicationError`."""
+    """Bound a connection attempt (its TLS handshake included) by ``connect_timeout``; its errors become
+    :class:`CommunicationError`."""
     try:
         with anyio.fail_after(options.connect_timeout):
             yield
     except TimeoutError:
         raise CommunicationError(f"connecting to {endpoint} timed out after {options.connect_timeout}s") from None
-    except OSError as exc:
-        raise CommunicationError(f"cannot connect to {endpoint}: {exc}") from exc
+    except (OSError, anyio.BrokenResourceError, anyio.EndOfStream) as exc:  # anyio's: EOF in a TLS handshake
+        raise CommunicationError(f"cannot connect to {endpoint}: {describe_failure(exc, options)}") from exc
 
 
 async def handshake(session: ClientSession, endpoint: Endpoint, options: ClientOptions) -> None:
@@ -89,7 +141,20 @@ async def handshake(session: ClientSession, endpoint: Endpoint, options: ClientO
         session.abort(CommunicationError("handshake interrupted"))
         raise
     if session.lost.is_set():
-        raise CommunicationError(f"{endpoint} closed the connection during the handshake") from session.error
+        error = session.error
+        if error is not None and not isinstance(error, _EOF):
+            why = f": {describe_failure(error, options)}"
+        elif options.tls is not None:
+            # With TLS 1.3 a server checks the client's certificate after the client's side of the
+            # TLS handshake is done, and the shells close without sending the alert that says why.
+            why = (
+                ", right after the TLS handshake: how a server refuses a client certificate "
+                "(it requires one and we sent none, or it does not trust the CA of ours)"
+            )
+        else:
+            why = " (if it serves TLS, the client needs ClientOptions(tls=...))"
+        raise CommunicationError(f"{endpoint} closed the connection during the handshake{why}") from session.error
+
 
 
 _PEERCRED = struct.Struct("3i")  # pid, uid, gid: Linux's struct ucred

@@ -1,0 +1,254 @@
+"""TLS and mutual TLS on both shells (asyncio Protocol, anyio streams), over TCP and Unix sockets, and the plaintext guard.
+
+Certificates are made by trustme for each module run (``tests/tls_certs.py``); none is committed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from callrt import call, errors
+from callrt.endpoints import Endpoint
+from callrt.testing import WorkerProcess
+from callrt.transport import TransportSelector
+from tests.support import short_tempdir
+from tests.tls_certs import Certs, Leaf, make_certs
+from tests.tls_components import Whoami
+
+pytestmark = pytest.mark.anyio
+
+SHELLS = ["auto", "stream"]  # "auto" is the asyncio Protocol shell on asyncio (and streams on trio)
+
+
+@pytest.fixture(scope="module")
+def certs() -> Iterator[Certs]:
+    for directory in short_tempdir():
+        yield make_certs(directory)
+
+
+def _address(scheme: str, sockdir: Path) -> str:
+    return "tcp://127.0.0.1:0" if scheme == "tcp" else f"unix://{sockdir}/tls.sock"
+
+
+def server_options(certs: Certs, shell: str, *, mutual: bool = True, **more: Any) -> call.ServerOptions:
+    return call.ServerOptions(tls=certs.server_context(mutual=mutual), transport=shell, **more)
+
+
+def client_options(certs: Certs, shell: str, leaf: Leaf | None = None, **more: Any) -> call.ClientOptions:
+    return call.ClientOptions(tls=certs.client_context(leaf), transport=shell, **more)
+
+
+async def connect_error(endpoint: Endpoint, options: call.ClientOptions) -> errors.CommunicationError:
+    """The error one connection attempt (TLS and callrt handshakes) fails with."""
+    with pytest.raises(errors.CommunicationError) as caught:
+        async with TransportSelector(options.transport).for_endpoint(endpoint).connect(endpoint, options):
+            pass
+    return caught.value
+
+
+# -- calls over TLS ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+@pytest.mark.parametrize("scheme", ["tcp", "unix"])
+async def test_calls_over_tls(scheme: str, shell: str, certs: Certs, sockdir: Path) -> None:
+    with anyio.fail_after(10):
+        options = server_options(certs, shell, mutual=False)
+        async with call.start_server(_address(scheme, sockdir), Whoami(), options=options) as server:
+            async with call.connect(str(server.endpoint), options=client_options(certs, shell)) as client:
+                stub = client.stub(Whoami)
+                for info in (await stub.peer(), await stub.peer_sync()):
+                    assert info.local
+                    assert (info.uri_sans, info.dns_sans) == ((), ())  # no client certificate: no identity
+                    if scheme == "unix":
+                        assert info.uid == os.getuid()
+
+
+@pytest.mark.parametrize(
+    ("server_shell", "client_shell"), [("auto", "auto"), ("stream", "stream"), ("auto", "stream"), ("stream", "auto")]
+)
+@pytest.mark.parametrize("scheme", ["tcp", "unix"])
+async def test_mutual_tls_gives_the_handler_the_clients_names(
+    scheme: str, server_shell: str, client_shell: str, certs: Certs, sockdir: Path
+) -> None:
+    with anyio.fail_after(10):
+        options = server_options(certs, server_shell)
+        async with call.start_server(_address(scheme, sockdir), Whoami(), options=options) as server:
+            async with call.connect(
+                str(server.endpoint), options=client_options(certs, client_shell, certs.client)
+            ) as client:
+                stub = client.stub(Whoami)
+                for info in (await stub.peer(), await stub.peer_sync()):
+                    assert info.uri_sans == ("spiffe://test/client",)
+                    assert info.dns_sans == ("client.test",)
+                    if scheme == "unix":
+                        assert info.uid == os.getuid()  # both kinds of identity at once
+                    else:
+                        assert info.address.startswith("tcp://127.0.0.1:")
+
+
+# -- failures: each a CommunicationError that says what is wrong -----------------------
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+async def test_a_mutual_tls_server_refuses_clients_without_a_trusted_certificate(shell: str, certs: Certs) -> None:
+    with anyio.fail_after(10):
+        async with call.start_server("tcp://127.0.0.1:0", Whoami(), options=server_options(certs, shell)) as server:
+            for leaf in (None, certs.stranger):  # none at all; one signed by a CA the server does not trust
+                error = await connect_error(server.endpoint, client_options(certs, shell, leaf))
+                assert "client certificate" in str(error)
+            # The server goes on serving clients it trusts.
+            async with call.connect(str(server.endpoint), options=client_options(certs, shell, certs.client)) as client:
+                assert (await client.stub(Whoami).peer()).uri_sans == ("spiffe://test/client",)
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+@pytest.mark.parametrize("scheme", ["tcp", "unix"])
+async def test_a_client_refuses_a_server_it_does_not_trust(
+    scheme: str, shell: str, certs: Certs, sockdir: Path
+) -> None:
+    from callrt import tls
+
+    with anyio.fail_after(10):
+        options = server_options(certs, shell, mutual=False)
+        async with call.start_server(_address(scheme, sockdir), Whoami(), options=options) as server:
+            untrusting = call.ClientOptions(tls=tls.client_context(certs.other_ca), transport=shell)  # type: ignore[arg-type]
+            error = await connect_error(server.endpoint, untrusting)
+            assert "certificate verify failed" in str(error)
+            assert "TLS" in str(error)
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+async def test_the_server_name_is_the_endpoints_host_unless_overridden(shell: str, certs: Certs) -> None:
+    with anyio.fail_after(10):
+        options = server_options(certs, shell, mutual=False)
+        async with call.start_server("tcp://127.0.0.1:0", Whoami(), options=options) as server:
+            port = server.endpoint.port
+            # The certificate names 127.0.0.1 and localhost (and callrt.test): each host checks out.
+            for address in (f"tcp://127.0.0.1:{port}", f"tcp://localhost:{port}"):
+                async with call.connect(address, options=client_options(certs, shell)) as client:
+                    await client.stub(Whoami).peer()
+            named = client_options(certs, shell, tls_server_name="callrt.test")
+            async with call.connect(str(server.endpoint), options=named) as client:
+                await client.stub(Whoami).peer()
+            error = await connect_error(server.endpoint, client_options(certs, shell, tls_server_name="elsewhere.test"))
+            assert "Hostname mismatch" in str(error)
+            assert "certificate" in str(error)
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+@pytest.mark.parametrize("scheme", ["tcp", "unix"])
+async def test_a_plaintext_client_fails_cleanly_and_the_tls_server_serves_on(
+    scheme: str, shell: str, certs: Certs, sockdir: Path
+) -> None:
+    with anyio.fail_after(10):
+        options = server_options(certs, shell, mutual=False)
+        async with call.start_server(_address(scheme, sockdir), Whoami(), options=options) as server:
+            for _ in range(3):
+                error = await connect_error(server.endpoint, call.ClientOptions(transport=shell))  # type: ignore[arg-type]
+                assert "ClientOptions(tls=" in str(error)
+            async with call.connect(str(server.endpoint), options=client_options(certs, shell)) as client:
+                await client.stub(Whoami).peer()
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+async def test_a_tls_client_against_a_plaintext_server_fails_cleanly(shell: str, certs: Certs) -> None:
+    with anyio.fail_after(10):
+        async with call.start_server(
+            "tcp://127.0.0.1:0", Whoami(), options=call.ServerOptions(transport=shell)
+        ) as server:  # type: ignore[arg-type]
+            error = await connect_error(server.endpoint, client_options(certs, shell))
+            assert "TLS handshake" in str(error)
+            async with call.connect(str(server.endpoint)) as client:  # it serves plaintext clients on
+                await client.stub(Whoami).peer()
+
+
+async def test_a_call_that_cannot_connect_says_why(certs: Certs) -> None:
+    """The replica's last connection error is in the Unreachable a call fails with."""
+    from callrt import tls
+
+    with anyio.fail_after(10):
+        options = server_options(certs, "auto", mutual=False)
+        async with call.start_server("tcp://127.0.0.1:0", Whoami(), options=options) as server:
+            untrusting = call.ClientOptions(
+                tls=tls.client_context(certs.other_ca), pick_timeout=0.5, retry=call.RetryPolicy(max_attempts=1)
+            )
+            async with call.connect(str(server.endpoint), options=untrusting) as client:
+                with pytest.raises(errors.CommunicationError, match="certificate verify failed"):
+                    # Shielded from the test's deadline, which the call would otherwise wait for
+                    # (a call's deadline bounds its wait for a replica); pick_timeout bounds it.
+                    with anyio.CancelScope(shield=True):
+                        await client.stub(Whoami).peer()
+
+
+# -- a real worker process -------------------------------------------------------
+
+
+@pytest.mark.parametrize("worker_backend", ["asyncio", "trio"])
+async def test_a_worker_process_serves_mutual_tls_with_an_allow_list(worker_backend: str, certs: Certs) -> None:
+    """WorkerProcess builds the TLS context from PEM paths and the policy from its rules (neither is JSON)."""
+    options = {
+        "tls_cert": str(certs.server.cert),
+        "tls_key": str(certs.server.key),
+        "tls_client_ca": str(certs.ca),
+        "access": {
+            "tests.Whoami": ["spiffe://test/client", "spiffe://test/other"],
+            "tests.Whoami.secret": ["spiffe://test/client"],
+        },
+    }
+    worker = WorkerProcess(
+        "tcp://127.0.0.1:0", ["tests.tls_components:Whoami"], options=options, backend=worker_backend
+    )
+    endpoint = worker.start()
+    try:
+        with anyio.fail_after(15):
+            async with call.connect(str(endpoint), options=client_options(certs, "auto", certs.client)) as client:
+                stub = client.stub(Whoami)
+                assert (await stub.peer()).uri_sans == ("spiffe://test/client",)
+                assert await stub.secret() == "s3cret"
+            async with call.connect(str(endpoint), options=client_options(certs, "auto", certs.other)) as client:
+                stub = client.stub(Whoami)
+                assert (await stub.peer()).dns_sans == ("other.test",)
+                with pytest.raises(errors.PermissionDenied):
+                    await stub.secret()
+            error = await connect_error(endpoint, client_options(certs, "auto"))
+            assert "client certificate" in str(error)
+    finally:
+        assert worker.stop() == 0
+
+
+# -- plaintext on the network needs an opt-in ----------------------------------------
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "[::]", ""])
+async def test_plaintext_on_a_non_loopback_address_refuses_to_start(host: str) -> None:
+    with anyio.fail_after(10):
+        with pytest.raises(ValueError, match=r"ServerOptions\(insecure=True\)"):
+            async with call.start_server(f"tcp://{host}:0", Whoami()):
+                pytest.fail("served plaintext on every address")
+
+
+async def test_insecure_true_or_tls_lets_it_start(certs: Certs) -> None:
+    with anyio.fail_after(10):
+        async with call.start_server("tcp://0.0.0.0:0", Whoami(), options=call.ServerOptions(insecure=True)) as server:
+            async with call.connect(f"tcp://127.0.0.1:{server.endpoint.port}") as client:
+                assert (await client.stub(Whoami).peer()).local
+        options = server_options(certs, "auto", mutual=False)
+        async with call.start_server("tcp://0.0.0.0:0", Whoami(), options=options) as server:
+            async with call.connect(
+                f"tcp://127.0.0.1:{server.endpoint.port}", options=client_options(certs, "auto")
+            ) as client:
+                await client.stub(Whoami).peer()
+
+
+async def test_loopback_unix_and_memory_need_no_opt_in(sockdir: Path) -> None:
+    with anyio.fail_after(10):
+        addresses = ["tcp://127.0.0.1:0", "tcp://localhost:0", f"unix://{sockdir}/plain.sock", "memory://plain"]
+        async with call.start_server(addresses, Whoami()) as server:
+            assert len(server.endpoints) == 4
