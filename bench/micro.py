@@ -95,6 +95,12 @@ class _Sink(asyncio.Transport):
     def is_closing(self) -> bool:
         return False
 
+    def pause_reading(self) -> None:
+        pass  # the server holds reading past a turn's frames; the measurement feeds it anyway
+
+    def resume_reading(self) -> None:
+        pass
+
     def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
         pass  # never pauses
 

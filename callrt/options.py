@@ -39,6 +39,26 @@ class ServerOptions:
     :ivar transport: ``"protocol"`` (asyncio only: an asyncio Protocol, uvloop's
         when installed), ``"stream"`` (anyio streams, any backend) or ``"auto"``.
 
+    Limits, so that no single peer can exhaust or starve the server:
+
+    :ivar max_connections: connections served at once; a client over it gets a
+        hello reply that says so and is closed (it backs off and retries).
+    :ivar max_calls_per_connection: async calls in flight on one connection; at
+        the cap the server stops reading that connection until one finishes, so
+        its client's requests wait in its own buffers (backpressure, not failure).
+    :ivar max_calls: the same, over all connections.
+    :ivar frames_per_turn: frames one connection may have handled before other
+        connections get a turn of the event loop.
+    :ivar idle_timeout: a connection with no call in flight that sends nothing
+        (not even the client's keepalive pings) for this long is closed.
+    :ivar body_timeout: a frame whose header has arrived must be complete within this.
+    :ivar max_partial_bodies: bytes of partly received frame bodies held over
+        all connections; a connection whose body would take the total above it is closed.
+    :ivar backlog: the listen backlog (connections the kernel queues before accept).
+    :ivar send_tracebacks: ``None`` sends handlers' tracebacks only to peers on this
+        machine (loopback, Unix sockets); ``True`` to every caller; ``False`` to none.
+        Errors keep their type and message either way.
+
     Security (``callrt.tls`` builds contexts from PEM files; ``callrt.access`` has the policies):
 
     :ivar tls: serve TLS on TCP and Unix-socket endpoints with this
@@ -61,6 +81,15 @@ class ServerOptions:
     drain_grace: float = 5.0
     transport: TransportChoice = "auto"
     registrars: Sequence[Registrar] = ()
+    max_connections: int = 10_000
+    max_calls_per_connection: int = 1_000
+    max_calls: int = 20_000
+    frames_per_turn: int = 256
+    idle_timeout: float = 600.0
+    body_timeout: float = 60.0
+    max_partial_bodies: int = 512 << 20
+    backlog: int = 1024
+    send_tracebacks: bool | None = None
     tls: ssl.SSLContext | None = None
     insecure: bool = False
     access: AccessPolicy | None = None

@@ -42,6 +42,7 @@ __all__ = (
     "DEFAULT_MAX_FRAME_SIZE",
     "HEADER_SIZE",
     "HELLO_SIZE",
+    "REFUSED_BUSY",
     "MAGIC",
     "MAX_METADATA_ENTRIES",
     "MAX_REQUEST_HEADER_SIZE",
@@ -134,10 +135,19 @@ class Hello(msgspec.Struct, frozen=True, gc=False):
 
 
 class HelloReply(msgspec.Struct, frozen=True, gc=False):
-    """The server's answer: the chosen version (0: none in common) and its maximum body."""
+    """The server's answer: the chosen version (0: none in common) and its maximum body.
+
+    ``refused`` is :data:`REFUSED_BUSY` (with version 0) when the server turns the
+    connection away because it serves as many as it may; the client backs off.
+    """
 
     version: int
     max_frame_size: int
+    refused: int = 0
+
+
+#: ``HelloReply.refused``: the server is at its connection limit.
+REFUSED_BUSY: Final = 1
 
 
 class Request(msgspec.Struct, frozen=True, gc=False):
@@ -210,7 +220,8 @@ def encode_hello(hello: Hello) -> bytes:
 def encode_hello_reply(reply: HelloReply) -> bytes:
     _check(0 <= reply.version <= 0xFFFF, "bad version")
     _check(0 < reply.max_frame_size <= _MAX_U32, "bad max_frame_size")
-    return _HELLO.pack(MAGIC, reply.version, 0, reply.max_frame_size)
+    _check(reply.refused in (0, REFUSED_BUSY) and not (reply.refused and reply.version), "bad refusal")
+    return _HELLO.pack(MAGIC, reply.version, reply.refused, reply.max_frame_size)
 
 
 def decode_hello(data: bytes) -> Hello:
@@ -222,10 +233,10 @@ def decode_hello(data: bytes) -> Hello:
 
 
 def decode_hello_reply(data: bytes) -> HelloReply:
-    magic, version, reserved, max_frame = _unpack_hello(data)
-    if reserved != 0 or max_frame == 0:
+    magic, version, refused, max_frame = _unpack_hello(data)
+    if refused not in (0, REFUSED_BUSY) or (refused and version) or max_frame == 0:
         raise RemoteProtocolError("invalid hello reply")
-    return HelloReply(version, max_frame)
+    return HelloReply(version, max_frame, refused)
 
 
 def _unpack_hello(data: bytes) -> tuple[bytes, int, int, int]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import traceback
+
 import pytest
 
 from callrt import errors
@@ -28,7 +30,7 @@ from callrt.errors import (
     Unreachable,
     remote_error,
 )
-from callrt.protocol import Error, FrameDecoder, encode_frame
+from callrt.protocol import HEADER_SIZE, Error, FrameDecoder, encode_frame
 
 REMOTE_SUBCLASSES = [InvalidArgument, UnknownMethod, DeadlineExceeded, Cancelled, Unavailable, PermissionDenied, Internal]
 
@@ -279,10 +281,33 @@ def test_error_frame_keeps_explicit_code_and_relayed_details() -> None:
 
 
 def test_error_frame_of_raised_remote_error_without_traceback_gets_the_local_one() -> None:
-    frame = error_frame(1, raised(InvalidArgument("bad qty")))
+    # A handler's own RemoteError (callrt's own rejections, below, carry none).
+    frame = error_frame(1, raised(RemoteError("bad qty", code=ErrorCode.INVALID_ARGUMENT)))
     assert frame.code == "invalid_argument"
     assert "Traceback" in frame.traceback
     assert "bad qty" in frame.traceback
+
+
+def test_callrts_own_rejections_carry_no_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A flood of bad calls must not cost a formatted traceback each (it was ~50 µs a call)."""
+    formatted: list[BaseException] = []
+    monkeypatch.setattr(traceback, "format_exception", lambda exc: formatted.append(exc) or [])
+    for exc in (InvalidArgument("qty: expected int"), UnknownMethod("x.y"), DeadlineExceeded("late"), Cancelled("no")):
+        frame = error_frame(1, raised(exc))
+        assert (frame.traceback, frame.message) == ("", exc.message)
+    assert formatted == []
+
+
+def test_tracebacks_are_withheld_when_asked() -> None:
+    frame = error_frame(1, raised(ValueError("/home/app/secret.py went wrong")), tracebacks=False)
+    assert (frame.code, frame.remote_type, frame.traceback) == ("unknown", "ValueError", "")
+
+
+def test_an_error_frame_fits_the_callers_maximum_frame() -> None:
+    exc = raised(ValueError("m" * 5000))
+    frame = error_frame(1, exc, max_size=1024)
+    assert len(encode_frame(frame)) - HEADER_SIZE <= 1024
+    assert frame.message.startswith("mmm") and frame.message.endswith("[cut]")
 
 
 @pytest.mark.parametrize("exc", [Unreachable("no replicas"), RemoteProtocolError("garbage"), LocalProtocolError("big")])

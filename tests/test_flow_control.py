@@ -105,6 +105,12 @@ class _ClosingRecorder(asyncio.Transport):
     def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
         pass
 
+    def pause_reading(self) -> None:
+        pass  # the server stops reading while its replies are held; nothing to read here anyway
+
+    def resume_reading(self) -> None:
+        pass
+
     def is_closing(self) -> bool:
         return self.closed_after >= 0
 

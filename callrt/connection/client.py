@@ -22,6 +22,7 @@ from ..errors import CommunicationError, ErrorCode, LocalProtocolError, RemotePr
 from ..options import ClientOptions
 from ..protocol import (
     HEADER_SIZE,
+    REFUSED_BUSY,
     Cancel,
     Error,
     GoAway,
@@ -156,6 +157,9 @@ class ClientSession:
             raise RemoteProtocolError(f"a server may not send {kind.__name__} frames")
 
     def _hello_reply(self, reply: HelloReply) -> None:
+        if reply.refused == REFUSED_BUSY:
+            self.abort(CommunicationError("the server refused the connection: it is at its connection limit"))
+            return
         if reply.version == 0:
             raise RemoteProtocolError("the server speaks no protocol version we do")
         self.peer_max_frame = reply.max_frame_size

@@ -30,6 +30,7 @@ accepting, sends goaway on every connection, lets in-flight calls finish for
 from __future__ import annotations
 
 import contextvars
+import logging
 import traceback
 import types
 from collections.abc import Callable, Coroutine
@@ -45,6 +46,7 @@ from ..errors import (
     CommunicationError,
     DeadlineExceeded,
     ErrorCode,
+    InvalidArgument,
     RemoteError,
     RemoteProtocolError,
     UnknownMethod,
@@ -52,8 +54,10 @@ from ..errors import (
 from ..handlers import HandlerMap, RegisteredHandler
 from ..options import ServerOptions
 from ..protocol import (
+    REFUSED_BUSY,
     Cancel,
     Error,
+    FrameDecoder,
     FrameKind,
     GoAway,
     Hello,
@@ -69,27 +73,54 @@ from ..protocol import (
 from ..tracing import detach, server_context
 from ._access import checked_lookup
 
-__all__ = ("Server", "ServerConnection", "ServerIO", "error_frame", "run_watched")
+__all__ = ("ConnectionWatchdog", "Server", "ServerConnection", "ServerIO", "error_frame", "run_watched")
+
+logger = logging.getLogger("callrt.server")
 
 _RESPONSE = int(FrameKind.RESPONSE)
 
 
-def error_frame(request_id: int, exc: BaseException) -> Error:
-    """How ``exc``, raised while serving a call, travels to the caller."""
+# Errors callrt raises itself when it turns a call away: their message says everything, and
+# formatting a traceback for each would let a flood of bad calls cost the server ~50 µs apiece.
+_SELF_EXPLANATORY = (InvalidArgument, UnknownMethod, DeadlineExceeded, Cancelled)
+
+
+def error_frame(request_id: int, exc: BaseException, *, tracebacks: bool = True, max_size: int = 0) -> Error:
+    """How ``exc``, raised while serving a call, travels to the caller.
+
+    :param tracebacks: whether the caller may see where the server failed (file paths, code).
+    :param max_size: the caller's maximum frame body, if known; text is cut to fit it.
+    """
     if isinstance(exc, RemoteError):
         code, message = exc.code, exc.message
         remote_type = exc.remote_type or _qualname(type(exc))
         # One relayed from a nested call keeps the traceback of where it came from;
         # one the handler raised itself gets the handler's traceback.
-        tb = exc.remote_traceback
-        if not tb and exc.__traceback__ is not None:
+        tb = exc.remote_traceback if tracebacks else ""
+        if tracebacks and not tb and exc.__traceback__ is not None and not isinstance(exc, _SELF_EXPLANATORY):
             tb = "".join(traceback.format_exception(exc))
     else:
         # A communication failure of a nested call must not look like one of this call.
         code = ErrorCode.UNAVAILABLE if isinstance(exc, CommunicationError) else ErrorCode.UNKNOWN
         message, remote_type = str(exc), _qualname(type(exc))
-        tb = "".join(traceback.format_exception(exc))
-    return Error(request_id, code.value, _utf8_safe(remote_type), _utf8_safe(message), _utf8_safe(tb))
+        tb = "".join(traceback.format_exception(exc)) if tracebacks else ""
+    remote_type, message, tb = _utf8_safe(remote_type), _utf8_safe(message), _utf8_safe(tb)
+    if max_size:
+        # The caller drops a connection that sends a frame over its maximum: cut the
+        # traceback first, then the message, so that the error itself always arrives.
+        room = max_size - _ERROR_OVERHEAD - len(remote_type.encode())
+        tb = _cut(tb, room - len(message.encode()))
+        message = _cut(message, room - len(tb.encode()))
+    return Error(request_id, code.value, remote_type, message, tb)
+
+
+_ERROR_OVERHEAD = 256  # the error frame's fixed fields and code, with room to spare
+
+
+def _cut(text: str, room: int) -> str:
+    if len(text.encode()) <= room:
+        return text
+    return text.encode()[: max(0, room - 16)].decode(errors="ignore") + " [cut]"
 
 
 def _utf8_safe(text: str) -> str:
@@ -163,6 +194,8 @@ class ServerConnection:
         )
         self.peer_max_frame = 0  # the client's maximum frame, from its hello
         self.peer = UNKNOWN_PEER  # set by the shell once the connection is accepted
+        # Over max_connections: the hello is answered with a refusal, then the connection closes.
+        self.refuse_busy = server.full()
         self._sync_slot = SyncSlot()
         # anyio.current_time(), or the loop's own clock when a shell has one (the same clock,
         # without finding the backend on every call).
@@ -183,8 +216,16 @@ class ServerConnection:
     def stop_reading(self, token: contextvars.Token[Any]) -> None:
         serving_var.reset(token)
 
+    @property
+    def send_tracebacks(self) -> bool:
+        choice = self.server.options.send_tracebacks
+        return self.peer.local if choice is None else choice
+
     def hello_received(self, hello: Hello) -> None:
         """Answer the client's hello (the first frame); a hello with no common version ends the connection."""
+        if self.refuse_busy:
+            self.write(encode_hello_reply(HelloReply(0, self.server.options.max_frame_size, REFUSED_BUSY)))
+            raise RemoteProtocolError("refused: the server is at its connection limit")
         version = choose_version(hello)
         self.peer_max_frame = hello.max_frame_size
         self.write(encode_hello_reply(HelloReply(version, self.server.options.max_frame_size)))
@@ -253,7 +294,8 @@ class ServerConnection:
             self.write(payload)
 
     def fail(self, request_id: int, exc: BaseException) -> None:
-        self.write(encode_frame(error_frame(request_id, exc)))
+        error = error_frame(request_id, exc, tracebacks=self.send_tracebacks, max_size=self.peer_max_frame)
+        self.write(encode_frame(error))
 
     async def call_async(
         self, request: Request, entry: RegisteredHandler, deadline: float | None, on_block: Callable[[], None]
@@ -279,6 +321,74 @@ class ServerConnection:
             self.write(encode_frame(GoAway(reason)))
 
 
+class ConnectionWatchdog:
+    """The timers of one server connection, checked on a tick rather than armed per frame.
+
+    - handshake: the first tick comes ``handshake_timeout`` after accept; no hello by then ends it;
+    - idle: no byte from the peer and no call in flight for ``idle_timeout`` ends it;
+    - body: a frame begun and no frame completed for ``body_timeout`` ends it (a trickle of one
+      byte a second cannot hold a connection and its buffer forever);
+    - partial bodies: its share of the server-wide ``max_partial_bodies``.
+
+    The shell sets :attr:`heard` on every read, adds to :attr:`frames` per batch, calls
+    :meth:`account_partial` after reads that leave a body partly received, and
+    :meth:`expired` every :attr:`interval` seconds.
+    """
+
+    def __init__(self, conn: ServerConnection, decoder: FrameDecoder, now: Callable[[], float], busy: Callable[[], bool]) -> None:
+        self.conn, self.decoder, self.now, self.busy = conn, decoder, now, busy
+        options = conn.server.options
+        self.interval = max(0.05, min(options.idle_timeout, options.body_timeout) / 4)
+        self.heard = False
+        self.frames = 0  # frames handled, counted per batch
+        self.partial = 0  # this connection's bytes in Server.partial_bodies
+        self._quiet_since = now()
+        self._body_since: tuple[float, int] | None = None  # when a partial frame was first seen, frames then
+
+    def expired(self) -> bool:
+        """Whether the connection must end now (the reason is logged)."""
+        conn, options, now = self.conn, self.conn.server.options, self.now()
+        if not conn.handshake_done:
+            logger.debug("%s: no hello within %ss", conn.peer.address, options.handshake_timeout)
+            return True
+        if self.heard or self.busy():
+            self.heard = False
+            self._quiet_since = now
+        elif now - self._quiet_since >= options.idle_timeout:
+            logger.debug("%s: idle for %ss, closed", conn.peer.address, options.idle_timeout)
+            return True
+        if self.decoder.buffered:
+            since = self._body_since
+            if since is None or since[1] != self.frames:
+                self._body_since = (now, self.frames)
+            elif now - since[0] >= options.body_timeout:
+                logger.warning("%s: a frame incomplete for %ss, closed", conn.peer.address, options.body_timeout)
+                return True
+        else:
+            self._body_since = None
+        return False
+
+    def account_partial(self) -> bool:
+        """Count this connection's partly received body in the server's total; whether it is over budget."""
+        server = self.conn.server
+        held = self.decoder.partial_body_bytes
+        server.partial_bodies += held - self.partial
+        self.partial = held
+        if held and server.partial_bodies > server.options.max_partial_bodies:
+            logger.warning(
+                "%s: partly received bodies over %d bytes on the server, closed",
+                self.conn.peer.address,
+                server.options.max_partial_bodies,
+            )
+            return True
+        return False
+
+    def release(self) -> None:
+        """The connection is gone: its partial body no longer counts."""
+        self.conn.server.partial_bodies -= self.partial
+        self.partial = 0
+
+
 @dataclass(eq=False)
 class Server:
     """A running server: its handlers, listeners and live connections.
@@ -291,8 +401,25 @@ class Server:
     options: ServerOptions
     endpoints: list[Endpoint] = field(default_factory=list)
     connections: set[ServerConnection] = field(default_factory=set)
+    #: Async calls in flight over all connections (the shells count them, for ``max_calls``).
+    calls: int = 0
+    #: Bytes of partly received frame bodies over all connections (for ``max_partial_bodies``).
+    partial_bodies: int = 0
+    #: Shells that stopped reading because ``calls`` reached ``max_calls``: called when it drops.
+    waiting_for_calls: set[Callable[[], None]] = field(default_factory=set)
     _stop: anyio.Event = field(default_factory=anyio.Event)
     _all_closed: anyio.Event | None = None
+
+    def full(self) -> bool:
+        """At ``max_connections``: a new connection is refused."""
+        return len(self.connections) >= self.options.max_connections
+
+    def call_finished(self) -> None:
+        self.calls -= 1
+        if self.waiting_for_calls and self.calls < self.options.max_calls:
+            waiting, self.waiting_for_calls = self.waiting_for_calls, set()
+            for wake in waiting:
+                wake()
 
     @property
     def endpoint(self) -> Endpoint:

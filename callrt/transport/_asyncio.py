@@ -24,12 +24,12 @@ from anyio.abc import TaskGroup
 
 from .._writes import joined
 from ..connection.client import ClientSession
-from ..connection.server import Server, ServerConnection
+from ..connection.server import ConnectionWatchdog, Server, ServerConnection
 from ..endpoints import Endpoint
 from ..errors import CommunicationError, DeadlineExceeded, RemoteError, RemoteProtocolError
 from ..handlers import RegisteredHandler
 from ..options import ClientOptions
-from ..protocol import FrameDecoder, Hello, Request, Response
+from ..protocol import Frame, FrameDecoder, Hello, Request, Response
 from .base import Transport, client_hello, connect_errors, handshake, socket_peer, tls_server_name
 
 
@@ -140,7 +140,16 @@ class ServerProtocol(_Writer):
         self._parked: asyncio.Future[None] | None = None
         self._calls: dict[int, _AsyncCall] = {}
         self._current: _AsyncCall | None = None
-        self._handshake_timer: asyncio.TimerHandle | None = None
+        # Reading is held (the socket not read) while replies wait for a peer that does not read
+        # them, or calls in flight are at their cap; frames decoded past a turn's budget wait here.
+        self._held_frames: list[Frame] | None = None
+        self._hold_reading = False
+        self._reading_paused = False
+        self._turn_scheduled = False
+        self.frames_per_turn = server.options.frames_per_turn
+        self.max_calls = server.options.max_calls_per_connection
+        self.watchdog = ConnectionWatchdog(self.conn, self.decoder, self.loop.time, lambda: bool(self._calls))
+        self._watch_timer: asyncio.TimerHandle | None = None
 
     # -- asyncio.Protocol ------------------------------------------------------
 
@@ -148,17 +157,28 @@ class ServerProtocol(_Writer):
         self._attach(transport)
         info = transport.get_extra_info
         self.conn.peer = socket_peer(info("socket"), info("peername"), info("peercert"))
-        self.server.connection_opened(self.conn)
-        self._handshake_timer = self.loop.call_later(self.server.options.handshake_timeout, self.conn.handshake_expired)
+        if not self.conn.refuse_busy:
+            self.server.connection_opened(self.conn)
+        self._watch_timer = self.loop.call_later(self.server.options.handshake_timeout, self._watch)
 
     def data_received(self, data: bytes) -> None:
+        self.decoder.receive_data(data)
+        self.watchdog.heard = True
+        self._handle_frames()
+
+    def _handle_frames(self) -> None:
         decoder, conn = self.decoder, self.conn
-        decoder.receive_data(data)
         self._batching = True
         token = conn.start_reading()
+        budget = self.frames_per_turn
         try:
-            frames = decoder.frames()
+            frames = self._held_frames or decoder.frames()
+            self._held_frames = None
+            if frames:
+                self.watchdog.frames += 1  # progress, for the body timeout: a batch is enough
             while frames:
+                if len(frames) > budget:  # this connection's turn is over: the rest wait for the next
+                    self._held_frames, frames = frames[budget:], frames[:budget]
                 for frame in frames:
                     if type(frame) is Request:  # frame_received's first case, inlined for the common frame
                         conn.request_received(frame)
@@ -166,6 +186,9 @@ class ServerProtocol(_Writer):
                         conn.hello_received(frame)
                     else:
                         conn.frame_received(frame)
+                if self._held_frames is not None or self._hold_reading:
+                    break
+                budget -= len(frames)
                 frames = decoder.frames() if decoder.more else []
         except RemoteProtocolError:
             # Framing is lost: this connection ends, every other one goes on.
@@ -175,12 +198,69 @@ class ServerProtocol(_Writer):
         finally:
             conn.stop_reading(token)
         self._batching = False
+        if self._held_frames is not None or decoder.more or self._hold_reading:
+            self._pause_reading()
+            if not self._hold_reading:
+                self._schedule_turn()  # after the other connections' turns
+        elif self._reading_paused:
+            self._reading_paused = False
+            self.transport.resume_reading()  # type: ignore[union-attr]
+        if (decoder.partial_body_bytes or self.watchdog.partial) and self.watchdog.account_partial():
+            self.close()
+            return
         self._flush()
+
+    def _pause_reading(self) -> None:
+        if not self._reading_paused and not self.conn.closed:
+            self._reading_paused = True
+            self.transport.pause_reading()  # type: ignore[union-attr]
+
+    def _schedule_turn(self) -> None:
+        if not self._turn_scheduled:
+            self._turn_scheduled = True
+            self.loop.call_soon(self._next_turn)
+
+    def _next_turn(self) -> None:
+        self._turn_scheduled = False
+        if not self._hold_reading and not self.conn.closed:
+            self._handle_frames()
+
+    def _update_hold(self) -> None:
+        """Hold reading while replies are not being read or calls are at their cap; resume when neither."""
+        server = self.server
+        over_server_cap = server.calls >= server.options.max_calls
+        hold = self._paused or len(self._calls) >= self.max_calls or over_server_cap
+        if over_server_cap:
+            server.waiting_for_calls.add(self._update_hold)
+        if hold is self._hold_reading:
+            return
+        self._hold_reading = hold
+        if hold:
+            self._pause_reading()
+        else:
+            self._schedule_turn()
+
+    def pause_writing(self) -> None:
+        _Writer.pause_writing(self)
+        self._update_hold()
+
+    def resume_writing(self) -> None:
+        _Writer.resume_writing(self)
+        self._update_hold()
+
+    def _watch(self) -> None:
+        if self.conn.closed:
+            return
+        if self.watchdog.expired():
+            self.close()
+            return
+        self._watch_timer = self.loop.call_later(self.watchdog.interval, self._watch)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.conn.closed = True
-        if self._handshake_timer is not None:
-            self._handshake_timer.cancel()
+        if self._watch_timer is not None:
+            self._watch_timer.cancel()
+        self.watchdog.release()
         for call in list(self._calls.values()):
             if call.task is not None:
                 call.task.cancel()
@@ -218,6 +298,10 @@ class ServerProtocol(_Writer):
         if request.id in self._calls:
             raise RemoteProtocolError(f"request id {request.id} reused while its call is in flight")
         call = self._calls[request.id] = _AsyncCall(request, entry, deadline)
+        server = self.server
+        server.calls += 1
+        if len(self._calls) >= self.max_calls or server.calls >= server.options.max_calls:
+            self._update_hold()
         if self.inline_duration < 0:
             self.loop.create_task(self._run_one(call), context=self._context.copy())
             return
@@ -247,7 +331,7 @@ class ServerProtocol(_Writer):
         if call.reason is None and call.deadline is not None and self.loop.time() >= call.deadline:
             call.reason = DeadlineExceeded(f"{call.entry.name}: deadline passed while the call waited its turn")
         if call.reason is not None:  # cancelled before it started
-            del self._calls[request.id]
+            self._call_finished(request.id)
             self.conn.fail(request.id, call.reason)
             return
         self._current = call
@@ -260,9 +344,15 @@ class ServerProtocol(_Writer):
                 raise  # not ours: the connection or the server is going away
             self.conn.fail(request.id, call.reason)
         finally:
-            del self._calls[request.id]
+            self._call_finished(request.id)
             for timer in call.timers:
                 timer.cancel()
+
+    def _call_finished(self, request_id: int) -> None:
+        del self._calls[request_id]
+        self.server.call_finished()
+        if self._hold_reading:
+            self._update_hold()
 
     def _on_block(self) -> None:
         # The handler of ``self._current`` suspended for the first time, on the current task.

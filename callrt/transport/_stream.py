@@ -23,7 +23,7 @@ from anyio.streams.tls import TLSAttribute, TLSStream
 
 from .._writes import frame_buffers, joined
 from ..connection.client import ClientSession
-from ..connection.server import Server, ServerConnection
+from ..connection.server import ConnectionWatchdog, Server, ServerConnection
 from ..context import Peer
 from ..endpoints import Endpoint
 from ..errors import CommunicationError, DeadlineExceeded, RemoteError, RemoteProtocolError
@@ -37,6 +37,12 @@ __all__ = ("StreamTransport", "client_over", "serve_stream")
 _CLOSE_FLUSH_TIMEOUT = 1.0
 
 
+# Above this many bytes written but not yet sent (a peer that does not read), the server stops
+# reading that connection until they are down to a quarter of it: as the asyncio shell's
+# transport pauses its writer at the same mark.
+_WRITE_BUFFER_HIGH = 1024 * 1024
+
+
 class _Writer:
     """Coalesces writes: ``write`` is sync; one task sends whatever has accumulated."""
 
@@ -45,12 +51,22 @@ class _Writer:
         self.flatten_limit = flatten_limit
         self.on_sent: Callable[[], None] | None = None  # the client's: what it held back is sent
         self.out: list[bytes] = []
+        self.queued = 0  # bytes written and not yet sent
         self.wake = anyio.Event()
+        self._drained: anyio.Event | None = None
         self.closing = False
 
     def write(self, data: bytes) -> None:
         self.out.append(data)
+        self.queued += len(data)
         self.wake.set()
+
+    async def drained(self) -> None:
+        """Return once the bytes not yet sent are below the high-water mark."""
+        while self.queued > _WRITE_BUFFER_HIGH:
+            if self._drained is None:
+                self._drained = anyio.Event()
+            await self._drained.wait()
 
     def finish(self) -> None:
         """Send what is queued, then make :meth:`run` return."""
@@ -72,6 +88,10 @@ class _Writer:
             data = joined(out, self.flatten_limit)
             for buffer in out if data is None else (data,):
                 await self.stream.send(buffer)
+                self.queued -= len(buffer)
+            if self._drained is not None and self.queued <= _WRITE_BUFFER_HIGH // 4:
+                self._drained.set()
+                self._drained = None
 
 
 # -- server ------------------------------------------------------------------
@@ -94,6 +114,11 @@ class StreamServerShell:
         self.scopes: dict[int, tuple[anyio.CancelScope, list[RemoteError]]] = {}
         self.task_per_call = server.options.inline_handler_duration < 0
         self.inline: tuple[Request, RegisteredHandler, float | None] | None = None
+        self.server = server
+        self.max_calls = server.options.max_calls_per_connection
+        self.frames_per_turn = server.options.frames_per_turn
+        self._call_done: anyio.Event | None = None  # set when a call ends, for a reader held at the cap
+        self.watchdog = ConnectionWatchdog(self.conn, self.decoder, anyio.current_time, lambda: bool(self.scopes))
 
     def close(self) -> None:
         """End the connection. Replies already written (the last ones of a drain, say) are
@@ -113,6 +138,7 @@ class StreamServerShell:
             raise RemoteProtocolError(f"request id {request.id} reused while its call is in flight")
         # The scope exists from now on, so a cancel that arrives before the handler starts is kept.
         self.scopes[request.id] = (anyio.CancelScope(deadline=math.inf if deadline is None else deadline), [])
+        self.server.calls += 1
         if self.task_per_call:
             self.tg.start_soon(self.run_handler, request, entry, deadline, _no_hook)
         else:
@@ -129,6 +155,10 @@ class StreamServerShell:
                 await self.conn.call_async(request, entry, deadline, on_block)
         finally:
             del self.scopes[request.id]
+            self.server.call_finished()
+            if self._call_done is not None:
+                self._call_done.set()
+                self._call_done = None
         if scope.cancelled_caught:
             self.conn.fail(request.id, reasons[0] if reasons else DeadlineExceeded(f"{entry.name}: deadline exceeded"))
 
@@ -151,11 +181,13 @@ class StreamServerShell:
         """
         me = object()
         self.reader = me
-        decoder, conn = self.decoder, self.conn
+        decoder, conn, watchdog = self.decoder, self.conn, self.watchdog
         conn.start_reading()  # in this task's own context, for as long as it reads
+        turn = self.frames_per_turn
         try:
             while True:
                 while (frame := decoder.next_frame()) is not None:
+                    watchdog.frames += 1
                     if type(frame) is Hello:
                         conn.hello_received(frame)
                         continue
@@ -166,13 +198,36 @@ class StreamServerShell:
                         await self.run_handler(request, entry, deadline, self.hand_off)
                         if self.reader is not me:
                             return  # a new reader took over while this handler was blocked
+                    turn -= 1
+                    if not turn:  # other connections get a turn
+                        turn = self.frames_per_turn
+                        await anyio.lowlevel.checkpoint()
+                    await self._below_call_caps()
+                # Replies the peer does not read stop this reader before more requests are read.
+                await self.writer.drained()
                 decoder.receive_data(await self.stream.receive())
+                watchdog.heard = True
+                if (decoder.partial_body_bytes or watchdog.partial) and watchdog.account_partial():
+                    break
         except (*BROKEN, RemoteProtocolError):
-            self.close()  # this connection ends; the server goes on
+            pass
+        self.close()  # this connection ends; the server goes on
 
-    async def handshake_watchdog(self) -> None:
-        await anyio.sleep(self.conn.server.options.handshake_timeout)
-        self.conn.handshake_expired()
+    async def _below_call_caps(self) -> None:
+        """Wait while this connection's or the server's calls in flight are at their cap."""
+        server = self.server
+        while len(self.scopes) >= self.max_calls or server.calls >= server.options.max_calls:
+            done = self._call_done = self._call_done or anyio.Event()
+            if server.calls >= server.options.max_calls:
+                server.waiting_for_calls.add(done.set)
+            await done.wait()
+
+    async def watch(self) -> None:
+        """The connection's timers (handshake, idle, body; see ConnectionWatchdog), on one task."""
+        await anyio.sleep(self.server.options.handshake_timeout)
+        while not self.watchdog.expired():  # noqa: ASYNC110  # a periodic tick, not a wait for an event
+            await anyio.sleep(self.watchdog.interval)
+        self.close()
 
     async def write_until_broken(self) -> None:
         try:
@@ -193,11 +248,13 @@ async def serve_stream(server: Server, stream: ByteStream, peer: Peer | None = N
         async with anyio.create_task_group() as tg:
             shell = StreamServerShell(server, stream, tg)
             shell.conn.peer = peer or _stream_peer(stream)
-            server.connection_opened(shell.conn)
+            if not shell.conn.refuse_busy:
+                server.connection_opened(shell.conn)
             tg.start_soon(shell.write_until_broken)
-            tg.start_soon(shell.handshake_watchdog)
+            tg.start_soon(shell.watch)
             tg.start_soon(shell.read)
         shell.conn.closed = True
+        shell.watchdog.release()
         server.connection_closed(shell.conn)
 
 

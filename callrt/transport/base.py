@@ -156,7 +156,6 @@ async def handshake(session: ClientSession, endpoint: Endpoint, options: ClientO
         raise CommunicationError(f"{endpoint} closed the connection during the handshake{why}") from session.error
 
 
-
 _PEERCRED = struct.Struct("3i")  # pid, uid, gid: Linux's struct ucred
 
 
