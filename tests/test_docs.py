@@ -22,11 +22,12 @@ from pathlib import Path
 
 import pytest
 
-from callrt import call
-from callrt.errors import GRPC_STATUS, HTTP_STATUS, ErrorCode
+from callrt import call, errors
+from callrt.errors import GRPC_STATUS, HTTP_STATUS, ErrorCode, remote_error
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
+ERRORS_PAGE = (DOCS / "errors.md").read_text()
 
 # A block the docs mark as a runnable file: <!-- runnable: NAME.py --> then a ```python fence.
 _RUNNABLE = re.compile(r"<!-- runnable: (?P<name>[\w.-]+\.py) -->\s*```python\n(?P<code>.*?)\n```", re.DOTALL)
@@ -106,6 +107,17 @@ def test_every_option_is_documented(options: type) -> None:
 
 
 def test_the_error_code_table_matches_the_code() -> None:
-    rows = re.findall(r"^\| `(\w+)` \| `(\w+)` \| (\d+) \| (\d+) ", (DOCS / "errors.md").read_text(), re.MULTILINE)
-    table = {name: (value, int(http), int(grpc)) for name, value, http, grpc in rows}
-    assert table == {c.name: (c.value, HTTP_STATUS[c], GRPC_STATUS[c]) for c in ErrorCode}
+    """Each row: code, wire value, HTTP status, gRPC status, and the class the client raises for it."""
+    row = re.compile(r"^\| `(\w+)` \| `(\w+)` \| (\d+) \| (\d+) `\w+` \| `(\w+)`", re.MULTILINE)
+    table = {name: (value, int(http), int(grpc), cls) for name, value, http, grpc, cls in row.findall(ERRORS_PAGE)}
+    expected = {
+        c.name: (c.value, HTTP_STATUS[c], GRPC_STATUS[c], type(remote_error(c, "", "", "")).__name__) for c in ErrorCode
+    }
+    assert table == expected
+
+
+def test_the_error_tree_names_every_error() -> None:
+    tree = ERRORS_PAGE.split("```text", 1)[1].split("```", 1)[0]
+    drawn = set(re.findall(r"\b([A-Z]\w+)\b", tree))
+    public = {name for name in errors.__all__ if isinstance(getattr(errors, name), type) and name != "ErrorCode"}
+    assert public <= drawn, f"errors missing from the tree in docs/errors.md: {sorted(public - drawn)}"
