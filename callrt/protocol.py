@@ -94,7 +94,8 @@ _REQUEST_HEAD = struct.Struct("<16sBQ")  # a request body's method key, flags an
 HELLO_SIZE: Final = _HELLO.size  # 12
 HEADER_SIZE: Final = _HEADER.size  # 13
 _MAX_U32: Final = (1 << 32) - 1
-_LARGE_BODY: Final = 64 << 10  # bodies this large are received into a buffer of their own, grown as bytes arrive
+_LARGE_BODY: Final = 64 << 10  # bodies this large are collected read by read, and joined once complete
+_SMALL_READ: Final = 4096  # a large body's reads shorter than this are merged, so tiny reads cost no more memory
 _MAX_U64: Final = (1 << 64) - 1
 
 
@@ -164,7 +165,7 @@ class Request(msgspec.Struct, frozen=True, gc=False):
 
 
 class Response(msgspec.Struct, frozen=True, gc=False):
-    """A successful result for request ``id``. A large payload arrives as the bytearray it was received into."""
+    """A successful result for request ``id``. The decoder gives ``bytes``; a ``bytearray`` may be encoded."""
 
     id: int
     payload: bytes | bytearray
@@ -415,11 +416,11 @@ class FrameDecoder:
         method key to the payload); a field reaching past it is a
         :class:`RemoteProtocolError` before the field is decoded.
 
-    Memory: nothing is allocated ahead of the bytes received. A body that does
-    not fit the read it started in is collected in a buffer that grows as its
-    bytes arrive, so a header announcing a large body costs nothing until the
-    body comes; :attr:`buffered` and :attr:`partial_body_bytes` say how much is
-    held.
+    Memory: nothing is allocated ahead of the bytes received. A large body that
+    does not fit the read it started in is kept as the reads it arrives in
+    (short ones merged) and joined once complete, so a header announcing a
+    large body costs nothing until the body comes; :attr:`buffered` and
+    :attr:`partial_body_bytes` say how much is held.
     """
 
     __slots__ = (
@@ -428,6 +429,7 @@ class FrameDecoder:
         "_expect",
         "_large",
         "_large_head",
+        "_large_held",
         "_pos",
         "max_frame_size",
         "max_metadata_entries",
@@ -457,19 +459,22 @@ class FrameDecoder:
         # one copy); only a partial frame left over makes a bytearray to append to.
         self._buf: bytes | bytearray = b""
         self._pos = 0
-        # A large body is received straight into a buffer of its own and handed over without
-        # being copied again. The buffer grows as the body's bytes arrive (never from the
-        # header's length, which the peer chose): CPython over-allocates a growing bytearray
-        # and glibc grows a large one with mremap, so this costs no more than sizing it ahead.
-        self._large: bytearray | None = None
+        # A large body (one that does not fit the read its header came in) is kept as the
+        # reads it arrives in, and joined once complete: memory is taken as bytes arrive, never
+        # from the header's length, which the peer chose. Measured against a buffer sized ahead
+        # from the header (zero-filled, then copied into) and one grown by appending: the
+        # join is the one copy either needs, and appending copies again on every realloc once
+        # other large buffers are alive (fuzz/bench_decoder.py, "kept alive" rows).
+        self._large: list[bytes | bytearray] | None = None
         self._large_head: tuple[int, int, int] = (0, 0, 0)  # kind, id, body size
+        self._large_held = 0  # bytes of the large body received so far
         self._error: RemoteProtocolError | None = None  # the stream is broken: raised by every later call
         self.more = False  # frames() stopped early: call it again once its frames are handled
 
     @property
     def buffered(self) -> int:
         """Bytes received but not yet returned as frames."""
-        pending_large = 0 if self._large is None else HEADER_SIZE + len(self._large)
+        pending_large = 0 if self._large is None else HEADER_SIZE + self._large_held
         return len(self._buf) - self._pos + pending_large
 
     @property
@@ -483,19 +488,19 @@ class FrameDecoder:
         it may also count frames received whole but not yet taken.
         """
         if self._large is not None:
-            return len(self._large)
+            return self._large_held
         held = len(self._buf) - self._pos - HEADER_SIZE
         return held if held > 0 else 0
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
         large = self._large
         if large is not None:
-            n = self._large_head[2] - len(large)
+            n = self._large_head[2] - self._large_held
             if len(data) <= n:
-                large += data
+                self._keep(large, data)
                 return
             with memoryview(data) as view:
-                large += view[:n]
+                self._keep(large, view[:n])
                 data = bytes(view[n:])
         buf, pos = self._buf, self._pos
         if pos == len(buf):
@@ -613,10 +618,10 @@ class FrameDecoder:
             raise RemoteProtocolError(f"unknown frame kind {kind}")
         if len(buf) < end:
             if size >= _LARGE_BODY and kind <= 2:
-                # Only the bytes received so far: the rest of the body grows it as it comes.
+                # Only the bytes received so far: the rest of the body is kept as it comes.
+                self._large, self._large_held, self._large_head = [], 0, (kind, ident, size)
                 with memoryview(buf) as view:
-                    self._large = bytearray(view[start:])
-                self._large_head = (kind, ident, size)
+                    self._keep(self._large, view[start:])
                 self._buf, self._pos = b"", 0
             return None
         self._pos = end
@@ -645,16 +650,28 @@ class FrameDecoder:
         self._expect = None
         return hello
 
+    def _keep(self, chunks: list[bytes | bytearray], piece: bytes | bytearray | memoryview) -> None:
+        """Add ``piece`` to a large body's reads: a ``bytes`` by reference, others copied, short ones merged."""
+        n = len(piece)
+        self._large_held += n
+        if n >= _SMALL_READ:
+            chunks.append(piece if type(piece) is bytes else bytes(piece))
+        elif chunks and type(last := chunks[-1]) is bytearray and len(last) < _LARGE_BODY:
+            last += piece
+        elif n:
+            chunks.append(bytearray(piece))
+
     def _large_frame(self) -> Frame | None:
-        large = self._large
-        assert large is not None
+        chunks = self._large
+        assert chunks is not None
         kind, ident, size = self._large_head
-        if len(large) < size:
+        if self._large_held < size:
             return None
-        self._large = None
+        self._large, self._large_held = None, 0
+        body = chunks[0] if len(chunks) == 1 and type(chunks[0]) is bytes else b"".join(chunks)
         if kind == 2:
-            return Response(ident, large)  # the body's own buffer, handed over as it is
-        return self._request(ident, large, 0, len(large))
+            return Response(ident, body)
+        return self._request(ident, body, 0, len(body))
 
     def _frame(self, kind: int, ident: int, buf: bytes | bytearray, start: int, end: int) -> Frame:
         """The frame of ``kind`` whose body is ``buf[start:end]``."""

@@ -15,6 +15,7 @@ import argparse
 import importlib.util
 import time
 from collections.abc import Callable
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -22,7 +23,7 @@ import callrt.protocol
 
 
 def load(path: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location("callrt._protocol_under_test", path)
+    spec = importlib.util.spec_from_file_location(f"callrt._protocol_{Path(path).stem}", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -50,6 +51,7 @@ def cases(p: Any) -> dict[str, tuple[Callable[[], Any], int]]:
     big = 1 << 20
     big_response = p.encode_frame(p.Response(1, b"y" * big))
     big_request = p.encode_frame(p.Request(1, key, b"z" * big))
+    big4 = p.encode_frame(p.Response(1, b"w" * (4 * big)))
 
     def per_read(data: bytes, reads: int) -> Callable[[], Any]:
         def run() -> Any:
@@ -60,17 +62,26 @@ def cases(p: Any) -> dict[str, tuple[Callable[[], Any], int]]:
 
         return run
 
-    def chunked(data: bytes, chunk: int, reps: int) -> Callable[[], Any]:
+    def chunked(data: bytes, chunk: int, reps: int, keep: int = 0) -> Callable[[], Any]:
+        """``reps`` copies of ``data`` in reads of ``chunk`` bytes; the last ``keep`` frames stay alive.
+
+        Keeping frames alive is what a server or client under load does (a handler holds its
+        arguments, a caller its result), and it changes how the allocator can grow a buffer.
+        """
         pieces = [data[i : i + chunk] for i in range(0, len(data), chunk)]
 
         def run() -> Any:
             d = p.FrameDecoder(version=1)
+            alive: list[Any] = []
             for _ in range(reps):
                 for piece in pieces:
-                    d.receive_data(piece)
+                    d.receive_data(bytes(piece))  # a fresh bytes per read, as a transport gives
                     while d.more or d.buffered:
-                        if not d.frames():
+                        frames = d.frames()
+                        if not frames:
                             break
+                        if keep:
+                            alive = [*alive[-keep + 1 :], *frames]
 
         return run
 
@@ -83,17 +94,19 @@ def cases(p: Any) -> dict[str, tuple[Callable[[], Any], int]]:
         "1 MiB response in 256 KiB reads (per frame)": (chunked(big_response, 256 << 10, 20), 20),
         "1 MiB response in 64 KiB reads (per frame)": (chunked(big_response, 64 << 10, 20), 20),
         "1 MiB request in 256 KiB reads (per frame)": (chunked(big_request, 256 << 10, 20), 20),
+        "1 MiB requests in 64 KiB reads, 16 kept alive (per frame)": (chunked(big_request, 64 << 10, 40, 16), 40),
+        "1 MiB responses in 64 KiB reads, 16 kept alive (per frame)": (chunked(big_response, 64 << 10, 40, 16), 40),
+        "4 MiB responses in 256 KiB reads, 8 kept alive (per frame)": (chunked(big4, 256 << 10, 16, 8), 16),
     }
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m fuzz bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--against", help="another protocol.py to time in the same run")
+    parser.add_argument("--against", action="append", default=[], help="another protocol.py to time in the same run")
     parser.add_argument("--runs", type=int, default=9)
     args = parser.parse_args(argv)
-    modules = {"now": callrt.protocol}
-    if args.against:
-        modules = {"against": load(args.against), **modules}
+    modules = {Path(path).stem: load(path) for path in args.against}
+    modules["now"] = callrt.protocol
     table = {label: cases(m) for label, m in modules.items()}
     best: dict[tuple[str, str], float] = {}
     for _ in range(args.runs):

@@ -34,7 +34,9 @@ unexpected exception) for a bug, and returns normally otherwise.
     :func:`callrt.tracing.parse_tracestate` on the input as text: never raises,
     accepts only what the W3C grammar allows (ASCII, at most 512 characters, at
     most 32 members), what it accepts round-trips through
-    ``TraceState.to_header``, and nothing is logged by OpenTelemetry.
+    ``TraceState.to_header``, OpenTelemetry's own parser reads the same pairs
+    from it (and nothing from what it refuses), and nothing is logged by
+    OpenTelemetry.
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Callable
+
+from opentelemetry.trace import TraceState
 
 from callrt.errors import LocalProtocolError, RemoteProtocolError
 from callrt.protocol import (
@@ -83,12 +87,17 @@ _CANONICAL = (Hello, HelloReply, Response, Cancel, Ping, Pong, GoAway)  # kinds 
 _FILLER = bytes(range(256)) * 16  # 4 KiB
 
 
+_EMPTY_SIZES = {bytes: sys.getsizeof(b""), bytearray: sys.getsizeof(bytearray())}
+
+
 def _allocated(decoder: FrameDecoder) -> int:
-    """Bytes the decoder's buffers hold allocated (payload capacity, not object headers)."""
-    total = 0
-    for buf in (decoder._buf, decoder._large):  # white-box on purpose: the capacity, not the length
-        if buf is not None:
-            total += sys.getsizeof(buf) - sys.getsizeof(type(buf)())
+    """Bytes the decoder holds: its buffers' allocated capacity, plus each large-body read's object overhead.
+
+    White-box on purpose (``_buf``, ``_large``): ``buffered`` counts bytes, this counts memory.
+    """
+    total = len(decoder._buf) if type(decoder._buf) is bytes else sys.getsizeof(decoder._buf) - _EMPTY_SIZES[bytearray]
+    if decoder._large is not None:
+        total += sys.getsizeof(decoder._large) + sum(sys.getsizeof(c) for c in decoder._large)
     return total
 
 
@@ -234,6 +243,15 @@ def tracestate(data: bytes) -> None:
     finally:
         _otel_logger.removeHandler(handler)
         _otel_logger.setLevel(level)
+    if len(text) <= MAX_TRACESTATE_LENGTH and text.isascii():
+        # Differential: OpenTelemetry's own parser (its logging switched off) agrees, except that
+        # for a duplicate key or more than 32 members it keeps nothing where we return None.
+        _otel_logger.disabled = True
+        try:
+            reference = list(TraceState.from_header([text]).items())
+        finally:
+            _otel_logger.disabled = False
+        check(reference == ([] if state is None else list(state.items())), f"OpenTelemetry reads {text!r} otherwise")
     if state is None:
         return
     check(len(text) <= MAX_TRACESTATE_LENGTH and text.isascii(), "accepted a long or non-ASCII tracestate")
