@@ -20,9 +20,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import msgspec
 import pytest
 
-from callrt import call, errors
+from callrt import call, component, errors
+from callrt.component import component_spec
 from callrt.errors import GRPC_STATUS, HTTP_STATUS, ErrorCode, remote_error
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -121,3 +123,78 @@ def test_the_error_tree_names_every_error() -> None:
     drawn = set(re.findall(r"\b([A-Z]\w+)\b", tree))
     public = {name for name in errors.__all__ if isinstance(getattr(errors, name), type) and name != "ErrorCode"}
     assert public <= drawn, f"errors missing from the tree in docs/errors.md: {sorted(public - drawn)}"
+
+
+# -- the rules docs/compatibility.md states, on the codecs both sides build -----------------
+
+
+class _ItemV1(msgspec.Struct):
+    sku: str
+
+
+class _ItemV2(msgspec.Struct):
+    sku: str
+    qty: int = 1
+
+
+class _ItemV2Required(msgspec.Struct):
+    sku: str
+    qty: int
+
+
+@component(name="docs.Compat")
+class _V1:
+    def add(self, a: int) -> int:
+        raise NotImplementedError
+
+    def put(self, item: _ItemV1) -> None: ...
+
+    def total(self) -> int:
+        raise NotImplementedError
+
+    def rename(self, a: int) -> None: ...
+
+
+@component(name="docs.Compat")
+class _V2:
+    def add(self, a: int, b: int = 7) -> int:
+        raise NotImplementedError
+
+    def put(self, item: _ItemV2) -> None: ...
+
+    def total(self) -> float:
+        raise NotImplementedError
+
+    def rename(self, renamed: int) -> None: ...
+
+
+@component(name="docs.Compat")
+class _V2Required:
+    def put(self, item: _ItemV2Required) -> None: ...
+
+
+def _send(sender: type, receiver: type, method: str, *args: object) -> tuple[object, ...]:
+    """Arguments encoded by ``sender``'s client and decoded by ``receiver``'s server."""
+    payload = component_spec(sender).methods[method].payload_from_args(args, {})
+    return component_spec(receiver).methods[method].args_from_payload(payload)
+
+
+def test_the_compatibility_rules_hold() -> None:
+    assert component_spec(_V1).methods["add"].key == component_spec(_V2).methods["add"].key  # same name, same key
+    # A parameter added, even with a default, breaks both directions.
+    for sender, receiver in [(_V1, _V2), (_V2, _V1)]:
+        with pytest.raises(errors.InvalidArgument, match="array` of length"):
+            _send(sender, receiver, "add", 1)
+    # Renaming a parameter does not matter: names do not travel.
+    assert _send(_V1, _V2, "rename", 5) == (5,)
+    # A Struct field added with a default works both ways; one without a default breaks old clients.
+    assert _send(_V1, _V2, "put", _ItemV1("x")) == (_ItemV2("x", 1),)
+    assert _send(_V2, _V1, "put", _ItemV2("x", 3)) == (_ItemV1("x"),)
+    with pytest.raises(errors.InvalidArgument, match="missing required field `qty`"):
+        _send(_V1, _V2Required, "put", _ItemV1("x"))
+    # Results are decoded with the client's return type: int -> float widens, float -> int fails.
+    assert (
+        component_spec(_V2).methods["total"].decode_result(component_spec(_V1).methods["total"].encode_result(1)) == 1.0
+    )
+    with pytest.raises(msgspec.ValidationError):
+        component_spec(_V1).methods["total"].decode_result(component_spec(_V2).methods["total"].encode_result(1.5))
