@@ -18,6 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import msgspec
@@ -198,3 +199,28 @@ def test_the_compatibility_rules_hold() -> None:
     )
     with pytest.raises(msgspec.ValidationError):
         component_spec(_V1).methods["total"].decode_result(component_spec(_V2).methods["total"].encode_result(1.5))
+
+
+# -- behaviour the pages describe as today's, so that a change to it sends us back to them ----
+
+
+@component(name="docs.Threads")
+class _Threads:
+    def sync_thread(self) -> int:
+        return threading.get_ident()
+
+
+@pytest.mark.anyio
+async def test_plain_methods_run_on_the_event_loop_thread_as_getting_started_says() -> None:
+    async with call.start_server("memory://docs-threads", _Threads()):
+        async with call.connect("memory://docs-threads") as client:
+            served_on = await client.stub(_Threads).sync_thread()  # type: ignore[misc]  # stubs are typed as the class
+    assert served_on == threading.get_ident(), "plain def methods moved off the loop: update getting-started.md"
+
+
+@pytest.mark.anyio
+async def test_a_stopped_server_leaves_its_socket_file_as_deployment_warns(sockdir: Path) -> None:
+    path = sockdir / "w.sock"
+    async with call.start_server(f"unix://{path}", _Threads()):
+        pass
+    assert path.exists(), "servers now remove their socket file: drop the warning in deployment.md"
