@@ -1,4 +1,4 @@
-"""The two profiles (quick: the issue-2 bar; full: everything) and the variants measured.
+"""The profiles (quick: the issue-2 bar; full: everything; tls: mutual TLS) and the variants measured.
 
 A *variant* is a system plus flags (``raw-coalesced`` is ``raw --coalesce``);
 a *job* is a variant on one transport and loop, run as one server process and
@@ -7,6 +7,7 @@ one client process that performs a list of steps.
 
 from __future__ import annotations
 
+import dataclasses
 import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 from bench.common import Loop
 from bench.steps import LatencyStep, MemoryStep, Step, ThroughputStep
 
-__all__ = ("DEFAULT_VARIANTS", "PROFILES", "Job", "Profile", "Variant", "parse_variant")
+__all__ = ("DEFAULT_VARIANTS", "PROFILES", "TLS_DIR", "TLS_VARIANTS", "Job", "Profile", "Variant", "parse_variant")
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -34,6 +35,19 @@ DEFAULT_VARIANTS: tuple[Variant, ...] = (
     Variant("raw-coalesced", "raw", ("--coalesce",)),
     Variant("grpc", "grpc"),
     Variant("callrt", "callrt"),
+)
+
+
+#: In a variant's flags, the directory of certificates the orchestrator makes for the run (bench/tls.py).
+TLS_DIR = "{tls_dir}"
+
+TLS_VARIANTS: tuple[Variant, ...] = (
+    Variant("raw-coalesced", "raw", ("--coalesce",)),
+    Variant("raw-coalesced-tls", "raw", ("--coalesce", "--tls-dir", TLS_DIR)),
+    Variant("callrt", "callrt"),
+    Variant("callrt-tls", "callrt", ("--tls-dir", TLS_DIR)),
+    Variant("grpc", "grpc"),
+    Variant("grpc-tls", "grpc", ("--tls-dir", TLS_DIR)),
 )
 
 
@@ -76,6 +90,7 @@ class Profile:
     memory_transports: tuple[str, ...] = ("tcp",)
     memory_loops: tuple[Loop, ...] = ("uvloop", "trio")
     max_inflight_bytes: int = 64 * MIB
+    variants: tuple[Variant, ...] = DEFAULT_VARIANTS  # what runs without --systems / --variant
 
     def perf_steps(self) -> tuple[Step, ...]:
         warmup, duration, max_calls = self.latency
@@ -132,4 +147,7 @@ FULL = Profile(
     memory=MemoryStep(connections=1000, held_calls=1000, hold_ms=3000, settle=0.5),
 )
 
-PROFILES: dict[str, Profile] = {profile.name: profile for profile in (QUICK, FULL)}
+# TLS's cost: callrt with and without mutual TLS 1.3, and grpc.aio with and without it, same certificates.
+TLS = dataclasses.replace(QUICK, name="tls", transports=("tcp",), variants=TLS_VARIANTS)
+
+PROFILES: dict[str, Profile] = {profile.name: profile for profile in (QUICK, FULL, TLS)}

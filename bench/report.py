@@ -337,6 +337,28 @@ def _ratio_by_load_section(cells: list[Cell]) -> str | None:
     return "## callrt calls/s ÷ baseline, by load\n\n" + _table(header, rows)
 
 
+def _tls_section(cells: list[Cell]) -> str | None:
+    """The TLS profile's questions: what TLS costs each system, and callrt with TLS against grpc.aio with TLS."""
+    index = _Index(cells)
+    latency = {c.variant: c for c in cells if c.kind == "latency" and c.runs}
+    cost: list[list[str]] = []
+    for secure, plain in (("raw-coalesced-tls", "raw-coalesced"), ("callrt-tls", "callrt"), ("grpc-tls", "grpc")):
+        for subject in (c for c in cells if c.variant == secure and c.kind == "latency" and c.runs):
+            p50 = index.ratio(plain, subject, "latency", "p50_us")[0]
+            tput = index.ratio(plain, subject, _HEADLINE_LOAD, "calls_per_s")[0]
+            cost.append([f"{secure} ÷ {plain}", *_where(subject)[1:], _ratio(p50), _ratio(tput)])
+    versus: list[list[str]] = []
+    for subject in (c for c in cells if c.variant == "callrt-tls" and c.kind == "latency" and c.runs):
+        p50 = index.ratio("grpc-tls", subject, "latency", "p50_us")[0]
+        tput = index.ratio("grpc-tls", subject, _HEADLINE_LOAD, "calls_per_s")[0]
+        versus.append(["callrt-tls ÷ grpc-tls", *_where(subject)[1:], _ratio(p50), _ratio(tput)])
+    if not cost or "callrt-tls" not in latency:
+        return None
+    header = ["", "transport", "loop", "payload", "p50", f"{_HEADLINE_LOAD} calls/s"]
+    goal = "Goals: callrt-tls ÷ callrt p50 ≤ 1.5×; callrt-tls ÷ grpc-tls calls/s ≥ 20×.\n\n"
+    return "## TLS (mutual TLS 1.3): what it costs, and against grpc.aio\n\n" + goal + _table(header, cost + versus)
+
+
 def _errors_section(cells: list[Cell]) -> str | None:
     lines = [
         f"- {' '.join(_where(c))} {c.label}: {' '.join(error.split())}"
@@ -358,6 +380,7 @@ def render(cells: list[Cell], profile: str) -> str:
         lambda: _memory_section(cells),
         lambda: _ratio_section(cells),
         lambda: _ratio_by_load_section(cells),
+        lambda: _tls_section(cells),
         lambda: _errors_section(cells),
     ]
     runs = max((len(c.runs) for c in cells), default=0)

@@ -31,7 +31,7 @@ from typing import IO, Any
 
 from bench import report
 from bench.common import LOOPS, Address, Loop, free_tcp_port, probe
-from bench.profiles import DEFAULT_VARIANTS, PROFILES, Job, Profile, Variant, parse_variant
+from bench.profiles import PROFILES, TLS_DIR, Job, Profile, Variant, parse_variant
 from bench.steps import MemoryStep, encode_steps, step_to_dict
 from bench.systems import MODULES, load
 
@@ -229,10 +229,22 @@ def _profile(args: argparse.Namespace) -> Profile:
     return dataclasses.replace(profile, **changes)
 
 
-def _variants(args: argparse.Namespace) -> tuple[Variant, ...]:
-    """The default variants named by ``--systems`` (all without it), then every ``--variant``."""
-    chosen = [v for v in DEFAULT_VARIANTS if not args.systems or v.label in args.systems]
+def _variants(args: argparse.Namespace, profile: Profile) -> tuple[Variant, ...]:
+    """The profile's variants named by ``--systems`` (all without it), then every ``--variant``."""
+    chosen = [v for v in profile.variants if not args.systems or v.label in args.systems]
     return (*chosen, *args.variant)
+
+
+def _with_certificates(variants: tuple[Variant, ...], directory: Path) -> tuple[Variant, ...]:
+    """``TLS_DIR`` in the variants' flags becomes ``directory``, with certificates made in it if any asks."""
+    if not any(TLS_DIR in v.argv for v in variants):
+        return variants
+    from bench.tls import make_certs
+
+    make_certs(directory)
+    return tuple(
+        dataclasses.replace(v, argv=tuple(str(directory) if a == TLS_DIR else a for a in v.argv)) for v in variants
+    )
 
 
 def _available(
@@ -311,7 +323,12 @@ def _write(out: Path, cells: list[report.Cell], args: argparse.Namespace, **fact
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     profile = _profile(args)
-    variants, loops_of, notes = _available(_variants(args))
+    with tempfile.TemporaryDirectory(prefix="callrt-bench-tls-") as certificates:
+        return _main(args, profile, _with_certificates(_variants(args, profile), Path(certificates)))
+
+
+def _main(args: argparse.Namespace, profile: Profile, wanted: tuple[Variant, ...]) -> int:
+    variants, loops_of, notes = _available(wanted)
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
     jobs = profile.jobs(variants, loops_of)

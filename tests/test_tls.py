@@ -93,6 +93,27 @@ async def test_mutual_tls_gives_the_handler_the_clients_names(
                         assert info.address.startswith("tcp://127.0.0.1:")
 
 
+@pytest.mark.parametrize("shell", SHELLS)
+async def test_large_and_many_calls_over_tls(shell: str, certs: Certs) -> None:
+    """Payloads of many TLS records each way, and many calls in flight (records coalesced and split)."""
+    with anyio.fail_after(20):
+        async with call.start_server("tcp://127.0.0.1:0", Whoami(), options=server_options(certs, shell)) as server:
+            options = client_options(certs, shell, certs.client)
+            async with call.connect(str(server.endpoint), options=options) as client:
+                stub = client.stub(Whoami)
+                big = bytes(range(256)) * 8192  # 2 MiB
+                assert await stub.echo(big) == big
+                results: list[bytes] = []
+
+                async def one(i: int) -> None:
+                    results.append(await stub.echo(i.to_bytes(4, "big") * (1 + i * 97)))
+
+                async with anyio.create_task_group() as tg:
+                    for i in range(200):
+                        tg.start_soon(one, i)
+                assert sorted(results) == sorted(i.to_bytes(4, "big") * (1 + i * 97) for i in range(200))
+
+
 # -- failures: each a CommunicationError that says what is wrong -----------------------
 
 

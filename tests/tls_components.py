@@ -37,3 +37,6 @@ class Whoami:
     async def secret(self) -> str:
         Whoami.calls += 1
         return "s3cret"
+
+    def echo(self, data: bytes) -> bytes:
+        return data

@@ -9,15 +9,17 @@ a flag left out keeps the library default.
 from __future__ import annotations
 
 import argparse
+import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import anyio
 
 from bench.common import Address
 from bench.systems import Client, System
-from callrt import call, component
+from callrt import call, component, tls
 
 __all__ = ("SYSTEM", "Echo")
 
@@ -60,6 +62,7 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         choices = ("auto", "protocol", "stream") if field == "transport" else None
         group.add_argument(flag, type=kind, choices=choices, help=f"{side} option {field}")
     group.add_argument("--method", choices=("echo", "aecho"), default="echo", help="sync or async echo handler")
+    group.add_argument("--tls-dir", type=Path, help="mutual TLS 1.3 with the certificates in DIR (bench/tls.py)")
 
 
 def _options(args: argparse.Namespace, side: str) -> dict[str, Any]:
@@ -67,14 +70,27 @@ def _options(args: argparse.Namespace, side: str) -> dict[str, Any]:
     return {field: bool(value) if field == "coalesce_writes" else value for field, value in chosen if value is not None}
 
 
+def _tls(args: argparse.Namespace, side: str) -> dict[str, Any]:
+    """``tls=`` for the side's options: mutual TLS, TLS 1.3 only (none without ``--tls-dir``)."""
+    d: Path | None = args.tls_dir
+    if d is None:
+        return {}
+    v13 = ssl.TLSVersion.TLSv1_3
+    if side == "server":
+        context = tls.server_context(d / "server.pem", d / "server.key", client_ca_file=d / "ca.pem", minimum_version=v13)
+    else:
+        context = tls.client_context(d / "ca.pem", cert_file=d / "client.pem", key_file=d / "client.key", minimum_version=v13)
+    return {"tls": context}
+
+
 async def _serve(address: Address, args: argparse.Namespace) -> None:
-    options = call.ServerOptions(**_options(args, "server"))
+    options = call.ServerOptions(**_options(args, "server"), **_tls(args, "server"))
     await call.serve(address.url, Echo(), options=options)
 
 
 @asynccontextmanager
 async def _connect(address: Address, args: argparse.Namespace) -> AsyncIterator[Client]:
-    options = call.ClientOptions(**_options(args, "client"))
+    options = call.ClientOptions(**_options(args, "client"), **_tls(args, "client"))
     async with call.connect(call.ConstantResolver([address.url]), options=options) as conn:
         stub: Any = conn.stub(Echo)  # the stub's methods are awaitable versions of Echo's
         await stub.echo(b"")  # handshake done before the connection counts as open

@@ -17,12 +17,14 @@ import argparse
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import grpc
 import grpc.aio
 
 from bench.common import Address
 from bench.systems import Client, System
+from bench.tls import SERVER_NAME
 
 __all__ = ("SYSTEM",)
 
@@ -61,7 +63,15 @@ async def _serve(address: Address, args: argparse.Namespace) -> None:
     options = [*_OPTIONS, ("grpc.server.max_pending_requests", 1 << 16)]
     server = grpc.aio.server(options=options)
     server.add_generic_rpc_handlers((handler,))
-    server.add_insecure_port(_target(address))
+    if args.tls_dir is None:
+        server.add_insecure_port(_target(address))
+    else:
+        d: Path = args.tls_dir
+        pair = ((d / "server.key").read_bytes(), (d / "server.pem").read_bytes())
+        credentials = grpc.ssl_server_credentials(
+            [pair], root_certificates=(d / "ca.pem").read_bytes(), require_client_auth=True
+        )
+        server.add_secure_port(_target(address), credentials)
     await server.start()
     try:
         await server.wait_for_termination()
@@ -71,8 +81,19 @@ async def _serve(address: Address, args: argparse.Namespace) -> None:
 
 @asynccontextmanager
 async def _connect(address: Address, args: argparse.Namespace) -> AsyncIterator[Client]:
-    options = [*_OPTIONS, ("grpc.use_local_subchannel_pool", 1)]
-    async with grpc.aio.insecure_channel(_target(address), options=options) as channel:
+    options: list[tuple[str, int | str]] = [*_OPTIONS, ("grpc.use_local_subchannel_pool", 1)]
+    if args.tls_dir is None:
+        channel = grpc.aio.insecure_channel(_target(address), options=options)
+    else:
+        d: Path = args.tls_dir
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=(d / "ca.pem").read_bytes(),
+            private_key=(d / "client.key").read_bytes(),
+            certificate_chain=(d / "client.pem").read_bytes(),
+        )
+        options.append(("grpc.ssl_target_name_override", SERVER_NAME))
+        channel = grpc.aio.secure_channel(_target(address), credentials, options=options)
+    async with channel:
         await channel.channel_ready()
         echo = channel.unary_unary(f"/{_SERVICE}/Echo")
         hold = channel.unary_unary(f"/{_SERVICE}/Hold")
@@ -84,4 +105,8 @@ async def _connect(address: Address, args: argparse.Namespace) -> AsyncIterator[
         yield Client(call=echo, hold=park)
 
 
-SYSTEM = System(name="grpc", serve=_serve, connect=_connect, loops=("uvloop", "asyncio"))
+def _add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tls-dir", type=Path, help="mutual TLS with the certificates in DIR (bench/tls.py)")
+
+
+SYSTEM = System(name="grpc", serve=_serve, connect=_connect, loops=("uvloop", "asyncio"), add_arguments=_add_arguments)

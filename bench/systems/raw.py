@@ -6,7 +6,10 @@ per request id. With ``--coalesce`` (the ``raw-coalesced`` variant) both sides
 gather the frames produced during one loop iteration and write them with a
 single ``transport.write``; without it every frame is its own write. No
 validation, flow control, deadlines or codec: whatever callrt costs above
-this is the price of its features.
+this is the price of its features. With ``--tls-dir DIR`` (the ``raw-tls``
+variant of the TLS profile) both sides speak mutual TLS 1.3 through the
+loop's SSL transport, reading through a ``BufferedProtocol`` (the loop's SSL
+path allocates 256 KiB per read for a plain ``Protocol``): TLS's floor.
 """
 
 from __future__ import annotations
@@ -17,10 +20,12 @@ import itertools
 import struct
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import cast
+from pathlib import Path
+from typing import Any, cast
 
 from bench.common import Address
 from bench.systems import Client, System
+from bench.tls import SERVER_NAME, client_context, server_context
 
 __all__ = ("SYSTEM",)
 
@@ -120,17 +125,40 @@ class _ClientProtocol(asyncio.Protocol):
         return waiter
 
 
+class _Buffered(asyncio.BufferedProtocol):
+    """A protocol's ``data_received`` behind ``get_buffer``/``buffer_updated``, for SSL transports."""
+
+    _buffer = bytearray(256 * 1024)
+
+    def __init__(self, protocol: asyncio.Protocol) -> None:
+        self.protocol = protocol
+
+    def get_buffer(self, sizehint: int) -> bytearray:
+        return self._buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.protocol.data_received(bytes(self._buffer[:nbytes]))
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.protocol.connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.protocol.connection_lost(exc)
+
+
 async def _serve(address: Address, args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
+    tls: dict[str, Any] = {} if args.tls_dir is None else {"ssl": server_context(args.tls_dir)}
 
-    def factory() -> asyncio.Protocol:
-        return _ServerProtocol(args.coalesce)
+    def factory() -> asyncio.BaseProtocol:
+        protocol = _ServerProtocol(args.coalesce)
+        return protocol if not tls else _Buffered(protocol)
 
     if address.is_unix:
-        server = await loop.create_unix_server(factory, address.path, backlog=4096)
+        server = await loop.create_unix_server(factory, address.path, backlog=4096, **tls)
     else:
         host, port = address.host_port
-        server = await loop.create_server(factory, host, port, backlog=4096)
+        server = await loop.create_server(factory, host, port, backlog=4096, **tls)
     async with server:
         await server.serve_forever()
 
@@ -139,13 +167,18 @@ async def _serve(address: Address, args: argparse.Namespace) -> None:
 async def _connect(address: Address, args: argparse.Namespace) -> AsyncIterator[Client]:
     loop = asyncio.get_running_loop()
 
-    def factory() -> _ClientProtocol:
-        return _ClientProtocol(args.coalesce)
+    tls: dict[str, Any] = {}
+    if args.tls_dir is not None:
+        tls = {"ssl": client_context(args.tls_dir), "server_hostname": SERVER_NAME}
+    protocol = _ClientProtocol(args.coalesce)
+
+    def factory() -> asyncio.BaseProtocol:
+        return protocol if not tls else _Buffered(protocol)
 
     if address.is_unix:
-        transport, protocol = await loop.create_unix_connection(factory, address.path)
+        transport, _ = await loop.create_unix_connection(factory, address.path, **tls)
     else:
-        transport, protocol = await loop.create_connection(factory, *address.host_port)
+        transport, _ = await loop.create_connection(factory, *address.host_port, **tls)
     try:
         yield Client(call=protocol.request)
     finally:
@@ -158,6 +191,7 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="join the frames of one loop iteration into one write (both sides)",
     )
+    parser.add_argument("--tls-dir", type=Path, help="mutual TLS 1.3 with the certificates in DIR (bench/tls.py)")
 
 
 SYSTEM = System(

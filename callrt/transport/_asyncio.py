@@ -30,6 +30,7 @@ from ..errors import CommunicationError, DeadlineExceeded, RemoteError, RemotePr
 from ..handlers import RegisteredHandler
 from ..options import ClientOptions
 from ..protocol import Frame, FrameDecoder, Hello, Request, Response
+from ._tls import BufferedFront
 from .base import Transport, client_hello, connect_errors, handshake, socket_peer, tls_server_name
 
 
@@ -506,12 +507,14 @@ class ProtocolTransport(Transport):
     async def listen(self, endpoint: Endpoint, server: Server, conn_tg: TaskGroup) -> AsyncIterator[Endpoint]:
         loop = asyncio.get_running_loop()
 
-        def factory() -> ServerProtocol:
-            return ServerProtocol(server)
-
         # TLS: the loop's SSL transport (uvloop's own when uvloop runs) does the handshake before
-        # connection_made; the handshake timeout bounds it.
+        # connection_made; the handshake timeout bounds it. It reads into a BufferedFront (_tls).
         tls = server.options.tls
+
+        def factory() -> asyncio.BaseProtocol:
+            protocol = ServerProtocol(server)
+            return protocol if tls is None else BufferedFront(protocol)
+
         ssl: dict[str, Any] = {} if tls is None else {"ssl": tls, "ssl_handshake_timeout": server.options.handshake_timeout}
         if endpoint.scheme == "tcp":
             srv = await loop.create_server(factory, endpoint.host, endpoint.port, reuse_address=True, **ssl)
@@ -531,10 +534,10 @@ class ProtocolTransport(Transport):
         loop = asyncio.get_running_loop()
         protocol: ClientProtocol | None = None
 
-        def factory() -> ClientProtocol:
+        def factory() -> asyncio.BaseProtocol:
             nonlocal protocol
             protocol = ClientProtocol(endpoint, options)
-            return protocol
+            return protocol if options.tls is None else BufferedFront(protocol)
 
         tls = options.tls
         ssl: dict[str, Any] = {}
