@@ -28,9 +28,15 @@ own (``[tool.importlinter]`` in pyproject.toml checks it), top to bottom:
 
 from __future__ import annotations
 
+import logging
+
 from . import call, errors
 from .component import component, not_retriable
 from .runner import run
 
 __all__ = ("call", "component", "errors", "not_retriable", "run")
+
+# A library logs; the application decides where it goes. Without this, Python's last-resort
+# handler would print callrt's warnings to stderr of programs that never configured logging.
+logging.getLogger("callrt").addHandler(logging.NullHandler())
 __version__ = "0.1.0"

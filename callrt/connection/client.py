@@ -108,7 +108,7 @@ class ClientSession:
         # When the peer last spoke, set by the shell on every read, on the loop's clock (which
         # keepalive also sleeps on, so trio's MockClock drives it exactly).
         self.last_received = 0.0
-        self.pongs = 0  # pongs received: keepalive reads the clock, tests read this
+        self.pongs = 0  # pongs received: keepalive waits for one after each ping
         self.on_lost: Callable[[], None] | None = None  # called once, when the socket is gone
         # anyio.current_time(), or the loop's own clock when a shell has one (the same clock,
         # without finding the backend on every call).
@@ -275,11 +275,12 @@ class ClientSession:
                 await anyio.sleep(interval - quiet)
                 continue
             nonce += 1
-            sent_at = now()
+            pongs = self.pongs
             self.write(encode_frame(Ping(nonce)))
             await anyio.sleep(timeout)
-            # uvloop's clock counts whole milliseconds and is read once per loop iteration: a
-            # reply read in a later iteration of the same millisecond is equal, not older.
-            if self.last_received < sent_at:
+            # The pong itself, not just bytes: after a silence, bytes that complete no frame (a
+            # frame whose length was corrupted in transit swallows them) are no sign of a usable
+            # connection, and its calls would hang forever.
+            if self.pongs == pongs:
                 self.abort(CommunicationError(f"{self.endpoint} did not answer a ping within {timeout}s"))
                 return

@@ -340,6 +340,7 @@ class ConnectionWatchdog:
         options = conn.server.options
         self.interval = max(0.05, min(options.idle_timeout, options.body_timeout) / 4)
         self.heard = False
+        self.holding = False  # the shell is not reading (backpressure): no frame can progress meanwhile
         self.frames = 0  # frames handled, counted per batch
         self.partial = 0  # this connection's bytes in Server.partial_bodies
         self._quiet_since = now()
@@ -357,7 +358,7 @@ class ConnectionWatchdog:
         elif now - self._quiet_since >= options.idle_timeout:
             logger.debug("%s: idle for %ss, closed", conn.peer.address, options.idle_timeout)
             return True
-        if self.decoder.buffered:
+        if self.decoder.buffered and not self.holding:
             since = self._body_since
             if since is None or since[1] != self.frames:
                 self._body_since = (now, self.frames)

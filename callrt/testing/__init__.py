@@ -27,10 +27,10 @@ from typing import Any
 
 from ..endpoints import Endpoint, parse_endpoint
 from ..transport.memory import raw_listener
+from ._options import server_options
 from ._resolver import ManualResolver, ResolverError
 from .conformance import check_transport
 from .proxy import Direction, FaultProxy, Faults, Pipe, ProxyConnection
-from .worker import server_options
 
 __all__ = (
     "check_transport",

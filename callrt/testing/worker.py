@@ -17,28 +17,14 @@ import importlib
 import json
 import signal
 import sys
-from typing import Any
 
 import anyio
 
-from .. import call, tls
-from ..access import AllowList
+from .. import call
 from ..runner import run
+from ._options import server_options
 
-__all__ = ("main", "server_options")
-
-
-def server_options(fields: dict[str, Any]) -> call.ServerOptions:
-    """``ServerOptions`` from JSON-able ``fields`` (see the module docstring for the extra keys)."""
-    fields = dict(fields)
-    cert, key, client_ca = fields.pop("tls_cert", None), fields.pop("tls_key", None), fields.pop("tls_client_ca", None)
-    if cert is not None:
-        fields["tls"] = tls.server_context(cert, key, client_ca_file=client_ca)
-    elif key is not None or client_ca is not None:
-        raise ValueError("tls_key and tls_client_ca need tls_cert")
-    if isinstance(fields.get("access"), dict):
-        fields["access"] = AllowList(fields["access"])
-    return call.ServerOptions(**fields)
+__all__ = ("main",)
 
 
 def _load(name: str) -> object:

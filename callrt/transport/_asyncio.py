@@ -235,7 +235,7 @@ class ServerProtocol(_Writer):
             server.waiting_for_calls.add(self._update_hold)
         if hold is self._hold_reading:
             return
-        self._hold_reading = hold
+        self._hold_reading = self.watchdog.holding = hold
         if hold:
             self._pause_reading()
         else:
@@ -517,12 +517,14 @@ class ProtocolTransport(Transport):
 
         ssl: dict[str, Any] = {} if tls is None else {"ssl": tls, "ssl_handshake_timeout": server.options.handshake_timeout}
         if endpoint.scheme == "tcp":
-            srv = await loop.create_server(factory, endpoint.host, endpoint.port, reuse_address=True, **ssl)
+            srv = await loop.create_server(
+                factory, endpoint.host, endpoint.port, reuse_address=True, backlog=server.options.backlog, **ssl
+            )
             sockname = srv.sockets[0].getsockname()
             host = f"[{sockname[0]}]" if ":" in sockname[0] else sockname[0]
             bound = Endpoint("tcp", f"{host}:{sockname[1]}")
         else:
-            srv = await loop.create_unix_server(factory, endpoint.address, **ssl)
+            srv = await loop.create_unix_server(factory, endpoint.address, backlog=server.options.backlog, **ssl)
             bound = endpoint
         try:
             yield bound

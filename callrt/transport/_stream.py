@@ -184,9 +184,14 @@ class StreamServerShell:
         decoder, conn, watchdog = self.decoder, self.conn, self.watchdog
         conn.start_reading()  # in this task's own context, for as long as it reads
         turn = self.frames_per_turn
+        server, scopes, max_calls = self.server, self.scopes, self.max_calls
         try:
             while True:
-                while (frame := decoder.next_frame()) is not None:
+                while True:
+                    if len(scopes) >= max_calls or server.calls >= server.options.max_calls:
+                        await self._below_call_caps()
+                    if (frame := decoder.next_frame()) is None:
+                        break
                     watchdog.frames += 1
                     if type(frame) is Hello:
                         conn.hello_received(frame)
@@ -202,9 +207,11 @@ class StreamServerShell:
                     if not turn:  # other connections get a turn
                         turn = self.frames_per_turn
                         await anyio.lowlevel.checkpoint()
-                    await self._below_call_caps()
                 # Replies the peer does not read stop this reader before more requests are read.
-                await self.writer.drained()
+                if self.writer.queued > _WRITE_BUFFER_HIGH:
+                    watchdog.holding = True
+                    await self.writer.drained()
+                    watchdog.holding = False
                 decoder.receive_data(await self.stream.receive())
                 watchdog.heard = True
                 if (decoder.partial_body_bytes or watchdog.partial) and watchdog.account_partial():
@@ -216,11 +223,15 @@ class StreamServerShell:
     async def _below_call_caps(self) -> None:
         """Wait while this connection's or the server's calls in flight are at their cap."""
         server = self.server
-        while len(self.scopes) >= self.max_calls or server.calls >= server.options.max_calls:
-            done = self._call_done = self._call_done or anyio.Event()
-            if server.calls >= server.options.max_calls:
-                server.waiting_for_calls.add(done.set)
-            await done.wait()
+        self.watchdog.holding = True
+        try:
+            while len(self.scopes) >= self.max_calls or server.calls >= server.options.max_calls:
+                done = self._call_done = self._call_done or anyio.Event()
+                if server.calls >= server.options.max_calls:
+                    server.waiting_for_calls.add(done.set)
+                await done.wait()
+        finally:
+            self.watchdog.holding = False
 
     async def watch(self) -> None:
         """The connection's timers (handshake, idle, body; see ConnectionWatchdog), on one task."""
@@ -372,11 +383,13 @@ class StreamTransport(Transport):
     async def listen(self, endpoint: Endpoint, server: Server, conn_tg: TaskGroup) -> AsyncIterator[Endpoint]:
         listener: Any
         if endpoint.scheme == "tcp":
-            listener = await anyio.create_tcp_listener(local_host=endpoint.host, local_port=endpoint.port)
+            listener = await anyio.create_tcp_listener(
+                local_host=endpoint.host, local_port=endpoint.port, backlog=server.options.backlog
+            )
             host, port = listener.listeners[0].extra(anyio.abc.SocketAttribute.local_address)[:2]
             bound = Endpoint("tcp", f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
         else:
-            listener = await anyio.create_unix_listener(endpoint.address)
+            listener = await anyio.create_unix_listener(endpoint.address, backlog=server.options.backlog)
             bound = endpoint
 
         serve_one = serve_stream if server.options.tls is None else serve_tls_stream
