@@ -35,7 +35,6 @@ from callrt.call import make_method_key
 from callrt.protocol import (
     HELLO_SIZE,
     Cancel,
-    FrameDecoder,
     Hello,
     Request,
     TraceContext,
@@ -81,10 +80,6 @@ def worker(request: pytest.FixtureRequest) -> Iterator[WorkerProcess]:
     yield w
     assert w.proc is not None and w.proc.poll() is None, "the server died"
     assert w.stop() == 0
-
-
-def scale(request: pytest.FixtureRequest) -> int:
-    return 10 if request.config.getoption("-m") == "soak" else 1
 
 
 # -- measuring the worker ----------------------------------------------------------
@@ -344,13 +339,14 @@ async def run_attack(attack: Callable[[WorkerProcess, int], Awaitable[None]], wo
     assert result.returncode == 0, result.stderr.decode()[-3000:]
 
 
+@pytest.mark.parametrize("scale", [pytest.param(1, id="ci"), pytest.param(10, id="soak", marks=[pytest.mark.soak, pytest.mark.timeout(900)])])
 @pytest.mark.parametrize("attack", ATTACKS, ids=[a.__name__ for a in ATTACKS])
 async def test_the_server_withstands(
-    worker: WorkerProcess, attack: Callable[[WorkerProcess, int], Awaitable[None]], request: pytest.FixtureRequest
+    worker: WorkerProcess, attack: Callable[[WorkerProcess, int], Awaitable[None]], scale: int
 ) -> None:
     assert worker.proc is not None
     pid = worker.proc.pid
-    with anyio.fail_after(60):
+    with anyio.fail_after(60 * scale):
         async with call.connect(str(worker.endpoint)) as client:
             assert await client.stub(Echo).echo(b"rest") == b"rest"
             fds_at_rest, rss_at_rest = open_fds(pid), rss_kib(pid)
@@ -366,7 +362,7 @@ async def test_the_server_withstands(
             tg.start_soon(sample)
             started = time.monotonic()
             while True:  # a quick attack is repeated, so the protected client runs through a second of it
-                await run_attack(attack, worker, scale(request))
+                await run_attack(attack, worker, scale)
                 if time.monotonic() - started >= 1.0:
                     break
             tg.cancel_scope.cancel()
