@@ -273,3 +273,41 @@ async def test_loopback_unix_and_memory_need_no_opt_in(sockdir: Path) -> None:
         addresses = ["tcp://127.0.0.1:0", "tcp://localhost:0", f"unix://{sockdir}/plain.sock", "memory://plain"]
         async with call.start_server(addresses, Whoami()) as server:
             assert len(server.endpoints) == 4
+
+
+# -- the helpers --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # plain functions: one backend is enough
+async def test_the_helpers_contexts(certs: Certs) -> None:
+    import ssl
+
+    from callrt import tls
+
+    server = tls.server_context(certs.server.cert, certs.server.key)
+    assert server.verify_mode is ssl.CERT_NONE  # no client certificates asked for
+    assert server.minimum_version is ssl.TLSVersion.TLSv1_2 is tls.DEFAULT_MINIMUM_VERSION
+    mutual = tls.server_context(certs.server.cert, certs.server.key, client_ca_file=certs.ca)
+    assert mutual.verify_mode is ssl.CERT_REQUIRED
+    client = tls.client_context(certs.ca, cert_file=certs.client.cert, key_file=certs.client.key)
+    assert client.verify_mode is ssl.CERT_REQUIRED and client.check_hostname
+    with pytest.raises(ValueError, match="cert_file"):
+        tls.client_context(certs.ca, key_file=certs.client.key)
+    with pytest.raises(ssl.SSLError):
+        tls.server_context(certs.server.cert, certs.client.key)  # a key that is not the certificate's
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+async def test_no_common_tls_version_is_a_clear_error(shell: str, certs: Certs) -> None:
+    import ssl
+
+    from callrt import tls
+
+    server_ctx = tls.server_context(certs.server.cert, certs.server.key, minimum_version=ssl.TLSVersion.TLSv1_3)
+    client_ctx = tls.client_context(certs.ca)
+    client_ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    with anyio.fail_after(10):
+        options = call.ServerOptions(tls=server_ctx, transport=shell)  # type: ignore[arg-type]
+        async with call.start_server("tcp://127.0.0.1:0", Whoami(), options=options) as server:
+            error = await connect_error(server.endpoint, call.ClientOptions(tls=client_ctx, transport=shell))  # type: ignore[arg-type]
+            assert "TLS version" in str(error)

@@ -107,7 +107,10 @@ def describe_failure(exc: BaseException, options: ClientOptions) -> str:
         reason = exc.reason or ""
         return f"TLS: {_TLS_REASONS.get(reason, reason.replace('_', ' ').lower() or 'handshake failed')} ({exc})"
     if options.tls is not None and isinstance(exc, _EOF):
-        return f"the server closed the connection during the TLS handshake (a plaintext server?): {exc!r}"
+        return (
+            "the server closed the connection during the TLS handshake (a plaintext server? "
+            f"no TLS version both sides accept?): {exc!r}"
+        )
     return str(exc) or type(exc).__name__
 
 
