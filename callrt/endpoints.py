@@ -65,8 +65,10 @@ def parse_endpoint(value: str | Endpoint) -> Endpoint:
 
 def _split_host_port(address: str) -> tuple[str, int]:
     host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+    if not sep or not port.isdigit():
         raise ValueError(f"TCP address {address!r} must be host:port")
+    if not 0 <= int(port) <= 65535:
+        raise ValueError(f"TCP address {address!r}: port {int(port)} out of range 0-65535")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     return host, int(port)

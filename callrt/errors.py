@@ -6,6 +6,8 @@
      ├── CommunicationError        the call may not have reached a handler, or its
      │    │                        reply was lost; retriable methods are retried
      │    ├── Unreachable          no endpoint to send the call to
+     │    │    └── NoReplicaInTime  the call's deadline came while it waited for a
+     │    │                         replica (also TimeoutError)
      │    ├── SessionLost          the connection carrying the call was lost;
      │    │                        ``sent`` says whether the request had left
      │    └── ProtocolError        a peer broke the wire protocol (abstract)
@@ -50,6 +52,7 @@ __all__ = (
     "Internal",
     "InvalidArgument",
     "LocalProtocolError",
+    "NoReplicaInTime",
     "PermissionDenied",
     "ProtocolError",
     "RegistrationError",
@@ -151,6 +154,15 @@ class CommunicationError(CallrtError):
 
 class Unreachable(CommunicationError):
     """Raised when there is no endpoint (or no available replica) for a call."""
+
+
+class NoReplicaInTime(Unreachable, TimeoutError):
+    """Raised when a call's deadline comes while it waits for an available replica; says why there was none.
+
+    The call gives up waiting a moment before the deadline (a tenth of the time it had left, at
+    most 50 ms), so that this error, not the bare ``TimeoutError`` of the caller's
+    ``anyio.fail_after``, reaches the caller.
+    """
 
 
 class SessionLost(CommunicationError):

@@ -20,6 +20,7 @@ from .endpoints import Endpoint, parse_endpoint
 from .handlers import HandlerMap
 from .options import ServerOptions
 from .transport import TransportSelector
+from .transport.base import listen_error
 
 __all__ = ("serve", "start_server")
 
@@ -27,12 +28,15 @@ __all__ = ("serve", "start_server")
 def _handler_map(components: Sequence[object]) -> HandlerMap:
     handlers = HandlerMap()
     for impl in components:
+        if isinstance(impl, type):
+            name = impl.__qualname__
+            raise TypeError(f"serve() needs component instances, not classes: pass {name}() not {name}")
         if isinstance(impl, HandlerMap):
             for key in impl:
                 entry = impl.get(key)
                 assert entry is not None
                 component, _, method = entry.name.rpartition(".")
-                handlers.set(component, method, entry.handler)
+                handlers.set(component, method, entry.handler, inline=entry.inline)
         else:
             handlers.add_handlers(None, impl)
     return handlers
@@ -101,6 +105,7 @@ async def start_server(
     addresses = [address] if isinstance(address, (str, Endpoint)) else list(address)
     endpoints = [parse_endpoint(a) for a in addresses]
     server = Server(_handler_map(components), options or ServerOptions())
+    server.thread_limiter = anyio.CapacityLimiter(server.options.handler_threads)
     await _refuse_exposed_plaintext(endpoints, server.options)
     transports = TransportSelector(server.options.transport)
     raised: BaseException | None = None  # by the caller's block
@@ -108,20 +113,30 @@ async def start_server(
     async with anyio.create_task_group() as connections:
         try:
             async with AsyncExitStack() as stack:
-                for endpoint in endpoints:
-                    bound = await stack.enter_async_context(transports.for_endpoint(endpoint).listen(endpoint, server, connections))
-                    server.endpoints.append(bound)
-                for registrar in server.options.registrars:
-                    for endpoint in server.endpoints:
-                        await stack.enter_async_context(registrar.registered(endpoint))
                 try:
-                    yield server
-                except BaseException as exc:
-                    # Raised by the caller's block: re-raised below, outside our task group,
-                    # so that it reaches the caller as itself, not inside an exception group.
-                    raised = exc
+                    for endpoint in endpoints:
+                        listener = transports.for_endpoint(endpoint).listen(endpoint, server, connections)
+                        try:
+                            bound = await stack.enter_async_context(listener)
+                        except OSError as exc:
+                            raise listen_error(endpoint, exc) from exc  # "cannot listen on tcp://...: address in use"
+                        server.endpoints.append(bound)
+                    for registrar in server.options.registrars:
+                        for endpoint in server.endpoints:
+                            await stack.enter_async_context(registrar.registered(endpoint))
+                except Exception as exc:
+                    # Raised below, once what was opened is closed: raised through a listener's
+                    # task group, it would reach the caller inside an exception group.
+                    failed = exc
+                else:
+                    try:
+                        yield server
+                    except BaseException as exc:
+                        # Raised by the caller's block: re-raised below, outside our task group,
+                        # so that it reaches the caller as itself, not inside an exception group.
+                        raised = exc
         except Exception as exc:
-            failed = exc  # raised below as itself (an OSError naming the address, say), not in a group
+            failed = failed or exc  # raised below as itself, not in a group
         finally:
             with anyio.CancelScope(shield=True):
                 await server.drain()

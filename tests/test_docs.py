@@ -219,8 +219,8 @@ async def test_plain_methods_run_on_the_event_loop_thread_as_getting_started_say
 
 
 @pytest.mark.anyio
-async def test_a_stopped_server_leaves_its_socket_file_as_deployment_warns(sockdir: Path) -> None:
+async def test_a_stopped_server_removes_its_socket_file_as_deployment_says(sockdir: Path) -> None:
     path = sockdir / "w.sock"
     async with call.start_server(f"unix://{path}", _Threads()):
-        pass
-    assert path.exists(), "servers now remove their socket file: drop the warning in deployment.md"
+        assert path.is_socket()
+    assert not path.exists(), "servers leave their socket file again: deployment.md says they remove it"

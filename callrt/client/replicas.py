@@ -32,11 +32,18 @@ from ..balancers import Balancer
 from ..connection.client import ClientSession
 from ..context import CallOptions
 from ..endpoints import Endpoint
-from ..errors import CallrtError, ClosedError, Unreachable
+from ..errors import CallrtError, ClosedError, NoReplicaInTime, Unreachable
 from ..options import ClientOptions
 from ..transport import TransportSelector
 
 __all__ = ("TRANSITIONS", "ManagedReplica", "ReplicaSet", "ReplicaState")
+
+# A call with a deadline stops waiting for a replica a little before it (a tenth of the time it
+# had left when it began to wait, at most DEADLINE_MARGIN) and raises NoReplicaInTime, which says
+# why there was none, before the caller's own cancel scope expires and raises a bare TimeoutError.
+# A loaded loop wakes timers late (uvloop's clock ticks in milliseconds), so the margin is not a
+# hair's breadth; a replica arriving within it would leave the call little time anyway.
+DEADLINE_MARGIN = 0.05
 
 
 class ReplicaState(enum.Enum):
@@ -75,6 +82,24 @@ class ManagedReplica:
     def pending(self) -> int:
         session = self.session
         return session.pending if session is not None else 0
+
+    def why(self) -> str:
+        """Why its last connection attempt failed, for messages: ``" (connection refused)"``, or ``""``."""
+        error = self.last_error
+        if error is None:
+            return ""
+        text, endpoint = str(error) or type(error).__name__, str(self.endpoint)
+        # The messages of callrt.transport name the endpoint, which the caller's message names already.
+        prefix = f"cannot connect to {endpoint}: "
+        if text.startswith(prefix):
+            text = text[len(prefix) :]
+        elif text.startswith(endpoint + " "):
+            text = "the server " + text[len(endpoint) + 1 :]
+        else:
+            text = text.replace(f" with {endpoint}", "").replace(f" to {endpoint}", "")
+        if self.state is ReplicaState.CONNECTING:
+            return f" (last attempt: {text})"
+        return f" ({text})"
 
     def set_state(self, new: ReplicaState) -> None:
         old = self.state
@@ -129,37 +154,51 @@ class ReplicaSet:
                 replica.wanted = False  # its task drains it and lets it go
         self.changed()
 
-    async def wait_for_session(self, options: CallOptions | None, deadline: float) -> ClientSession:
-        """A session of an available replica, waiting for one until ``deadline`` (or ``pick_timeout``)."""
+    async def wait_for_session(self, options: CallOptions | None, deadline: float, method: str = "") -> ClientSession:
+        """A session of an available replica, waiting for one until ``deadline`` (or ``pick_timeout``).
+
+        :raises Unreachable: none within ``pick_timeout`` (a call without a deadline), or at once with ``fail_fast``.
+        :raises NoReplicaInTime: none before the call's deadline (a margin before it: see :data:`DEADLINE_MARGIN`).
+        """
         fail_fast = (
             options.fail_fast if options is not None and options.fail_fast is not None else self.options.fail_fast
         )
         # YARPC's choose: wait for a replica until the call's deadline; a call without one
         # waits pick_timeout.
-        limit = deadline if not math.isinf(deadline) else anyio.current_time() + self.options.pick_timeout
+        by_deadline = not math.isinf(deadline)
+        now = anyio.current_time()
+        if by_deadline:
+            limit = deadline - min(DEADLINE_MARGIN, (deadline - now) / 10)
+        else:
+            limit = now + self.options.pick_timeout
         while True:
             replica: ManagedReplica | None = self.balancer.pick(options)  # type: ignore[assignment]
             if replica is not None and replica.session is not None:
                 return replica.session
             if self.closed:
                 raise ClosedError("the connection is closed")
-            if fail_fast or anyio.current_time() >= limit:
-                raise self.unreachable()
+            if fail_fast:
+                raise self.unreachable(method)
+            if anyio.current_time() >= limit:
+                if by_deadline:
+                    why = self.unreachable()
+                    prefix = f"{method}: " if method else ""
+                    raise NoReplicaInTime(f"{prefix}deadline reached while waiting for a replica ({why})") from None
+                raise self.unreachable(method)
             changed = self._changed
             with anyio.move_on_after(limit - anyio.current_time()):
                 await changed.wait()
 
-    def unreachable(self) -> Unreachable:
+    def unreachable(self, method: str = "") -> Unreachable:
+        """Why no replica can take a call (of ``method``, named first when given)."""
+        prefix = f"{method}: " if method else ""
         error = self.source_error()
         if error is not None and not self.replicas:
-            return Unreachable(f"no endpoints: {self.describe_source()} failed: {error!r}")
+            return Unreachable(f"{prefix}no endpoints: {self.describe_source()} failed: {error!r}")
         if not self.replicas:
-            return Unreachable(f"no endpoints: {self.describe_source()} returned none")
-        states = ", ".join(
-            f"{r.endpoint} {r.state.value}" + (f" ({r.last_error})" if r.last_error is not None else "")
-            for r in self.replicas.values()
-        )
-        return Unreachable(f"no available replica among {len(self.replicas)}: {states}")
+            return Unreachable(f"{prefix}no endpoints: {self.describe_source()} returned none")
+        states = ", ".join(f"{r.endpoint} {r.state.value}{r.why()}" for r in self.replicas.values())
+        return Unreachable(f"{prefix}no available replica among {len(self.replicas)}: {states}")
 
     async def manage(self, replica: ManagedReplica) -> None:
         """The one task that owns ``replica``: connect, serve calls, drain, reconnect with backoff."""
@@ -230,7 +269,8 @@ async def _first(*waits: Any) -> None:
     async with anyio.create_task_group() as tg:
 
         async def run(w: Any) -> None:
-            await (w() if callable(w) else w)
+            awaitable: Any = w() if callable(w) else w  # Any: callable() would narrow it to return object
+            await awaitable
             tg.cancel_scope.cancel()
 
         for w in waits:

@@ -22,9 +22,11 @@ from ..tracing import client_trace, current_otel_context
 from .replicas import ManagedReplica, ReplicaSet
 from .retries import Retrier
 
-__all__ = ("CallPath", "StubMethod", "make_stub", "remote_method")
+__all__ = ("CallPath", "StubMethod", "make_stub", "remote_method", "with_options")
 
 T = TypeVar("T")
+
+_REMOTE_ATTR = "__callrt_remote__"  # marks the functions remote_method() makes
 
 
 class StubMethod(Protocol):
@@ -48,23 +50,40 @@ class CallPath:
 
 
 class _Stub:
-    def __init__(self, label: str) -> None:
+    def __init__(self, label: str, remake: Callable[[CallOptions | None], object]) -> None:
         self._label = label
+        self._remake = remake  # the same stub with other options: with_options()
 
     def __repr__(self) -> str:
         return f"<{self._label}>"
 
 
-def make_stub(path: CallPath, cls: type[T], options: CallOptions | None, name: str | None) -> T:
-    """A stub of component ``cls`` whose calls go through ``path``."""
+def make_stub(path: CallPath, cls: Callable[..., T], options: CallOptions | None, name: str | None) -> T:
+    """A stub of ``cls`` (an ``@interface`` or a ``@component`` class) whose calls go through ``path``."""
     spec = component_spec(cls)
     methods = spec.methods
     if name is not None and name != spec.name:
         methods = {m: _method_spec(name, m, getattr(cls, m)) for m in methods}
-    stub = _Stub(f"{spec.name} stub")
+    stub = _Stub(f"{spec.name} stub", lambda options: make_stub(path, cls, options, name))
     for method in methods.values():
         setattr(stub, method.name, remote_method(path, method, options))
     return stub  # type: ignore[return-value]
+
+
+def with_options(target: T, options: CallOptions) -> T:
+    """``target``, a stub or one method of a stub, whose calls carry ``options``.
+
+    Typed as ``target`` itself, so checkers keep the methods' argument and
+    result types: ``await call.with_options(cart.add, CallOptions(shard_key=7))("ann", item)``,
+    or ``call.with_options(cart, CallOptions(...))`` for a stub whose every
+    call carries them. ``target`` is not changed.
+    """
+    if isinstance(target, _Stub):
+        return target._remake(options)  # type: ignore[return-value]
+    remake = getattr(target, "options", None)
+    if not getattr(target, _REMOTE_ATTR, False) or not callable(remake):
+        raise TypeError(f"with_options() takes a stub or a method of one, not {target!r}")
+    return remake(options)  # type: ignore[no-any-return]
 
 
 def remote_method(path: CallPath, method: MethodSpec, options: CallOptions | None = None) -> StubMethod:
@@ -104,7 +123,7 @@ def remote_method(path: CallPath, method: MethodSpec, options: CallOptions | Non
             if session is None:
                 # This wait (until the deadline, or pick_timeout) is the call's whole wait for a
                 # replica: its Unreachable is final, not retried into another full wait.
-                session = await wait_for_session(options, deadline)
+                session = await wait_for_session(options, deadline, method.full_name)
             try:
                 request_id, waiter = session.start(key, payload, deadline, trace, options)
                 try:
@@ -134,4 +153,5 @@ def remote_method(path: CallPath, method: MethodSpec, options: CallOptions | Non
     stub_method: StubMethod = call  # type: ignore[assignment]
     stub_method.options = lambda options: remote_method(path, method, options)  # type: ignore[method-assign]
     stub_method.__signature__ = method.signature
+    setattr(stub_method, _REMOTE_ATTR, True)
     return stub_method

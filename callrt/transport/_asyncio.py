@@ -31,7 +31,16 @@ from ..handlers import RegisteredHandler
 from ..options import ClientOptions
 from ..protocol import Frame, FrameDecoder, Hello, Request, Response
 from ._tls import BufferedFront
-from .base import Transport, client_hello, connect_errors, handshake, socket_peer, tls_server_name
+from .base import (
+    Transport,
+    UnixSocketFile,
+    bind_unix,
+    client_hello,
+    connect_errors,
+    handshake,
+    socket_peer,
+    tls_server_name,
+)
 
 
 class _AsyncCall:
@@ -516,6 +525,7 @@ class ProtocolTransport(Transport):
             return protocol if tls is None else BufferedFront(protocol)
 
         ssl: dict[str, Any] = {} if tls is None else {"ssl": tls, "ssl_handshake_timeout": server.options.handshake_timeout}
+        file: UnixSocketFile | None = None  # a Unix socket's, removed when we stop listening
         if endpoint.scheme == "tcp":
             srv = await loop.create_server(
                 factory, endpoint.host, endpoint.port, reuse_address=True, backlog=server.options.backlog, **ssl
@@ -524,12 +534,21 @@ class ProtocolTransport(Transport):
             host = f"[{sockname[0]}]" if ":" in sockname[0] else sockname[0]
             bound = Endpoint("tcp", f"{host}:{sockname[1]}")
         else:
-            srv = await loop.create_unix_server(factory, endpoint.address, backlog=server.options.backlog, **ssl)
+            # Bound by callrt, not by the loop, which would take over a path another server listens on.
+            sock, file = bind_unix(endpoint, server.options.backlog)
+            try:
+                srv = await loop.create_unix_server(factory, sock=sock, backlog=server.options.backlog, **ssl)
+            except BaseException:
+                sock.close()
+                file.remove()
+                raise
             bound = endpoint
         try:
             yield bound
         finally:
             srv.close()  # stop accepting; live connections are drained by the server
+            if file is not None:
+                file.remove()
 
     @asynccontextmanager
     async def connect(self, endpoint: Endpoint, options: ClientOptions) -> AsyncIterator[ClientSession]:

@@ -30,7 +30,17 @@ from ..errors import CommunicationError, DeadlineExceeded, RemoteError, RemotePr
 from ..handlers import RegisteredHandler
 from ..options import ClientOptions
 from ..protocol import FrameDecoder, Hello, Request
-from .base import BROKEN, Transport, client_hello, connect_errors, handshake, socket_peer, tls_server_name
+from .base import (
+    BROKEN,
+    Transport,
+    UnixSocketFile,
+    bind_unix,
+    client_hello,
+    connect_errors,
+    handshake,
+    socket_peer,
+    tls_server_name,
+)
 
 __all__ = ("StreamTransport", "client_over", "serve_stream")
 
@@ -381,6 +391,7 @@ class StreamTransport(Transport):
 
     @asynccontextmanager
     async def listen(self, endpoint: Endpoint, server: Server, conn_tg: TaskGroup) -> AsyncIterator[Endpoint]:
+        file: UnixSocketFile | None = None  # a Unix socket's, removed when we stop listening
         listener: Any
         if endpoint.scheme == "tcp":
             listener = await anyio.create_tcp_listener(
@@ -389,7 +400,14 @@ class StreamTransport(Transport):
             host, port = listener.listeners[0].extra(anyio.abc.SocketAttribute.local_address)[:2]
             bound = Endpoint("tcp", f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
         else:
-            listener = await anyio.create_unix_listener(endpoint.address, backlog=server.options.backlog)
+            # Bound by callrt, not by anyio, which would take over a path another server listens on.
+            sock, file = bind_unix(endpoint, server.options.backlog)
+            try:
+                listener = await anyio.abc.SocketListener.from_socket(sock)
+            except BaseException:
+                sock.close()
+                file.remove()
+                raise
             bound = endpoint
 
         serve_one = serve_stream if server.options.tls is None else serve_tls_stream
@@ -402,6 +420,8 @@ class StreamTransport(Transport):
                 accept_tg.cancel_scope.cancel()
         with anyio.CancelScope(shield=True):
             await listener.aclose()
+        if file is not None:
+            file.remove()
 
     @asynccontextmanager
     async def connect(self, endpoint: Endpoint, options: ClientOptions) -> AsyncIterator[ClientSession]:

@@ -10,9 +10,12 @@ operation, and go no further: :func:`connect_errors` for connecting,
 
 from __future__ import annotations
 
+import errno
 import ipaddress
+import os
 import socket
 import ssl
+import stat
 import struct
 import sys
 from abc import ABC, abstractmethod
@@ -34,10 +37,13 @@ from ..protocol import SUPPORTED_VERSIONS, Hello, encode_hello
 __all__ = (
     "BROKEN",
     "Transport",
+    "UnixSocketFile",
+    "bind_unix",
     "client_hello",
     "connect_errors",
     "describe_failure",
     "handshake",
+    "listen_error",
     "socket_peer",
     "tls_server_name",
 )
@@ -111,7 +117,25 @@ def describe_failure(exc: BaseException, options: ClientOptions) -> str:
             "the server closed the connection during the TLS handshake (a plaintext server? "
             f"no TLS version both sides accept?): {exc!r}"
         )
-    return str(exc) or type(exc).__name__
+    return _os_failure(exc) or str(exc) or type(exc).__name__
+
+
+def _os_failure(exc: BaseException) -> str | None:
+    """A failed connect in a few words: "connection refused", "no such file", "name not resolved (...)"."""
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, FileNotFoundError):
+        return "no such file"
+    if isinstance(exc, socket.gaierror):
+        return f"name not resolved ({exc.strerror})"
+    if isinstance(exc, OSError) and exc.errno is None and exc.__cause__ is not None:
+        # anyio's connect_tcp: OSError("All connection attempts failed") from the attempts' errors
+        cause = exc.__cause__
+        attempts = cause.exceptions if isinstance(cause, BaseExceptionGroup) else (cause,)
+        return ", ".join(sorted({_os_failure(e) or str(e) for e in attempts}))
+    if isinstance(exc, OSError) and exc.errno:
+        return os.strerror(exc.errno).lower()  # "no route to host", "permission denied", ...
+    return None
 
 
 @contextmanager
@@ -192,3 +216,118 @@ def socket_peer(sock: socket.socket | None, peername: Any, cert: dict[str, Any] 
         address = f"tcp://[{host}]:{port}" if ":" in host else f"tcp://{host}:{port}"
         return Peer(address, local, uri_sans=uri_sans, dns_sans=dns_sans)
     return Peer(f"tcp://{peername}", False, uri_sans=uri_sans, dns_sans=dns_sans)
+
+
+# -- Unix socket files -----------------------------------------------------------------------------
+
+
+class UnixSocketFile:
+    """The file a listening Unix socket made: removed on :meth:`remove` only if it is still that file.
+
+    Another server may have replaced it since (after this one was declared dead, say); its file is
+    not ours to delete, so the device and inode seen right after binding are compared first.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._identity: tuple[int, int] | None = None
+        if not path.startswith("\0"):  # Linux's abstract namespace has no file
+            st = os.stat(path)
+            self._identity = (st.st_dev, st.st_ino)
+
+    def remove(self) -> None:
+        if self._identity is None:
+            return
+        try:
+            st = os.stat(self.path)
+            if (st.st_dev, st.st_ino) == self._identity:
+                os.unlink(self.path)
+        except OSError:
+            pass  # gone already, or not ours to touch
+        self._identity = None
+
+
+def bind_unix(endpoint: Endpoint, backlog: int) -> tuple[socket.socket, UnixSocketFile]:
+    """A listening, non-blocking Unix socket at ``endpoint``'s path, and its file (to remove at exit).
+
+    A path another server still listens on is never taken over: :class:`OSError` (``EADDRINUSE``)
+    names it. A socket file nobody listens on (left by a server that crashed) is removed and
+    bound again. A path that exists and is not a socket is left alone (``FileExistsError``).
+    Errors name the endpoint.
+    """
+    path = endpoint.address
+    if not path.startswith("\0"):
+        _reclaim_stale(endpoint)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        try:
+            sock.bind(path)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:  # someone bound it since we looked
+                raise OSError(errno.EADDRINUSE, f"another server is listening on {endpoint}") from None
+            raise listen_error(endpoint, exc) from None
+        file = UnixSocketFile(path)
+        try:
+            sock.listen(backlog)
+        except BaseException:
+            file.remove()
+            raise
+    except BaseException:
+        sock.close()
+        raise
+    return sock, file
+
+
+def _reclaim_stale(endpoint: Endpoint) -> None:
+    """Remove a socket file at ``endpoint`` that no server answers on; refuse a live one or a non-socket."""
+    path = endpoint.address
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise listen_error(endpoint, exc) from None
+    if not stat.S_ISSOCK(st.st_mode):
+        raise FileExistsError(
+            errno.EEXIST, f"cannot listen on {endpoint}: the path exists and is not a socket (left as it is)"
+        )
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.setblocking(False)  # a Unix connect does not wait for the peer: it is refused, queued or accepted at once
+    try:
+        code = probe.connect_ex(path)
+    finally:
+        probe.close()
+    if code == errno.ECONNREFUSED:  # nobody listens: a stale file
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+    elif code == errno.ENOENT:
+        pass  # removed meanwhile
+    elif code in (0, errno.EAGAIN, errno.EINPROGRESS):  # accepted, or queued (a full backlog): alive
+        raise OSError(errno.EADDRINUSE, f"another server is listening on {endpoint}")
+    else:
+        raise OSError(code, f"cannot listen on {endpoint}: {os.strerror(code).lower()} (probing the existing socket)")
+
+
+def listen_error(endpoint: Endpoint, exc: OSError) -> OSError:
+    """``exc``, raised while listening on ``endpoint``, as an error of the same kind that names the endpoint."""
+    if str(endpoint) in str(exc):
+        return exc
+    message = f"cannot listen on {endpoint}: {_os_reason(exc)}"
+    if exc.errno == errno.EADDRINUSE:
+        message += " (another process is listening on it)"
+    if isinstance(exc, socket.gaierror):
+        return socket.gaierror(exc.errno, message)
+    if exc.errno is None:
+        return OSError(message)
+    return OSError(exc.errno, message)  # the same subclass: FileNotFoundError, PermissionError, ...
+
+
+def _os_reason(exc: OSError) -> str:
+    if isinstance(exc, socket.gaierror):
+        return f"name not resolved ({exc.strerror})"
+    if exc.errno:
+        return os.strerror(exc.errno).lower()
+    return str(exc)
