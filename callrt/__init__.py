@@ -31,10 +31,10 @@ from __future__ import annotations
 import logging
 
 from . import call, errors
-from .component import component, not_retriable
+from .component import component, inline, interface, not_retriable
 from .runner import run
 
-__all__ = ("call", "component", "errors", "not_retriable", "run")
+__all__ = ("call", "component", "errors", "inline", "interface", "not_retriable", "run")
 
 # A library logs; the application decides where it goes. Without this, Python's last-resort
 # handler would print callrt's warnings to stderr of programs that never configured logging.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from .balancers import Balancer, BalancerFunc, Replica, RoundRobin
 from .client import Client, ReplicaState, connect
+from .client.stubs import with_options
 from .connection.server import Server
 from .context import CallContext, CallOptions, current_call
 from .endpoints import Endpoint, memory, parse_endpoint, tcp, unix
@@ -53,4 +54,5 @@ __all__ = (
     "start_server",
     "tcp",
     "unix",
+    "with_options",
 )

@@ -13,7 +13,7 @@ replicas, and makes stubs whose calls pick a replica with the balancer.
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import TypeVar
 
@@ -65,8 +65,15 @@ class Client:
         retries = self.retrier.retries
         return {"attempts": self.retrier.budget.calls + retries, "retries": retries}
 
-    def stub(self, cls: type[T], *, options: CallOptions | None = None, name: str | None = None) -> T:
-        """A stub of component ``cls``: the same methods, each awaitable, calling a remote replica."""
+    def stub(self, cls: Callable[..., T], *, options: CallOptions | None = None, name: str | None = None) -> T:
+        """A stub of ``cls``: the same methods, each awaitable, calling a remote replica.
+
+        ``cls`` is best an ``@interface`` (all ``async def``): the stub is then
+        typed exactly as the interface. A ``@component`` class works too, typed
+        as the class (its plain ``def`` methods then look unawaitable to a checker).
+        ``options`` go with every call of the stub; :func:`callrt.call.with_options`
+        gives a stub or one method with other options.
+        """
         return make_stub(self._calls, cls, options, name)
 
     def update_endpoints(self, endpoints: Sequence[Endpoint]) -> None:

@@ -12,7 +12,7 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 import callrt
 from callrt import call
 
-from .greeter import Greeter
+from .greeter import GreeterAPI
 
 
 async def main() -> None:
@@ -25,7 +25,7 @@ async def main() -> None:
             raise SystemExit("the worker did not start")
         for endpoint in ready[1:]:
             async with call.connect(call.ConstantResolver([endpoint])) as conn:
-                greeter = conn.stub(Greeter)
+                greeter = conn.stub(GreeterAPI)
                 greeting = await greeter.greet("world")
                 total = await greeter.add(40, b=2)
                 print(f"{endpoint:<40} {greeting.text} (worker pid {greeting.served_by_pid}), 40 + 2 = {total}")

@@ -8,7 +8,7 @@ import sys
 import callrt
 from callrt import call
 
-from .components import Cart, Item
+from .api import CartAPI, Item
 
 
 def start(*args: str) -> tuple[subprocess.Popen[str], str]:
@@ -25,7 +25,7 @@ async def main() -> None:
     cart, cart_at = start("cart", "tcp://127.0.0.1:0", pricing_at)
     try:
         async with call.connect(call.ConstantResolver([cart_at])) as conn:
-            carts = conn.stub(Cart)
+            carts = conn.stub(CartAPI)
             await carts.add("ann", Item("apple", 3))
             count = await carts.add("ann", Item("fig", 2))
             print(f"ann has {count} items; total {await carts.total('ann')} (priced by the worker at {pricing_at})")

@@ -1,20 +1,15 @@
-"""The shop's components, shared by both workers and the client."""
+"""The shop's components, served by the workers; they implement the interfaces of ``api``."""
 
 from __future__ import annotations
 
 from decimal import Decimal
 
-import msgspec
-
 from callrt import component, not_retriable
 
-
-class Item(msgspec.Struct):
-    sku: str
-    qty: int
+from .api import CartAPI, Item, PricingAPI
 
 
-@component(name="shop.Pricing")
+@component(implements=PricingAPI)
 class Pricing:
     PRICES = {"apple": Decimal("0.40"), "pear": Decimal("0.55"), "fig": Decimal("1.20")}
 
@@ -22,12 +17,12 @@ class Pricing:
         return self.PRICES[sku]
 
 
-@component(name="shop.Cart")
+@component(implements=CartAPI)
 class Cart:
     """Keeps carts; asks the Pricing component, in another process, for prices."""
 
-    def __init__(self, pricing: Pricing | None = None) -> None:
-        self._pricing = pricing
+    def __init__(self, pricing: PricingAPI | None = None) -> None:
+        self._pricing = pricing  # a stub of the Pricing worker, typed as its interface
         self._carts: dict[str, list[Item]] = {}
 
     async def add(self, user: str, item: Item) -> int:
@@ -38,7 +33,7 @@ class Cart:
         assert self._pricing is not None
         total = Decimal(0)
         for item in self._carts.get(user, []):
-            total += await self._pricing.price(item.sku) * item.qty  # type: ignore[operator]
+            total += await self._pricing.price(item.sku) * item.qty
         return total
 
     @not_retriable

@@ -10,6 +10,7 @@ import anyio
 import callrt
 from callrt import call
 
+from .api import PricingAPI
 from .components import Cart, Pricing
 
 
@@ -27,7 +28,7 @@ async def main(role: str, address: str, *deps: str) -> None:
     else:
         # The cart worker is itself a client of the pricing worker.
         async with call.connect(call.ConstantResolver(deps)) as pricing:
-            await serve_until_signalled(address, Cart(pricing.stub(Pricing)))
+            await serve_until_signalled(address, Cart(pricing.stub(PricingAPI)))
 
 
 if __name__ == "__main__":
