@@ -1,6 +1,7 @@
 # Two commands do all the set-up on a fresh machine with Python 3.11+:
 #   make demo   - create .venv, install callrt, run examples/hello
-#   make test   - create .venv, install callrt with test extras, start etcd's package if missing, run the suite
+#   make test   - create .venv, install callrt with test extras, run the static checks (make check),
+#                 install etcd's package if missing, run the suite
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -11,14 +12,23 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e '.[test,bench,etcd,watch,dns]'
 	touch $@
 
-.PHONY: demo shop test bench bench-full
+.PHONY: demo shop check test bench bench-full
 demo: $(BIN)/.installed
 	$(BIN)/python -m examples.hello
 
 shop: $(BIN)/.installed
 	$(BIN)/python -m examples.shop
 
-test: $(BIN)/.installed
+# Static checks, their own step before the tests: lint, format, types (mypy and basedpyright, on what
+# pyproject's [tool.mypy] and [tool.basedpyright] name), layers.
+check: $(BIN)/.installed
+	$(BIN)/ruff check callrt tests bench examples fuzz
+	$(BIN)/ruff format --check callrt tests bench examples fuzz
+	$(BIN)/mypy
+	$(BIN)/basedpyright
+	$(BIN)/lint-imports
+
+test: check
 	bash scripts/setup-etcd.sh
 	$(BIN)/pytest
 
