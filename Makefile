@@ -12,7 +12,7 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e '.[test,bench,etcd,watch,dns]'
 	touch $@
 
-.PHONY: demo shop check test bench bench-full
+.PHONY: demo shop check test docs bench bench-full
 demo: $(BIN)/.installed
 	$(BIN)/python -m examples.hello
 
@@ -31,6 +31,10 @@ check: $(BIN)/.installed
 test: check
 	bash scripts/setup-etcd.sh
 	$(BIN)/pytest
+
+# The documentation site (mkdocs.yml, docs/), built strictly into build/site: the check tests/test_docs.py runs.
+docs: $(BIN)/.installed
+	$(BIN)/mkdocs build --strict
 
 bench: $(BIN)/.installed
 	$(BIN)/python -m bench --profile quick
