@@ -15,19 +15,32 @@ import dataclasses
 import inspect
 import re
 import typing
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, TypeVar, overload
 
 import msgspec
 
-from .errors import Internal, InvalidArgument, RegistrationError
+from .errors import Internal, InvalidArgument, RegistrationError, RemoteError, UnknownMethod
 from .keys import MethodKey, make_method_key
 
-__all__ = ("ComponentSpec", "MethodSpec", "component", "component_spec", "inline", "interface", "not_retriable")
+__all__ = (
+    "ComponentSpec",
+    "DeclaredError",
+    "MethodSpec",
+    "caller_error",
+    "component",
+    "component_spec",
+    "declared_error_args",
+    "inline",
+    "interface",
+    "not_retriable",
+)
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
+ErrorDeclaration = Sequence[type[Exception]] | Mapping[str, type[Exception]]
+"""``@component(errors=...)``: exception classes, or a mapping of wire names to them."""
 
 _SPEC_ATTR = "__callrt_component__"
 _NOT_RETRIABLE_ATTR = "__callrt_not_retriable__"
@@ -61,6 +74,39 @@ def inline(method: F) -> F:
 
 
 @dataclass(frozen=True, slots=True)
+class DeclaredError:
+    """An exception class a component declared (``@component(errors=...)``): callers get it back by type.
+
+    ``name`` is what travels as the error's ``remote_type``; ``decode`` turns the
+    MessagePack array of its ``args`` back into a tuple, typed by the class's
+    ``__init__`` annotations when it has them.
+    """
+
+    name: str
+    cls: type[Exception]
+    decode: Callable[[bytes], tuple[Any, ...]]
+
+
+# Every class declared by some component, by class: a server sends the args of these (only).
+_DECLARED: dict[type, str] = {}
+_ARGS_ENCODER = msgspec.msgpack.Encoder()
+
+
+def declared_error_args(exc: BaseException) -> tuple[str, bytes] | None:
+    """The wire name and encoded ``args`` of ``exc`` if its class (exactly) was declared, else None.
+
+    Args that cannot be encoded give None: the caller then gets a plain RemoteError.
+    """
+    name = _DECLARED.get(type(exc))
+    if name is None:
+        return None
+    try:
+        return name, _ARGS_ENCODER.encode(exc.args)
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
+@dataclass(frozen=True, slots=True)
 class MethodSpec:
     """What both sides know about one RPC method."""
 
@@ -77,6 +123,14 @@ class MethodSpec:
     decode_args: Callable[[bytes], tuple[Any, ...]]
     encode_result: Callable[[Any], bytes]
     decode_result: Callable[[bytes], Any]
+    # Compatibility between versions (docs/compatibility.md): a call may leave out trailing
+    # parameters that have defaults; the receiving side fills in its own defaults.
+    required: int = -1  # how many leading parameters every call sends (-1: all of them)
+    defaults: tuple[Any, ...] = ()  # the defaults of params[required:]
+    # Decoders of the shorter argument arrays: short_decoders[i] takes required + i arguments.
+    short_decoders: tuple[Callable[[bytes], tuple[Any, ...]], ...] = ()
+    # The exceptions the component declared (@component(errors=...)), by their wire name.
+    errors: Mapping[str, DeclaredError] = field(default_factory=dict)
 
     @property
     def full_name(self) -> str:
@@ -87,7 +141,41 @@ class MethodSpec:
         try:
             return self.decode_args(payload)
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            return self.decode_other_length(payload, exc)
+
+    def decode_other_length(
+        self, payload: bytes, exc: msgspec.ValidationError | msgspec.DecodeError
+    ) -> tuple[Any, ...]:
+        """The arguments of a call whose array did not decode as this method's full parameter list.
+
+        Off the common path: it runs only after the full-length decoder failed. A call that
+        left out trailing parameters with defaults (an older caller, or one that did not pass
+        them) gets this side's defaults; anything else raises the :class:`InvalidArgument` that
+        names the method and the parameter.
+        """
+        sent, total = _array_length(payload), len(self.params)
+        if sent is None or sent == total:
             raise self._argument_error(exc) from None
+        if sent > total:
+            more = sent - total
+            raise InvalidArgument(
+                f"{self.full_name}: the call sent {sent} arguments, but this server's version of the method "
+                f"takes {total} ({', '.join(self.params) or 'none'}): the caller's version has {more} more "
+                f"parameter{'s' if more > 1 else ''}, which this server does not know"
+            ) from None
+        required = total if self.required < 0 else self.required
+        if sent < required:
+            missing = self.params[sent:required]
+            raise InvalidArgument(
+                f"{self.full_name}: missing argument{'s' if len(missing) > 1 else ''} "
+                f"{', '.join(map(repr, missing))}: the call sent {sent} of {total}, and "
+                f"{'these parameters have' if len(missing) > 1 else 'this parameter has'} no default here"
+            ) from None
+        try:
+            head = self.short_decoders[sent - required](payload)
+        except (msgspec.ValidationError, msgspec.DecodeError) as again:
+            raise self._argument_error(again) from None
+        return head + self.defaults[sent - required :]
 
     def _argument_error(self, exc: msgspec.ValidationError | msgspec.DecodeError) -> InvalidArgument:
         if isinstance(exc, msgspec.ValidationError):
@@ -99,17 +187,22 @@ class MethodSpec:
 
     def payload_from_args(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
         """Bind a call's arguments to the signature and encode them."""
-        if kwargs or len(args) != len(self.params):
+        if kwargs or not 0 <= self.required <= len(args) <= min(self.positional, len(self.params)):
+            # Trailing parameters the caller left out are not sent: the server fills in its own
+            # defaults, so a server that gained parameters with defaults serves older callers,
+            # and a server without a newer parameter serves callers that do not pass it.
             try:
                 bound = self.signature.bind(*args, **kwargs)
             except TypeError as exc:
                 raise TypeError(f"{self.full_name}(): {exc}") from None
+            given = [i for i, p in enumerate(self.params) if p in bound.arguments]
             bound.apply_defaults()
-            args = tuple(bound.arguments[p] for p in self.params)
+            send = max(self.required if self.required >= 0 else len(self.params), given[-1] + 1 if given else 0)
+            args = tuple(bound.arguments[p] for p in self.params[:send])
         try:
             return self.encode_args(args)
         except (TypeError, ValueError, OverflowError) as exc:
-            bad = next((p for p, a in zip(self.params, args, strict=True) if not _encodable(a)), None)
+            bad = next((p for p, a in zip(self.params[: len(args)], args, strict=True) if not _encodable(a)), None)
             where = f" argument {bad!r}" if bad else ""
             raise InvalidArgument(f"{self.full_name}:{where} cannot be encoded: {exc}") from None
 
@@ -125,7 +218,7 @@ class MethodSpec:
         """A bytes-in, bytes-out handler calling this method on ``instance``."""
         method = getattr(instance, self.name)
         decode, encode = self.decode_args, self.encode_result
-        argument_error, result_error = self._argument_error, self._result_error
+        decode_again, result_error = self.decode_other_length, self._result_error
         keyword_only = self.params[self.positional :]
         if keyword_only:
             # Arguments travel in parameter order; keyword-only ones are passed back by name.
@@ -141,7 +234,7 @@ class MethodSpec:
                 try:
                     args = decode(payload)
                 except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-                    raise argument_error(exc) from None
+                    args = decode_again(payload, exc)  # fewer arguments (defaults), or the InvalidArgument
                 result = await method(*args)
                 try:
                     return encode(result)
@@ -154,7 +247,7 @@ class MethodSpec:
             try:
                 args = decode(payload)
             except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-                raise argument_error(exc) from None
+                args = decode_again(payload, exc)  # fewer arguments (defaults), or the InvalidArgument
             result = method(*args)
             try:
                 return encode(result)
@@ -172,22 +265,85 @@ def _encodable(value: object) -> bool:
     return True
 
 
+def _array_length(payload: bytes) -> int | None:
+    """The length of the MessagePack array ``payload`` starts with, or None if it does not start with one."""
+    if not payload:
+        return None
+    first = payload[0]
+    if 0x90 <= first <= 0x9F:  # fixarray
+        return first & 0x0F
+    if first == 0xDC and len(payload) >= 3:  # array 16
+        return int.from_bytes(payload[1:3], "big")
+    if first == 0xDD and len(payload) >= 5:  # array 32
+        return int.from_bytes(payload[1:5], "big")
+    return None
+
+
+_TAKES = re.compile(r"takes (\d+) \(")
+
+
+def caller_error(method: MethodSpec, remote: RemoteError) -> BaseException:
+    """What the caller of ``method`` gets for ``remote``, the error the server answered with.
+
+    Only this side knows which method it called: an :class:`UnknownMethod` for this
+    call's key, and an :class:`InvalidArgument` for arguments this server does not
+    know, are given messages naming them. A declared exception (``@component(errors=...)``)
+    whose arguments came with it is rebuilt as its class: the exception to raise
+    ``from remote``, so the remote details stay reachable as its ``__cause__``. Nothing
+    else is ever instantiated: the name on the wire only selects among declared classes.
+    """
+    kind = type(remote)
+    if kind is UnknownMethod and method.key.hex() in remote.message:
+        return UnknownMethod(
+            f"{method.full_name}: the server does not serve this method ({remote.message})",
+            code=remote.code,
+            remote_type=remote.remote_type,
+        )
+    if kind is InvalidArgument and remote.message.startswith(f"{method.full_name}: the call sent "):
+        takes = _TAKES.search(remote.message)
+        unknown = method.params[int(takes.group(1)) :] if takes else ()
+        if unknown:
+            names = ", ".join(map(repr, unknown))
+            return InvalidArgument(f"{remote.message}: {names}", code=remote.code, remote_type=remote.remote_type)
+        return remote
+    declared = method.errors.get(remote.remote_type) if method.errors else None
+    if declared is None or remote.remote_args is None:
+        return remote
+    try:
+        exc = declared.cls(*declared.decode(remote.remote_args))
+    except Exception:
+        return remote  # args this side's class does not take: the plain RemoteError
+    if isinstance(exc, RemoteError):
+        exc.code, exc.remote_type, exc.remote_traceback = remote.code, remote.remote_type, remote.remote_traceback
+    return exc
+
+
 @dataclass(frozen=True, slots=True)
 class ComponentSpec:
-    """A component's name and its methods, by method name."""
+    """A component's name and its methods, by method name, and the exceptions it declared, by wire name."""
 
     name: str
     cls: type
     methods: dict[str, MethodSpec]
+    errors: Mapping[str, DeclaredError] = field(default_factory=dict)
 
 
 @overload
 def component(cls: type[T], /) -> type[T]: ...
 @overload
-def component(*, name: str | None = None, implements: type | None = None) -> Callable[[type[T]], type[T]]: ...
+def component(
+    *, name: str | None = None, implements: type | None = None, errors: ErrorDeclaration = ()
+) -> Callable[[type[T]], type[T]]: ...
 
 
-def component(cls: type[T] | None = None, /, *, name: str | None = None, implements: type | None = None) -> Any:
+def component(
+    cls: type[T] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    implements: type | None = None,
+    errors: ErrorDeclaration = (),
+) -> Any:
     """Make a class a component; its public methods (sync or async) become RPC methods.
 
     The default name is ``"<module>.<qualname>"``. Every public method must
@@ -200,12 +356,22 @@ def component(cls: type[T] | None = None, /, *, name: str | None = None, impleme
     same parameters, defaults and types (a plain ``def`` may implement an
     ``async def``), checked here with a RegistrationError. A subclass of an
     interface implements it without saying so.
+
+    ``errors=(OutOfStock, ...)`` declares exception classes the methods raise:
+    a caller whose stub was made from this class (or from its interface, which
+    declares them the same way) gets an instance of the same class with the
+    same ``args``, rebuilt as ``cls(*args)``, with the remote details as its
+    ``__cause__``. Their ``args`` travel as MessagePack, so ``__init__``'s
+    annotations must be types msgspec supports. Each travels under
+    ``"<module>.<qualname>"``, or under the key it has when ``errors`` is a
+    mapping ``{"shop.OutOfStock": OutOfStock}``.
     """
 
     def decorate(cls: type[T]) -> type[T]:
         declared = implements if implements is not None else _inherited_interface(cls)
-        spec = _build_spec(cls, name or f"{cls.__module__}.{cls.__qualname__}") if declared is None else None
-        setattr(cls, _SPEC_ATTR, spec or _implementation_spec(cls, declared, name))
+        own = _declare_errors(cls.__qualname__, errors)
+        spec = _build_spec(cls, name or f"{cls.__module__}.{cls.__qualname__}", own) if declared is None else None
+        setattr(cls, _SPEC_ATTR, spec or _implementation_spec(cls, declared, name, own))
         return cls
 
     return decorate(cls) if cls is not None else decorate
@@ -229,10 +395,10 @@ def component_spec(cls: object) -> ComponentSpec:
 @overload
 def interface(cls: type[T], /) -> type[T]: ...
 @overload
-def interface(*, name: str | None = None) -> Callable[[type[T]], type[T]]: ...
+def interface(*, name: str | None = None, errors: ErrorDeclaration = ()) -> Callable[[type[T]], type[T]]: ...
 
 
-def interface(cls: type[T] | None = None, /, *, name: str | None = None) -> Any:
+def interface(cls: type[T] | None = None, /, *, name: str | None = None, errors: ErrorDeclaration = ()) -> Any:
     """Make a class of ``async def`` methods a component *interface*: what a client imports.
 
     An interface is a class, a :class:`typing.Protocol` reads best, whose public
@@ -247,7 +413,8 @@ def interface(cls: type[T] | None = None, /, *, name: str | None = None) -> Any:
     """
 
     def decorate(cls: type[T]) -> type[T]:
-        spec = _build_spec(cls, name or f"{cls.__module__}.{cls.__qualname__}")
+        own = _declare_errors(cls.__qualname__, errors)
+        spec = _build_spec(cls, name or f"{cls.__module__}.{cls.__qualname__}", own)
         sync = [m for m, method in spec.methods.items() if not method.is_async]
         if sync:
             raise RegistrationError(
@@ -265,7 +432,9 @@ def _inherited_interface(cls: type) -> type | None:
     return next((base for base in cls.__mro__[1:] if _INTERFACE_ATTR in vars(base)), None)
 
 
-def _implementation_spec(cls: type, api: type | None, name: str | None) -> ComponentSpec:
+def _implementation_spec(
+    cls: type, api: type | None, name: str | None, errors: Mapping[str, DeclaredError] | None = None
+) -> ComponentSpec:
     """The spec of ``cls``, which implements interface ``api``, checked against it."""
     wanted = getattr(api, _SPEC_ATTR, None)
     if api is None or _INTERFACE_ATTR not in vars(api) or not isinstance(wanted, ComponentSpec):
@@ -273,7 +442,7 @@ def _implementation_spec(cls: type, api: type | None, name: str | None) -> Compo
     where = f"{cls.__qualname__} (implements {api.__qualname__}, {wanted.name!r})"
     if name is not None and name != wanted.name:
         raise RegistrationError(f"{where}: a component takes its interface's name, not {name!r}")
-    spec = _build_spec(cls, wanted.name)
+    spec = _build_spec(cls, wanted.name, {**wanted.errors, **(errors or {})})
     # A method inherited from the interface (a subclass that did not override it) is not implemented.
     missing = [m for m in wanted.methods if m not in spec.methods or _defined(cls, m) is _defined(api, m)]
     if missing:
@@ -296,7 +465,7 @@ def _implementation_spec(cls: type, api: type | None, name: str | None) -> Compo
             )
         if not wanted.methods[m].retriable:
             methods[m] = dataclasses.replace(method, retriable=False)
-    return ComponentSpec(spec.name, cls, methods)
+    return ComponentSpec(spec.name, cls, methods, spec.errors)
 
 
 def _defined(cls: type, name: str) -> Any:
@@ -340,40 +509,83 @@ def _type(annotation: object) -> str:
     return inspect.formatannotation(annotation)
 
 
-def _build_spec(cls: type, name: str) -> ComponentSpec:
+def _build_spec(cls: type, name: str, errors: Mapping[str, DeclaredError] | None = None) -> ComponentSpec:
     if not name or any(c.isspace() for c in name):
         raise RegistrationError(f"invalid component name {name!r}")
     methods: dict[str, MethodSpec] = {}
+    errors = dict(errors or {})
     for attr in sorted(dir(cls)):
         if attr.startswith("_"):
-            continue
+            continue  # not an RPC method, whatever it is
         raw = inspect.getattr_static(cls, attr)
         if not inspect.isfunction(raw):
             continue  # properties, static and class methods, attributes are not RPC methods
-        methods[attr] = _method_spec(name, attr, raw)
-    return ComponentSpec(name, cls, methods)
+        methods[attr] = _method_spec(name, attr, raw, errors=errors, owner=cls.__qualname__)
+    return ComponentSpec(name, cls, methods, errors)
 
 
-def _method_spec(component_name: str, name: str, fn: Callable[..., Any]) -> MethodSpec:
-    sig = inspect.signature(fn)
-    params = list(sig.parameters.values())[1:]  # drop self
+def _method_spec(
+    component_name: str,
+    name: str,
+    fn: Callable[..., Any],
+    *,
+    errors: Mapping[str, DeclaredError] | None = None,
+    owner: str | None = None,
+) -> MethodSpec:
+    """The spec of method ``name``; a shape callrt cannot serve is a RegistrationError naming ``Class.method``."""
+    label = f"{owner or component_name}.{name}"
+    if inspect.isasyncgenfunction(fn):
+        raise RegistrationError(f"{label}: an async generator cannot be served: streams are not supported yet")
+    if inspect.isgeneratorfunction(fn):
+        raise RegistrationError(
+            f"{label}: a generator cannot be served: an RPC method returns one result (streams are not supported yet)"
+        )
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError) as exc:
+        raise RegistrationError(f"{label}: has no signature callrt can read: {exc}") from exc
+    everything = list(sig.parameters.values())
+    if not everything or everything[0].kind not in (everything[0].POSITIONAL_ONLY, everything[0].POSITIONAL_OR_KEYWORD):
+        raise RegistrationError(f"{label}: an RPC method takes self as its first parameter")
+    params = everything[1:]  # drop self
     for p in params:
-        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
-            raise RegistrationError(f"{component_name}.{name}: *args/**kwargs are not supported in RPC methods")
+        if p.kind is p.VAR_POSITIONAL:
+            raise RegistrationError(
+                f"{label}: *{p.name} is not supported: arguments travel as a fixed list of typed parameters"
+                " (take a list instead)"
+            )
+        if p.kind is p.VAR_KEYWORD:
+            raise RegistrationError(
+                f"{label}: **{p.name} is not supported: arguments travel as a fixed list of typed parameters"
+                " (take a dict or a Struct instead)"
+            )
     try:
         hints = typing.get_type_hints(fn)
     except Exception as exc:
-        raise RegistrationError(f"{component_name}.{name}: cannot resolve type hints: {exc}") from exc
+        raise RegistrationError(f"{label}: cannot resolve type hints: {exc}") from exc
     arg_types = tuple(hints.get(p.name, Any) for p in params)
     result_type = hints.get("return", Any)
     if result_type is type(None):
         result_type = None
+    annotated = [(f"parameter {p.name!r}", t) for p, t in zip(params, arg_types, strict=True)]
+    for what, annotation in [*annotated, ("the result", result_type)]:
+        try:
+            msgspec.msgpack.Decoder(annotation)
+        except TypeError as exc:
+            raise RegistrationError(
+                f"{label}: unsupported type in signature: {what} is {inspect.formatannotation(annotation)}, which"
+                f" msgspec cannot encode ({exc})"
+            ) from exc
     args_type: Any = tuple[arg_types] if arg_types else tuple[()]  # type: ignore[valid-type]
     try:
         args_decoder = msgspec.msgpack.Decoder(args_type)
         result_decoder = msgspec.msgpack.Decoder(result_type)
     except TypeError as exc:
-        raise RegistrationError(f"{component_name}.{name}: unsupported type in signature: {exc}") from exc
+        raise RegistrationError(f"{label}: unsupported type in signature: {exc}") from exc
+    # A call may leave out the trailing parameters that have defaults (docs/compatibility.md).
+    required = len(params)
+    while required and params[required - 1].default is not inspect.Parameter.empty:
+        required -= 1
     encoder = msgspec.msgpack.Encoder()
     public_sig = sig.replace(parameters=params)
     return MethodSpec(
@@ -390,4 +602,78 @@ def _method_spec(component_name: str, name: str, fn: Callable[..., Any]) -> Meth
         decode_args=args_decoder.decode,
         encode_result=encoder.encode,
         decode_result=result_decoder.decode,
+        required=required,
+        defaults=tuple(p.default for p in params[required:]),
+        short_decoders=tuple(_tuple_decoder(arg_types[:n]) for n in range(required, len(params))),
+        errors=errors if errors is not None else {},
     )
+
+
+def _tuple_decoder(types: Sequence[Any]) -> Callable[[bytes], tuple[Any, ...]]:
+    decoder: msgspec.msgpack.Decoder[tuple[Any, ...]] = msgspec.msgpack.Decoder(
+        tuple[tuple(types)] if types else tuple[()]  # type: ignore[misc]
+    )
+    return decoder.decode
+
+
+_ANY_ARGS: msgspec.msgpack.Decoder[tuple[Any, ...]] = msgspec.msgpack.Decoder(tuple[Any, ...])
+
+
+def _declare_errors(owner: str, errors: ErrorDeclaration) -> dict[str, DeclaredError]:
+    """Check ``@component(errors=...)`` and register its classes; their wire names map to them."""
+    pairs = list(errors.items()) if isinstance(errors, Mapping) else [(None, cls) for cls in errors]
+    out: dict[str, DeclaredError] = {}
+    for given, cls in pairs:
+        if not (isinstance(cls, type) and issubclass(cls, Exception)):
+            raise RegistrationError(f"{owner}: errors= takes Exception subclasses, not {cls!r}")
+        if cls.__module__ == "callrt" or cls.__module__.startswith("callrt."):
+            raise RegistrationError(f"{owner}: {cls.__qualname__} is callrt's own: it reaches callers by its code")
+        wire = given if given is not None else _wire_name(cls)
+        if not isinstance(wire, str) or not wire or any(c.isspace() for c in wire):
+            raise RegistrationError(f"{owner}: invalid error name {wire!r} for {cls.__qualname__}")
+        if wire in out and out[wire].cls is not cls:
+            raise RegistrationError(f"{owner}: {out[wire].cls.__qualname__} and {cls.__qualname__} are both {wire!r}")
+        known = _DECLARED.get(cls)
+        if known is not None and known != wire:
+            raise RegistrationError(f"{owner}: {cls.__qualname__} is already declared as {known!r}, not {wire!r}")
+        out[wire] = DeclaredError(wire, cls, _error_args_decoder(owner, cls))
+    _DECLARED.update((d.cls, d.name) for d in out.values())
+    return out
+
+
+def _wire_name(cls: type) -> str:
+    return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _error_args_decoder(owner: str, cls: type[Exception]) -> Callable[[bytes], tuple[Any, ...]]:
+    """Decode an exception's ``args``, typed by its ``__init__``'s positional parameters when it has its own."""
+    init = cls.__init__
+    if not inspect.isfunction(init):
+        return _ANY_ARGS.decode  # BaseException's: any args
+    where = f"{owner}: errors: {cls.__qualname__}.__init__"
+    try:
+        params = list(inspect.signature(init).parameters.values())[1:]
+        hints = typing.get_type_hints(init)
+    except Exception as exc:
+        raise RegistrationError(f"{where}: cannot resolve type hints: {exc}") from exc
+    if any(p.kind is p.VAR_POSITIONAL for p in params):
+        return _ANY_ARGS.decode
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    types = [hints.get(p.name, Any) for p in positional]
+    required = len(positional)
+    while required and positional[required - 1].default is not inspect.Parameter.empty:
+        required -= 1
+    by_length: dict[int, Callable[[bytes], tuple[Any, ...]]] = {}
+    for n in range(required, len(positional) + 1):
+        try:
+            by_length[n] = _tuple_decoder(types[:n])
+        except TypeError as exc:
+            raise RegistrationError(
+                f"{where}: its arguments travel as MessagePack, and msgspec cannot decode {types[n - 1]!r} ({exc})"
+            ) from exc
+
+    def decode(payload: bytes) -> tuple[Any, ...]:
+        typed = by_length.get(_array_length(payload) or 0)
+        return typed(payload) if typed is not None else _ANY_ARGS.decode(payload)
+
+    return decode

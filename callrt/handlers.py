@@ -22,6 +22,9 @@ class RegisteredHandler:
     name: str  # "<component>.<method>", for errors, logs and spans
     handler: Handler
     is_async: bool
+    # A sync handler run on the reading path itself (``@inline``); other sync handlers run
+    # in a worker thread, so that one that blocks cannot stall the event loop.
+    inline: bool = False
 
 
 class HandlerMap:
@@ -31,16 +34,22 @@ class HandlerMap:
         self._handlers: dict[bytes, RegisteredHandler] = {}
         # The per-request lookup: the dict's own method, no Python frame in between.
         self.get: Callable[[bytes], RegisteredHandler | None] = self._handlers.get
+        self._served: tuple[int, str] | None = None  # served(), and the table's size it was made at
 
-    def set(self, component: str, method: str, handler: Handler) -> MethodKey:
-        """Register one handler; returns its key."""
+    def set(self, component: str, method: str, handler: Handler, *, inline: bool = False) -> MethodKey:
+        """Register one handler; returns its key.
+
+        A sync ``handler`` runs in a worker thread, or on the event loop with ``inline=True``
+        (for small functions that never block).
+        """
         key = keys.make_method_key(component, method)  # through the module: a test may make keys collide
         name = f"{component}.{method}"
         existing = self._handlers.get(key)
         if existing is not None:
             what = "registered twice" if existing.name == name else f"collides with {existing.name!r}"
             raise RegistrationError(f"method key of {name!r} {what}")
-        self._handlers[key] = RegisteredHandler(name, handler, inspect.iscoroutinefunction(handler))
+        is_async = inspect.iscoroutinefunction(handler)
+        self._handlers[key] = RegisteredHandler(name, handler, is_async, inline and not is_async)
         return key
 
     def add_handlers(self, name: str | None, impl: object) -> None:
@@ -50,7 +59,7 @@ class HandlerMap:
         """
         spec = component_spec(impl)
         for method in spec.methods.values():
-            self.set(name or spec.name, method.name, method.handler(impl))
+            self.set(name or spec.name, method.name, method.handler(impl), inline=method.inline)
 
     def __len__(self) -> int:
         return len(self._handlers)
@@ -60,3 +69,21 @@ class HandlerMap:
 
     def names(self) -> list[str]:
         return sorted(h.name for h in self._handlers.values())
+
+    def served(self, limit: int = 1000) -> str:
+        """What this table serves, for an unknown method's error: ``"shop.Cart (add, total); ..."``, cut at ``limit``.
+
+        Computed once per size of the table: a flood of unknown keys costs no more than a lookup each.
+        """
+        cached = self._served
+        if cached is not None and cached[0] == len(self._handlers):
+            return cached[1]
+        by_component: dict[str, list[str]] = {}
+        for name in self.names():
+            component, _, method = name.rpartition(".")
+            by_component.setdefault(component, []).append(method)
+        text = "; ".join(f"{c} ({', '.join(ms)})" for c, ms in by_component.items())
+        if len(text) > limit:
+            text = text[: limit - 5].rsplit(";", 1)[0] + "; ..."
+        self._served = (len(self._handlers), text)
+        return text

@@ -55,6 +55,11 @@ class ServerOptions:
     :ivar max_partial_bodies: bytes of partly received frame bodies held over
         all connections; a connection whose body would take the total above it is closed.
     :ivar backlog: the listen backlog (connections the kernel queues before accept).
+    :ivar handle_signals: ``serve()`` on the main thread drains on SIGTERM and SIGINT and returns.
+    :ivar handler_threads: worker threads that run plain ``def`` handlers (not ``@inline``) at once;
+        more calls wait for a thread.
+    :ivar slow_inline_handler: an inline handler (``@inline``, or an ``async def`` before its first
+        ``await``) that holds the event loop longer than this is logged (WARNING, ``callrt.server``).
     :ivar send_tracebacks: ``None`` sends handlers' tracebacks only to peers on this
         machine (loopback, Unix sockets); ``True`` to every caller; ``False`` to none.
         Errors keep their type and message either way.
@@ -90,6 +95,9 @@ class ServerOptions:
     max_partial_bodies: int = 512 << 20
     backlog: int = 1024
     send_tracebacks: bool | None = None
+    handler_threads: int = 40
+    handle_signals: bool = True
+    slow_inline_handler: float = 0.1
     tls: ssl.SSLContext | None = None
     insecure: bool = False
     access: AccessPolicy | None = None

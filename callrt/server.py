@@ -8,9 +8,13 @@ scheme and ``ServerOptions.transport`` choose.
 from __future__ import annotations
 
 import ipaddress
+import logging
+import signal
 import socket
+import threading
+import time
 from collections.abc import AsyncIterator, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager, nullcontext
 
 import anyio
 from anyio.abc import TaskStatus
@@ -23,6 +27,8 @@ from .transport import TransportSelector
 from .transport.base import listen_error
 
 __all__ = ("serve", "start_server")
+
+logger = logging.getLogger("callrt.server")
 
 
 def _handler_map(components: Sequence[object]) -> HandlerMap:
@@ -53,10 +59,35 @@ async def serve(
     Components are instances of ``@component`` classes (or a prepared
     :class:`HandlerMap`). With ``task_group.start(serve, ...)`` the started
     value is the :class:`Server`, whose ``endpoint`` has the bound port.
+
+    On the main thread (with ``ServerOptions.handle_signals``, the default), SIGTERM
+    and SIGINT drain the server and ``serve`` returns normally. The handlers are in
+    place before the server listens, so no signal can kill it undrained once a
+    client could have reached it.
     """
-    async with start_server(address, *components, options=options) as server:
-        task_status.started(server)
-        await server._stop.wait()
+    options = options or ServerOptions()
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    signals = anyio.open_signal_receiver(*_DRAIN_SIGNALS) if options.handle_signals and on_main_thread else None
+    with signals or nullcontext() as received:
+        async with start_server(address, *components, options=options) as server:
+            task_status.started(server)
+            if received is None:
+                await server._stop.wait()
+                return
+            async with anyio.create_task_group() as tg:
+
+                async def stop_on_signal() -> None:
+                    async for signum in received:
+                        logger.info("%s received: draining", signal.Signals(signum).name)
+                        server.stop()
+                        return
+
+                tg.start_soon(stop_on_signal)
+                await server._stop.wait()
+                tg.cancel_scope.cancel()
+
+
+_DRAIN_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 async def _refuse_exposed_plaintext(endpoints: Sequence[Endpoint], options: ServerOptions) -> None:
@@ -129,6 +160,11 @@ async def start_server(
                     # task group, it would reach the caller inside an exception group.
                     failed = exc
                 else:
+                    if server.options.slow_inline_handler > 0:
+                        connections.start_soon(_watch_the_loop, server)
+                    if logger.isEnabledFor(logging.INFO):
+                        names = sorted({name.rpartition(".")[0] for name in server.handlers.names()})
+                        logger.info("serving %s on %s", ", ".join(names), ", ".join(map(str, server.endpoints)))
                     try:
                         yield server
                     except BaseException as exc:
@@ -138,10 +174,57 @@ async def start_server(
         except Exception as exc:
             failed = failed or exc  # raised below as itself, not in a group
         finally:
+            if server.endpoints:
+                logger.info("stopped accepting on %s; draining", ", ".join(map(str, server.endpoints)))
             with anyio.CancelScope(shield=True):
                 await server.drain()
+            if server.endpoints:
+                logger.info("stopped serving on %s", ", ".join(map(str, server.endpoints)))
             connections.cancel_scope.cancel()
     if raised is not None:
         raise raised
     if failed is not None:
         raise failed
+
+
+async def _watch_the_loop(server: Server) -> None:
+    """Log inline handlers that hold the event loop longer than ``slow_inline_handler``.
+
+    The loop stamps a heartbeat a few times per threshold; a thread notices when the stamps
+    stop, and names the handler that is running inline then (its connection's slot says).
+    Nothing is timed per call.
+    """
+    threshold = server.options.slow_inline_handler
+    beat = [time.monotonic()]
+    stop = threading.Event()
+
+    def watch() -> None:
+        stalled: tuple[float, str | None] | None = None  # since when, and who held the loop
+        while not stop.wait(threshold / 4):
+            now, last = time.monotonic(), beat[0]
+            if stalled is None and now - last > threshold:
+                running = (conn.inline_call_running() for conn in list(server.connections))
+                stalled = (last, next((name for name in running if name is not None), None))
+            elif stalled is not None and last > stalled[0]:
+                since, name = stalled
+                held = last - since
+                if name is not None:
+                    logger.warning(
+                        "%s held the event loop for %.2f s: a blocking call in an inline handler? "
+                        "Make it a plain def (not @inline) to run it in a worker thread, or await the blocking work",
+                        name,
+                        held,
+                    )
+                else:  # the machine, the collector, or the application's own code: not ours to warn of
+                    logger.debug("the event loop was blocked for %.2f s, outside callrt's handlers", held)
+                stalled = None
+
+    thread = threading.Thread(target=watch, name="callrt loop watch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            beat[0] = time.monotonic()
+            await anyio.sleep(threshold / 4)
+    finally:
+        stop.set()
+

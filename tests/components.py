@@ -21,13 +21,14 @@ import anyio.lowlevel
 import msgspec
 from opentelemetry import trace
 
-from callrt import component, not_retriable
+from callrt import component, inline, not_retriable
 from callrt.context import current_call
 from callrt.errors import ErrorCode, RemoteError
 
 
 @component(name="tests.Echo")
 class Echo:
+    @inline  # a small pure function: served on the event loop, the fastest shape
     def echo(self, data: bytes) -> bytes:
         return data
 
@@ -256,6 +257,7 @@ class Lab:
         note(marker, "done")
         return os.getpid()
 
+    @inline  # reads the loop's clock (anyio.current_time), which a worker thread has not
     def context(self) -> CallInfo:
         return _call_info()
 

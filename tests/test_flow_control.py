@@ -22,7 +22,7 @@ import anyio
 import msgspec
 import pytest
 
-from callrt import call, component
+from callrt import call, component, inline
 from callrt.connection.server import Server
 from callrt.keys import make_method_key
 from callrt.protocol import FrameDecoder, Hello, Request, Response, encode_frame
@@ -120,6 +120,7 @@ class _ClosingRecorder(asyncio.Transport):
 
 @component(name="tests.Plain")
 class Plain:
+    @inline  # replies within data_received, which the test reads right after it
     def echo(self, data: bytes) -> bytes:
         return data
 

@@ -62,4 +62,4 @@ def _refusal(name: str, peer: Peer) -> RegisteredHandler:
         log.warning("refused a call of %s from %s (identities: %s)", name, peer.address, ids)
         raise PermissionDenied(message)
 
-    return RegisteredHandler(name, refuse, is_async=False)
+    return RegisteredHandler(name, refuse, is_async=False, inline=True)

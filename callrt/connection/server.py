@@ -38,7 +38,9 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import anyio
+from anyio import to_thread
 
+from ..component import declared_error_args
 from ..context import UNKNOWN_PEER, SyncSlot, serving_var
 from ..endpoints import Endpoint
 from ..errors import (
@@ -72,6 +74,7 @@ from ..protocol import (
 )
 from ..tracing import detach, server_context
 from ._access import checked_lookup
+from ._logs import LogLimiter, handler_failed, protocol_error
 
 __all__ = ("ConnectionWatchdog", "Server", "ServerConnection", "ServerIO", "error_frame", "run_watched")
 
@@ -85,12 +88,17 @@ _RESPONSE = int(FrameKind.RESPONSE)
 _SELF_EXPLANATORY = (InvalidArgument, UnknownMethod, DeadlineExceeded, Cancelled)
 
 
-def error_frame(request_id: int, exc: BaseException, *, tracebacks: bool = True, max_size: int = 0) -> Error:
+def error_frame(
+    request_id: int, exc: BaseException, *, tracebacks: bool = True, max_size: int = 0, args: bool = False
+) -> Error:
     """How ``exc``, raised while serving a call, travels to the caller.
 
     :param tracebacks: whether the caller may see where the server failed (file paths, code).
     :param max_size: the caller's maximum frame body, if known; text is cut to fit it.
+    :param args: whether the caller speaks protocol version 2, so the ``args`` of an exception
+        a component declared (``@component(errors=...)``) travel, under its declared name.
     """
+    declared = declared_error_args(exc) if args else None
     if isinstance(exc, RemoteError):
         code, message = exc.code, exc.message
         remote_type = exc.remote_type or _qualname(type(exc))
@@ -104,14 +112,23 @@ def error_frame(request_id: int, exc: BaseException, *, tracebacks: bool = True,
         code = ErrorCode.UNAVAILABLE if isinstance(exc, CommunicationError) else ErrorCode.UNKNOWN
         message, remote_type = str(exc), _qualname(type(exc))
         tb = "".join(traceback.format_exception(exc)) if tracebacks else ""
+    encoded = None
+    if declared is not None:
+        remote_type, encoded = declared
+    elif args and isinstance(exc, RemoteError):
+        encoded = exc.remote_args  # relayed from a nested call: passed on unchanged, like the rest
     remote_type, message, tb = _utf8_safe(remote_type), _utf8_safe(message), _utf8_safe(tb)
     if max_size:
         # The caller drops a connection that sends a frame over its maximum: cut the
         # traceback first, then the message, so that the error itself always arrives.
         room = max_size - _ERROR_OVERHEAD - len(remote_type.encode())
+        if encoded is not None:
+            # Args cannot be cut: they travel whole when they take at most half the room, or not at all.
+            encoded = encoded if len(encoded) <= room // 2 else None
+            room -= len(encoded or b"")
         tb = _cut(tb, room - len(message.encode()))
         message = _cut(message, room - len(tb.encode()))
-    return Error(request_id, code.value, remote_type, message, tb)
+    return Error(request_id, code.value, remote_type, message, tb, encoded)
 
 
 _ERROR_OVERHEAD = 256  # the error frame's fixed fields and code, with room to spare
@@ -193,6 +210,7 @@ class ServerConnection:
             server.handlers.get if policy is None else checked_lookup(server.handlers.get, policy, lambda: self.peer)
         )
         self.peer_max_frame = 0  # the client's maximum frame, from its hello
+        self.protocol_version = 0  # chosen at the hello; 2 and up carry declared exceptions' args
         self.peer = UNKNOWN_PEER  # set by the shell once the connection is accepted
         # Over max_connections: the hello is answered with a refusal, then the connection closes.
         self.refuse_busy = server.full()
@@ -217,6 +235,17 @@ class ServerConnection:
         serving_var.reset(token)
 
     @property
+    def served(self) -> str:
+        """What an unknown method's error adds: what this server serves (nothing with an access policy).
+
+        The key is a hash, so only the caller knows the name it asked for (its stub adds it).
+        """
+        if self.server.options.access is not None:
+            return ""  # a caller the policy would refuse learns nothing of what is served
+        served = self.server.handlers.served()
+        return f"; this server serves {served}" if served else "; this server serves nothing"
+
+    @property
     def send_tracebacks(self) -> bool:
         choice = self.server.options.send_tracebacks
         return self.peer.local if choice is None else choice
@@ -228,10 +257,20 @@ class ServerConnection:
             raise RemoteProtocolError("refused: the server is at its connection limit")
         version = choose_version(hello)
         self.peer_max_frame = hello.max_frame_size
+        self.protocol_version = version
         self.write(encode_hello_reply(HelloReply(version, self.server.options.max_frame_size)))
         if version == 0:
             raise RemoteProtocolError("no common protocol version")
         self.handshake_done = True
+
+    def protocol_error(self, exc: BaseException) -> None:
+        """The shell is closing this connection over ``exc`` (a :class:`RemoteProtocolError`): log why."""
+        if self.refuse_busy:
+            if self.server.log_limiter.allow("busy") is not None:
+                limit = self.server.options.max_connections
+                logger.warning("refused a connection from %s: at max_connections (%d)", self.peer.address, limit)
+            return
+        protocol_error(self.server.log_limiter, self.peer.address, exc)
 
     def handshake_expired(self) -> None:
         """The handshake timeout passed: a client that has not sent its hello by now is dropped."""
@@ -255,7 +294,7 @@ class ServerConnection:
     def request_received(self, request: Request) -> None:
         entry = self.find_handler(request.method_key)
         if entry is None:
-            self.fail(request.id, UnknownMethod(f"no handler for method key {request.method_key.hex()}"))
+            self.fail(request.id, UnknownMethod(f"no handler for method key {request.method_key.hex()}{self.served}"))
             return
         deadline = None
         if request.deadline_us is not None:
@@ -264,7 +303,7 @@ class ServerConnection:
                 return
             # The caller's time left becomes a deadline once, on arrival, for every use below.
             deadline = self.now() + request.deadline_us / 1e6
-        if entry.is_async:
+        if not entry.inline:  # async, or sync for a worker thread
             self.run_async(request, entry, deadline)
             return
         slot = self._sync_slot
@@ -273,6 +312,7 @@ class ServerConnection:
         try:
             result = entry.handler(request.payload)
         except Exception as exc:
+            handler_failed(self.server.log_limiter, entry.name, exc, self.peer.address)
             self.fail(request.id, exc)
         else:
             self.reply(request.id, result)  # type: ignore[arg-type]
@@ -294,25 +334,44 @@ class ServerConnection:
             self.write(payload)
 
     def fail(self, request_id: int, exc: BaseException) -> None:
-        error = error_frame(request_id, exc, tracebacks=self.send_tracebacks, max_size=self.peer_max_frame)
+        error = error_frame(
+            request_id, exc, tracebacks=self.send_tracebacks, max_size=self.peer_max_frame, args=self.protocol_version >= 2
+        )
         self.write(encode_frame(error))
 
     async def call_async(
         self, request: Request, entry: RegisteredHandler, deadline: float | None, on_block: Callable[[], None]
     ) -> None:
         """Run an async handler with ``on_block`` as its first-suspension hook, then reply."""
-        token = serving_var.set((request, entry.name, deadline, self.peer))
+        serving = (request, entry.name, deadline, self.peer)
+        token = serving_var.set(serving)
         otel = None if request.trace is None else server_context(request.trace)
         try:
-            result = await run_watched(entry.handler(request.payload), on_block)  # type: ignore[arg-type]
+            if entry.is_async:
+                # Until its first suspension the handler holds the loop: the slot says whose it is
+                # (the shell's on_block empties it), for the server's watch of slow inline handlers.
+                self._sync_slot.call = serving
+                result = await run_watched(entry.handler(request.payload), on_block)  # type: ignore[arg-type]
+            else:  # a plain def: a worker thread runs it, so that it cannot block the loop
+                on_block()
+                result = await to_thread.run_sync(
+                    entry.handler, request.payload, abandon_on_cancel=True, limiter=self.server.thread_limiter
+                )
         except Exception as exc:
+            handler_failed(self.server.log_limiter, entry.name, exc, self.peer.address)
             self.fail(request.id, exc)
         else:
-            self.reply(request.id, result)
+            self.reply(request.id, result)  # pyright: ignore[reportArgumentType]  # a plain def's bytes
         finally:
+            self._sync_slot.call = None
             serving_var.reset(token)
             if otel is not None:
                 detach(otel)
+
+    def inline_call_running(self) -> str | None:
+        """The method an inline handler is running on the event loop right now, if any (any thread may ask)."""
+        call = self._sync_slot.call
+        return None if call is None else call[1]
 
     def goaway(self, reason: str) -> None:
         if not self.handshake_done:
@@ -402,12 +461,16 @@ class Server:
     options: ServerOptions
     endpoints: list[Endpoint] = field(default_factory=list)
     connections: set[ServerConnection] = field(default_factory=set)
+    #: Worker threads for plain ``def`` handlers (``handler_threads`` of them); made in the event loop.
+    thread_limiter: anyio.CapacityLimiter | None = None
     #: Async calls in flight over all connections (the shells count them, for ``max_calls``).
     calls: int = 0
     #: Bytes of partly received frame bodies over all connections (for ``max_partial_bodies``).
     partial_bodies: int = 0
     #: Shells that stopped reading because ``calls`` reached ``max_calls``: called when it drops.
     waiting_for_calls: set[Callable[[], None]] = field(default_factory=set)
+    #: Keeps a flood of one failure (a method failing every call, junk on the port) out of the log.
+    log_limiter: LogLimiter = field(default_factory=LogLimiter)
     _stop: anyio.Event = field(default_factory=anyio.Event)
     _all_closed: anyio.Event | None = None
 
@@ -433,9 +496,12 @@ class Server:
 
     def connection_opened(self, conn: ServerConnection) -> None:
         self.connections.add(conn)
+        logger.debug("connection from %s accepted (%d open)", conn.peer.address, len(self.connections))
 
     def connection_closed(self, conn: ServerConnection) -> None:
-        self.connections.discard(conn)
+        if conn in self.connections:
+            self.connections.discard(conn)
+            logger.debug("connection from %s closed (%d open)", conn.peer.address, len(self.connections))
         if self._all_closed is not None and not self.connections:
             self._all_closed.set()
 
@@ -447,11 +513,19 @@ class Server:
         zero calls in flight would lose.
         """
         self._all_closed = anyio.Event()
+        if self.connections:
+            logger.info(
+                "draining: goaway sent on %d connections; their calls have up to %ss to finish",
+                len(self.connections),
+                self.options.drain_grace,
+            )
         for conn in list(self.connections):
             conn.goaway("server draining")
         if self.connections:
             with anyio.move_on_after(self.options.drain_grace):
                 await self._all_closed.wait()
+        if self.connections:
+            logger.info("drain_grace (%ss) is over: closing %d connections", self.options.drain_grace, len(self.connections))
         for conn in list(self.connections):
             conn.close()
         self.connections.clear()

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import signal
 import sys
 
 import anyio
@@ -33,15 +32,11 @@ def _load(name: str) -> object:
 
 
 async def _main(address: str, components: list[object], options: call.ServerOptions) -> None:
-    # The signal receiver is in place before READY is printed: a SIGTERM sent right
-    # after READY must drain the server, not kill the process with the default action.
-    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async with anyio.create_task_group() as tg:
-            server = await tg.start(lambda task_status: call.serve(address, *components, options=options, task_status=task_status))
-            print("READY", server.endpoint, flush=True)
-            async for _ in signals:
-                server.stop()
-                break
+    # serve() drains on SIGTERM and SIGINT, with its handlers in place before it listens:
+    # a SIGTERM sent right after READY drains the server.
+    async with anyio.create_task_group() as tg:
+        server = await tg.start(lambda task_status: call.serve(address, *components, options=options, task_status=task_status))
+        print("READY", server.endpoint, flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:

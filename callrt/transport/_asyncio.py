@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio
 from anyio.abc import TaskGroup
 
 from .._writes import joined
@@ -200,9 +201,10 @@ class ServerProtocol(_Writer):
                     break
                 budget -= len(frames)
                 frames = decoder.frames() if decoder.more else []
-        except RemoteProtocolError:
+        except RemoteProtocolError as exc:
             # Framing is lost: this connection ends, every other one goes on.
             self._batching = False
+            conn.protocol_error(exc)
             self.close()
             return
         finally:
@@ -346,7 +348,15 @@ class ServerProtocol(_Writer):
             return
         self._current = call
         try:
-            await self.conn.call_async(request, call.entry, call.deadline, self._on_block)
+            if call.deadline is None:
+                await self.conn.call_async(request, call.entry, None, self._on_block)
+            else:
+                # An anyio scope rather than a timer of our own: anyio code in the handler (its
+                # current_effective_deadline(), a library's timeouts) sees the call's deadline.
+                with anyio.CancelScope(deadline=call.deadline) as scope:
+                    await self.conn.call_async(request, call.entry, call.deadline, self._on_block)
+                if scope.cancelled_caught and call.reason is None:
+                    self.conn.fail(request.id, DeadlineExceeded(f"{call.entry.name}: deadline exceeded"))
         except asyncio.CancelledError:
             task = asyncio.current_task()
             assert task is not None
@@ -368,6 +378,7 @@ class ServerProtocol(_Writer):
         # The handler of ``self._current`` suspended for the first time, on the current task.
         call = self._current
         assert call is not None
+        self.conn._sync_slot.call = None  # no longer holding the loop
         task = call.task = asyncio.current_task()
         assert task is not None
         self._flush()  # replies already made must not wait for this handler
@@ -376,9 +387,6 @@ class ServerProtocol(_Writer):
                 self._hand_off(task)
             else:
                 call.timers.append(self.loop.call_later(self.inline_duration, self._hand_off, task))
-        if call.deadline is not None:
-            reason = DeadlineExceeded(f"{call.entry.name}: deadline exceeded")
-            call.timers.append(self.loop.call_at(call.deadline, self.cancel_running, call.request.id, reason))
 
     def _hand_off(self, task: asyncio.Task[Any]) -> None:
         if self._dispatcher is task:

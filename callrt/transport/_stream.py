@@ -179,6 +179,7 @@ class StreamServerShell:
             entry[0].cancel()
 
     def hand_off(self) -> None:
+        self.conn._sync_slot.call = None  # the handler no longer holds the loop
         self.reader = None
         self.context.run(self.tg.start_soon, self.read)
 
@@ -226,7 +227,9 @@ class StreamServerShell:
                 watchdog.heard = True
                 if (decoder.partial_body_bytes or watchdog.partial) and watchdog.account_partial():
                     break
-        except (*BROKEN, RemoteProtocolError):
+        except RemoteProtocolError as exc:
+            conn.protocol_error(exc)
+        except BROKEN:
             pass
         self.close()  # this connection ends; the server goes on
 
