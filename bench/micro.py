@@ -199,7 +199,7 @@ def main() -> None:
     cost = best(args.runs, lambda: run(client_cost, 64, args.calls, payload, True))
     rows.append(("client, 64 in flight, with a deadline", cost))
     for method, inline, label in (
-        ("echo", 20e-6, "sync handler"),
+        ("echo", 20e-6, "@inline sync handler"),
         ("aecho", 20e-6, "async handler, inline"),
         ("aecho", -1.0, "async handler, task per call"),
     ):

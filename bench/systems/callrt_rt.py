@@ -19,7 +19,7 @@ import anyio
 
 from bench.common import Address
 from bench.systems import Client, System
-from callrt import call, component, tls
+from callrt import call, component, inline, tls
 
 __all__ = ("SYSTEM", "Echo")
 
@@ -28,10 +28,14 @@ __all__ = ("SYSTEM", "Echo")
 class Echo:
     """Echoes bytes; ``hold`` parks a call to measure per-call server memory."""
 
+    @inline  # the recommended shape for a small pure function: served on the event loop
     def echo(self, data: bytes) -> bytes:
         return data
 
     async def aecho(self, data: bytes) -> bytes:
+        return data
+
+    def techo(self, data: bytes) -> bytes:  # a plain def: served from a worker thread
         return data
 
     async def hold(self, ms: int) -> int:
@@ -61,7 +65,12 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     for flag, field, kind, side in _FLAGS:
         choices = ("auto", "protocol", "stream") if field == "transport" else None
         group.add_argument(flag, type=kind, choices=choices, help=f"{side} option {field}")
-    group.add_argument("--method", choices=("echo", "aecho"), default="echo", help="sync or async echo handler")
+    group.add_argument(
+        "--method",
+        choices=("echo", "aecho", "techo"),
+        default="echo",
+        help="@inline sync (echo), async (aecho) or worker-thread sync (techo) echo handler",
+    )
     group.add_argument("--tls-dir", type=Path, help="mutual TLS 1.3 with the certificates in DIR (bench/tls.py)")
 
 
