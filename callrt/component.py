@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar, overload
 
 import msgspec
+import msgspec.inspect
 
 from .errors import Internal, InvalidArgument, RegistrationError, RemoteError, UnknownMethod
 from .keys import MethodKey, make_method_key
@@ -571,11 +572,16 @@ def _method_spec(
     for what, annotation in [*annotated, ("the result", result_type)]:
         try:
             msgspec.msgpack.Decoder(annotation)
+            custom = _custom_type(annotation)
         except TypeError as exc:
-            raise RegistrationError(
-                f"{label}: unsupported type in signature: {what} is {inspect.formatannotation(annotation)}, which"
-                f" msgspec cannot encode ({exc})"
-            ) from exc
+            problem = str(exc)
+        else:
+            if custom is None:
+                continue
+            problem = f"{custom.__qualname__} is not a type msgspec encodes (a Struct or a dataclass would be)"
+        raise RegistrationError(
+            f"{label}: unsupported type in signature: {what} is {inspect.formatannotation(annotation)}: {problem}"
+        )
     args_type: Any = tuple[arg_types] if arg_types else tuple[()]  # type: ignore[valid-type]
     try:
         args_decoder = msgspec.msgpack.Decoder(args_type)
@@ -607,6 +613,26 @@ def _method_spec(
         short_decoders=tuple(_tuple_decoder(arg_types[:n]) for n in range(required, len(params))),
         errors=errors if errors is not None else {},
     )
+
+
+def _custom_type(annotation: Any) -> type | None:
+    """A class in ``annotation`` that msgspec would only handle with encode/decode hooks (callrt has none)."""
+    seen: set[int] = set()
+    todo: list[Any] = [msgspec.inspect.type_info(annotation)]
+    while todo:
+        node = todo.pop()
+        if id(node) in seen:
+            continue  # a recursive Struct refers back to itself
+        seen.add(id(node))
+        if isinstance(node, msgspec.inspect.CustomType):
+            return node.cls
+        if isinstance(node, msgspec.inspect.Field):
+            todo.append(node.type)
+        elif isinstance(node, msgspec.inspect.Type):
+            for name in node.__struct_fields__:
+                value = getattr(node, name)
+                todo.extend(value if isinstance(value, tuple) else [value])
+    return None
 
 
 def _tuple_decoder(types: Sequence[Any]) -> Callable[[bytes], tuple[Any, ...]]:
@@ -667,10 +693,14 @@ def _error_args_decoder(owner: str, cls: type[Exception]) -> Callable[[bytes], t
     for n in range(required, len(positional) + 1):
         try:
             by_length[n] = _tuple_decoder(types[:n])
+            custom = next(filter(None, map(_custom_type, types[:n])), None)
         except TypeError as exc:
-            raise RegistrationError(
-                f"{where}: its arguments travel as MessagePack, and msgspec cannot decode {types[n - 1]!r} ({exc})"
-            ) from exc
+            custom, problem = None, str(exc)
+        else:
+            if custom is None:
+                continue
+            problem = f"{custom.__qualname__} is not a type msgspec encodes"
+        raise RegistrationError(f"{where}: its arguments travel as MessagePack: {problem}")
 
     def decode(payload: bytes) -> tuple[Any, ...]:
         typed = by_length.get(_array_length(payload) or 0)

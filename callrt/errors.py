@@ -62,6 +62,7 @@ __all__ = (
     "Unavailable",
     "UnknownMethod",
     "Unreachable",
+    "remote_details",
     "remote_error",
 )
 
@@ -208,6 +209,10 @@ class RemoteError(CallrtError):
     :ivar remote_type: the qualified name of the exception type raised remotely.
     :ivar message: ``str()`` of the remote exception.
     :ivar remote_traceback: the formatted remote traceback, or ``""``.
+    :ivar remote_args: the MessagePack-encoded ``args`` of an exception its
+        component declared (``@component(errors=...)``), or None; a stub made from
+        that component raises the declared class instead, with this error as its
+        ``__cause__``.
     """
 
     default_code: ClassVar[ErrorCode] = ErrorCode.UNKNOWN
@@ -219,12 +224,14 @@ class RemoteError(CallrtError):
         code: ErrorCode | None = None,
         remote_type: str = "",
         remote_traceback: str = "",
+        remote_args: bytes | None = None,
     ) -> None:
         super().__init__(message)
         self.code = code if code is not None else self.default_code
         self.remote_type = remote_type
         self.message = message
         self.remote_traceback = remote_traceback
+        self.remote_args = remote_args
 
     def __str__(self) -> str:
         kind = f" ({self.remote_type})" if self.remote_type else ""
@@ -294,7 +301,22 @@ _BY_CODE: dict[ErrorCode, type[RemoteError]] = {
 }
 
 
-def remote_error(code: ErrorCode, remote_type: str, message: str, remote_traceback: str) -> RemoteError:
+def remote_error(
+    code: ErrorCode, remote_type: str, message: str, remote_traceback: str, remote_args: bytes | None = None
+) -> RemoteError:
     """The most specific :class:`RemoteError` for ``code``."""
     cls = _BY_CODE.get(code, RemoteError)
-    return cls(message, code=code, remote_type=remote_type, remote_traceback=remote_traceback)
+    return cls(message, code=code, remote_type=remote_type, remote_traceback=remote_traceback, remote_args=remote_args)
+
+
+def remote_details(exc: BaseException) -> RemoteError | None:
+    """The remote side of a failed call: ``exc`` itself if it is a :class:`RemoteError`, else its cause if that is one.
+
+    A declared exception (``@component(errors=...)``) rebuilt on the caller's side is
+    raised from the :class:`RemoteError` that carried it, so
+    ``remote_details(out_of_stock).code`` and ``.remote_traceback`` are the server's.
+    """
+    if isinstance(exc, RemoteError):
+        return exc
+    cause = exc.__cause__
+    return cause if isinstance(cause, RemoteError) else None

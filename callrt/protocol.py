@@ -74,8 +74,9 @@ __all__ = (
 )
 
 MAGIC: Final = b"CLRT"
-PROTOCOL_VERSION: Final = 1
-SUPPORTED_VERSIONS: Final = range(1, 2)
+PROTOCOL_VERSION: Final = 2
+# Version 2 is version 1 plus an optional fifth element in ERROR bodies (a declared exception's args).
+SUPPORTED_VERSIONS: Final = range(1, 3)
 DEFAULT_MAX_FRAME_SIZE: Final = 64 << 20  # 64 MiB of body
 #: The most metadata entries a request may carry: a receiver's default limit, a sender's hard one.
 MAX_METADATA_ENTRIES: Final = 64
@@ -172,13 +173,19 @@ class Response(msgspec.Struct, frozen=True, gc=False):
 
 
 class Error(msgspec.Struct, frozen=True, gc=False):
-    """A failed result for request ``id``; ``code`` is an ErrorCode value."""
+    """A failed result for request ``id``; ``code`` is an ErrorCode value.
+
+    ``args`` (protocol version 2; a sender leaves it None on a version 1
+    connection) is the MessagePack encoding of the ``args`` of an exception
+    its component declared, for the caller to rebuild it.
+    """
 
     id: int
     code: str
     remote_type: str = ""
     message: str = ""
     traceback: str = ""
+    args: bytes | None = None
 
 
 class Cancel(msgspec.Struct, frozen=True, gc=False):
@@ -205,8 +212,16 @@ class GoAway(msgspec.Struct, frozen=True, gc=False):
 
 Frame: TypeAlias = Hello | HelloReply | Request | Response | Error | Cancel | Ping | Pong | GoAway
 
+class _ErrorBody(msgspec.Struct, array_like=True, forbid_unknown_fields=True, gc=False):
+    code: str
+    remote_type: str
+    message: str
+    traceback: str
+    args: bytes | None = None  # version 2 only
+
+
 _error_body = msgspec.msgpack.Encoder()
-_error_body_decoder = msgspec.msgpack.Decoder(tuple[str, str, str, str])
+_error_body_decoder = msgspec.msgpack.Decoder(_ErrorBody)
 
 
 # -- handshake ---------------------------------------------------------------
@@ -379,7 +394,10 @@ def _encode_frame(frame: Frame) -> bytes:
     if type(frame) is Response:
         return _HEADER.pack(len(frame.payload), 2, frame.id) + frame.payload
     if type(frame) is Error:
-        body = _error_body.encode((frame.code, frame.remote_type, frame.message, frame.traceback))
+        if frame.args is None:
+            body = _error_body.encode((frame.code, frame.remote_type, frame.message, frame.traceback))
+        else:
+            body = _error_body.encode((frame.code, frame.remote_type, frame.message, frame.traceback, frame.args))
         return _HEADER.pack(len(body), 3, frame.id) + body
     if type(frame) is Cancel:
         return _HEADER.pack(0, 4, frame.id)
@@ -533,7 +551,7 @@ class FrameDecoder:
             end_of_data = len(buf)
             copy = type(buf) is not bytes  # a bytearray's slices must become bytes
             limit = self.max_frame_size
-            plain_requests = self.version == 1
+            plain_requests = self.version <= 2  # versions 1 and 2 share the request layout
             while end_of_data - pos >= HEADER_SIZE:
                 size, kind, ident = _HEADER.unpack_from(buf, pos)
                 start = pos + HEADER_SIZE
@@ -682,10 +700,12 @@ class FrameDecoder:
             return Response(ident, _copy(buf, start, end))
         if kind == 3:
             try:
-                code, remote_type, message, tb = _error_body_decoder.decode(buf[start:end])
+                body = _error_body_decoder.decode(buf[start:end])
             except (msgspec.DecodeError, UnicodeDecodeError) as exc:
                 raise RemoteProtocolError(f"malformed error body: {exc}") from None
-            return Error(ident, code, remote_type, message, tb)
+            if body.args is not None and self.version < 2:
+                raise RemoteProtocolError("malformed error body: args need protocol version 2")
+            return Error(ident, body.code, body.remote_type, body.message, body.traceback, body.args)
         if kind == 7:
             if ident != 0:
                 raise RemoteProtocolError("goaway frame must have id 0")
@@ -699,7 +719,7 @@ class FrameDecoder:
         return Pong(ident)
 
     def _request(self, ident: int, buf: bytes | bytearray, p: int, end: int) -> Request:
-        if self.version != 1:  # the only layout so far; a new version adds a branch here
+        if self.version > 2:  # versions 1 and 2 share this layout; a new one adds a branch here
             raise RemoteProtocolError(f"no request layout for protocol version {self.version}")
         if end - p < 17:
             raise RemoteProtocolError("request header truncated")

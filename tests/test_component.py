@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from callrt import component, not_retriable
-from callrt.component import ComponentSpec, MethodSpec, component_spec
+from callrt.component import ComponentSpec, MethodSpec, caller_error, component_spec, declared_error_args
 from callrt.errors import Internal, InvalidArgument, RegistrationError
 from callrt.keys import make_method_key
 
@@ -568,16 +568,19 @@ def test_nested_error_path_is_rewritten() -> None:
 
 
 @pytest.mark.parametrize(
-    "payload",
+    ("payload", "match"),
     [
-        msgspec.msgpack.encode((1,)),
-        msgspec.msgpack.encode((1, 2, 3)),
-        msgspec.msgpack.encode(1),
-        msgspec.msgpack.encode({"a": 1}),
+        (msgspec.msgpack.encode(()), r"add: missing argument 'a': the call sent 0 of 2"),
+        (
+            msgspec.msgpack.encode((1, 2, 3)),
+            r"add: the call sent 3 arguments, but this server's version of the method takes 2 \(a, b\)",
+        ),
+        (msgspec.msgpack.encode(1), "invalid arguments"),
+        (msgspec.msgpack.encode({"a": 1}), "invalid arguments"),
     ],
 )
-def test_wrong_argument_count_or_shape(payload: bytes) -> None:
-    with pytest.raises(InvalidArgument, match="invalid arguments"):
+def test_wrong_argument_count_or_shape(payload: bytes, match: str) -> None:
+    with pytest.raises(InvalidArgument, match=match):
         spec_of("add").args_from_payload(payload)
 
 
@@ -652,3 +655,182 @@ def test_handler_exceptions_propagate_unchanged() -> None:
     spec = component_spec(Failing).methods["m"]
     with pytest.raises(KeyError):
         spec.handler(Failing())(spec.payload_from_args((), {}))
+
+
+# -- compatibility: trailing parameters with defaults ------------------------------
+
+
+def test_trailing_parameters_left_out_are_not_sent_and_the_server_fills_them_in() -> None:
+    spec = spec_of("greet")  # greet(name, greeting="hello", punct="!")
+    assert spec.required == 1
+    assert spec.payload_from_args(("ann",), {}) == msgspec.msgpack.encode(("ann",))
+    assert spec.payload_from_args(("ann", "hi"), {}) == msgspec.msgpack.encode(("ann", "hi"))
+    # A later one passed by name: the ones before it are sent with the client's defaults.
+    assert spec.payload_from_args(("ann",), {"punct": "?"}) == msgspec.msgpack.encode(("ann", "hello", "?"))
+    assert spec.args_from_payload(msgspec.msgpack.encode(("ann",))) == ("ann", "hello", "!")
+    assert spec.args_from_payload(msgspec.msgpack.encode(("ann", "hi"))) == ("ann", "hi", "!")
+    # A shorter array is still typed, and the error names the parameter.
+    with pytest.raises(InvalidArgument, match="greet: invalid argument 'name'"):
+        spec.args_from_payload(msgspec.msgpack.encode((1,)))
+
+
+def test_a_required_keyword_only_parameter_after_defaults() -> None:
+    @component(name="x.KwAfterDefaults")
+    class KwAfterDefaults:
+        def m(self, a: int = 1, *, b: int) -> int:
+            return a + b
+
+    spec = component_spec(KwAfterDefaults).methods["m"]
+    assert spec.required == 2
+    assert spec.payload_from_args((), {"b": 2}) == msgspec.msgpack.encode((1, 2))
+    with pytest.raises(InvalidArgument, match=r"x.KwAfterDefaults.m: missing argument 'b': the call sent 1 of 2"):
+        spec.args_from_payload(msgspec.msgpack.encode((1,)))
+    with pytest.raises(TypeError, match="missing a required argument: 'b'"):
+        spec.payload_from_args((), {})
+
+
+def test_a_large_argument_array_is_counted_from_its_header() -> None:
+    spec = spec_of("greet")
+    payload = msgspec.msgpack.encode(tuple(range(20)))  # array 16
+    assert payload[0] == 0xDC
+    with pytest.raises(InvalidArgument, match="the call sent 20 arguments, but this server's version"):
+        spec.args_from_payload(payload)
+
+
+# -- method shapes @component cannot serve ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("source", "match"),
+    [
+        ("async def m(self) -> None:\n    yield 1", r"Shape\.m: an async generator cannot be served: streams are not"),
+        ("def m(self) -> None:\n    yield 1", r"Shape\.m: a generator cannot be served: an RPC method returns one"),
+        ("def m(self, *rest: int) -> None: pass", r"Shape\.m: \*rest is not supported: arguments travel as a fixed"),
+        ("def m(self, **extra: int) -> None: pass", r"Shape\.m: \*\*extra is not supported.*a dict or a Struct"),
+        ("def m() -> None: pass", r"Shape\.m: an RPC method takes self as its first parameter"),
+        ("def m(*args) -> None: pass", r"Shape\.m: an RPC method takes self"),
+        ("def m(self, a: Unsupported) -> None: pass", r"Shape\.m: unsupported type in signature: parameter 'a' is"),
+        ("def m(self, a: int) -> Unsupported: pass", r"Shape\.m: unsupported type in signature: the result is"),
+        ("def m(self, a: NoSuchName) -> None: pass", r"Shape\.m: cannot resolve type hints"),
+    ],
+)
+def test_method_shapes_that_cannot_be_served_are_rejected_by_name(source: str, match: str) -> None:
+    namespace: dict[str, Any] = {"Unsupported": Unsupported}
+    exec(source, namespace)  # noqa: S102
+    shape = type("Shape", (), {"m": namespace["m"], "__module__": __name__})
+    with pytest.raises(RegistrationError, match=match):
+        component(name="x.Shape")(shape)
+
+
+def test_private_methods_are_not_checked_or_served() -> None:
+    @component(name="x.Private")
+    class Private:
+        def _helper(self, *args: object) -> object:  # any shape: not an RPC method
+            yield args
+
+        def m(self) -> int:
+            return 1
+
+    assert list(component_spec(Private).methods) == ["m"]
+
+
+# -- declared errors ----------------------------------------------------------------
+
+
+class OutOfStock(Exception):
+    def __init__(self, sku: str, left: int = 0) -> None:
+        super().__init__(sku, left)
+
+
+class WithStruct(Exception):
+    def __init__(self, item: Item) -> None:
+        super().__init__(item)
+
+
+class Untyped(Exception):
+    pass
+
+
+class Subclassed(OutOfStock):
+    pass
+
+
+@component(name="x.Declaring", errors=(OutOfStock, WithStruct, Untyped))
+class Declaring:
+    def m(self) -> None:
+        pass
+
+
+def _rebuilt(exc: BaseException) -> BaseException:
+    """What a caller of x.Declaring.m gets for ``exc``, raised by its handler (on a version 2 connection)."""
+    from callrt.connection.client import remote_error
+    from callrt.connection.server import error_frame
+    from callrt.errors import ErrorCode
+
+    frame = error_frame(1, exc, args=True)
+    remote = remote_error(ErrorCode.parse(frame.code), frame.remote_type, frame.message, frame.traceback, frame.args)
+    return caller_error(component_spec(Declaring).methods["m"], remote)
+
+
+def test_declared_errors_are_rebuilt_with_their_args() -> None:
+    assert set(component_spec(Declaring).errors) == {
+        f"{__name__}.OutOfStock",
+        f"{__name__}.WithStruct",
+        f"{__name__}.Untyped",
+    }
+    rebuilt = _rebuilt(OutOfStock("x1", 3))
+    assert type(rebuilt) is OutOfStock
+    assert rebuilt.args == ("x1", 3)
+    # Typed by __init__'s annotations: a Struct comes back as the Struct.
+    rebuilt = _rebuilt(WithStruct(Item("a", 2)))
+    assert type(rebuilt) is WithStruct
+    assert rebuilt.args == (Item("a", 2),)
+    # Without an __init__ of its own, any MessagePack values.
+    assert _rebuilt(Untyped("a", [1, 2])).args == ("a", [1, 2])
+
+
+def test_only_exactly_declared_classes_with_encodable_args_are_rebuilt() -> None:
+    from callrt.errors import RemoteError
+
+    assert declared_error_args(OutOfStock("x", 1)) == (f"{__name__}.OutOfStock", msgspec.msgpack.encode(("x", 1)))
+    for exc in [Subclassed("x", 1), Untyped(object()), KeyError("k")]:
+        rebuilt = _rebuilt(exc)
+        assert type(rebuilt) is RemoteError, exc
+        assert rebuilt.remote_args is None
+    # Args the client's class does not take: the plain RemoteError, never a half-built exception.
+    remote = RemoteError("m", remote_type=f"{__name__}.OutOfStock", remote_args=msgspec.msgpack.encode((1, 2, 3)))
+    assert caller_error(component_spec(Declaring).methods["m"], remote) is remote
+
+
+def test_version_1_callers_get_no_args() -> None:
+    from callrt.connection.server import error_frame
+
+    assert error_frame(1, OutOfStock("x", 1)).args is None
+    assert error_frame(1, OutOfStock("x", 1)).remote_type == f"{__name__}.OutOfStock"
+    assert error_frame(1, OutOfStock("x", 1), args=True).args == msgspec.msgpack.encode(("x", 1))
+
+
+class NotDecodable(Exception):
+    def __init__(self, thing: Unsupported) -> None:
+        super().__init__(thing)
+
+
+class NamedTwice(Exception):
+    pass
+
+
+@pytest.mark.parametrize(
+    ("errors", "match"),
+    [
+        ((42,), r"Bad: errors= takes Exception subclasses, not 42"),
+        ((KeyboardInterrupt,), r"errors= takes Exception subclasses"),
+        ((InvalidArgument,), r"Bad: InvalidArgument is callrt's own"),
+        ((NotDecodable,), r"Bad: errors: NotDecodable.__init__: its arguments travel as MessagePack"),
+        ({"a name": NamedTwice}, r"invalid error name 'a name'"),
+        ({"x.Same": NamedTwice, "x.Same2": NamedTwice, "x.Other": Untyped, "x.Dup": OutOfStock}, "already declared"),
+    ],
+)
+def test_bad_error_declarations(errors: Any, match: str) -> None:
+    bad = type("Bad", (), {"m": lambda self: None, "__module__": __name__})
+    with pytest.raises(RegistrationError, match=match):
+        component(name="x.Bad", errors=errors)(bad)

@@ -173,6 +173,8 @@ class _V2:
 class _V2Required:
     def put(self, item: _ItemV2Required) -> None: ...
 
+    def rename(self, a: int, extra: int) -> None: ...
+
 
 def _send(sender: type, receiver: type, method: str, *args: object) -> tuple[object, ...]:
     """Arguments encoded by ``sender``'s client and decoded by ``receiver``'s server."""
@@ -182,10 +184,15 @@ def _send(sender: type, receiver: type, method: str, *args: object) -> tuple[obj
 
 def test_the_compatibility_rules_hold() -> None:
     assert component_spec(_V1).methods["add"].key == component_spec(_V2).methods["add"].key  # same name, same key
-    # A parameter added, even with a default, breaks both directions.
-    for sender, receiver in [(_V1, _V2), (_V2, _V1)]:
-        with pytest.raises(errors.InvalidArgument, match="array` of length"):
-            _send(sender, receiver, "add", 1)
+    # A trailing parameter added with a default: old callers get the server's default, and new
+    # callers that do not pass it are served by old servers; passing it there fails, naming it.
+    assert _send(_V1, _V2, "add", 1) == (1, 7)
+    assert _send(_V2, _V1, "add", 1) == (1,)
+    with pytest.raises(errors.InvalidArgument, match="docs.Compat.add: the call sent 2 arguments.*takes 1 \\(a\\)"):
+        _send(_V2, _V1, "add", 1, 7)
+    # A parameter added without a default breaks old callers, naming the parameter.
+    with pytest.raises(errors.InvalidArgument, match="docs.Compat.rename: missing argument 'extra'"):
+        _send(_V1, _V2Required, "rename", 1)
     # Renaming a parameter does not matter: names do not travel.
     assert _send(_V1, _V2, "rename", 5) == (5,)
     # A Struct field added with a default works both ways; one without a default breaks old clients.

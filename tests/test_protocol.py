@@ -650,10 +650,35 @@ def test_request_payload_follows_header_fields() -> None:
 
 
 def test_request_in_unknown_version_is_rejected() -> None:
+    unknown = SUPPORTED_VERSIONS[-1] + 1
     with pytest.raises(RemoteProtocolError, match="version"):
-        decode_all(encode_frame(Request(1, KEY, b"")), version=2)
+        decode_all(encode_frame(Request(1, KEY, b"")), version=unknown)
     # Other frames do not depend on the version.
-    assert decode_all(encode_frame(Ping(1)), version=2) == [Ping(1)]
+    assert decode_all(encode_frame(Ping(1)), version=unknown) == [Ping(1)]
+
+
+@pytest.mark.parametrize("version", list(SUPPORTED_VERSIONS))
+def test_versions_1_and_2_share_the_request_layout(version: int) -> None:
+    request = Request(7, KEY, b"\x91\x01", deadline_us=5, caller="c")
+    assert decode_all(encode_frame(request), version=version) == [request]
+
+
+def test_error_args_are_a_fifth_element_in_version_2() -> None:
+    args = msgspec.msgpack.encode(("sku-1", 3))
+    frame = Error(1, "failed_precondition", "shop.OutOfStock", "only 3 left", "", args)
+    data = encode_frame(frame)
+    assert data[HEADER_SIZE:] == msgspec.msgpack.encode(("failed_precondition", "shop.OutOfStock", "only 3 left", "", args))
+    assert data[HEADER_SIZE] == 0x95  # an array of five; the fifth is bin 8 holding the args' own MessagePack
+    assert decode_all(data, version=2) == [frame]
+    # Without args the body is version 1's four strings, which every version reads.
+    plain = Error(2, "unknown", "KeyError", "'x'")
+    assert encode_frame(plain)[HEADER_SIZE] == 0x94
+    assert decode_all(encode_frame(plain), version=1) == decode_all(encode_frame(plain), version=2) == [plain]
+    # A version 1 peer never sends a fifth element.
+    with pytest.raises(RemoteProtocolError, match="version 2"):
+        decode_all(data, version=1)
+    with pytest.raises(RemoteProtocolError, match="error body"):
+        decode_all(raw_frame(FrameKind.ERROR, 1, msgspec.msgpack.encode(("a", "b", "c", "d", b"", "f"))), version=2)
 
 
 @pytest.mark.parametrize("kind", [FrameKind.CANCEL, FrameKind.PING, FrameKind.PONG])

@@ -15,7 +15,7 @@ from typing import Any, Protocol, TypeVar
 
 import anyio
 
-from ..component import MethodSpec, _method_spec, component_spec
+from ..component import MethodSpec, _method_spec, caller_error, component_spec
 from ..context import CallOptions, current_deadline, serving_var
 from ..errors import ClosedError, CommunicationError, ErrorCode, RemoteError
 from ..tracing import client_trace, current_otel_context
@@ -63,7 +63,7 @@ def make_stub(path: CallPath, cls: Callable[..., T], options: CallOptions | None
     spec = component_spec(cls)
     methods = spec.methods
     if name is not None and name != spec.name:
-        methods = {m: _method_spec(name, m, getattr(cls, m)) for m in methods}
+        methods = {m: _method_spec(name, m, getattr(cls, m), errors=spec.errors) for m in methods}
     stub = _Stub(f"{spec.name} stub", lambda options: make_stub(path, cls, options, name))
     for method in methods.values():
         setattr(stub, method.name, remote_method(path, method, options))
@@ -147,6 +147,12 @@ def remote_method(path: CallPath, method: MethodSpec, options: CallOptions | Non
                 if delay is None:
                     raise
                 await anyio.sleep(delay)
+            except RemoteError as exc:
+                # Only this side knows the method's name and the exceptions its component declared.
+                error = caller_error(method, exc)
+                if error is exc:
+                    raise
+                raise error from exc
 
     call.__name__ = method.name
     call.__qualname__ = f"{method.full_name} (remote)"  # in reprs and tracebacks

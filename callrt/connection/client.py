@@ -143,7 +143,9 @@ class ClientSession:
             if waiter is not None:
                 if not waiter.done():
                     f: Error = frame  # type: ignore[assignment]
-                    waiter.set_exception(remote_error(ErrorCode.parse(f.code), f.remote_type, f.message, f.traceback))
+                    waiter.set_exception(
+                        remote_error(ErrorCode.parse(f.code), f.remote_type, f.message, f.traceback, f.args)
+                    )
                 self._call_done()
         elif kind is Pong:
             self.pongs += 1
