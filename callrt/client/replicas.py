@@ -20,6 +20,7 @@ choose.
 from __future__ import annotations
 
 import enum
+import logging
 import math
 import random
 from collections.abc import Callable, Sequence
@@ -29,14 +30,19 @@ import anyio
 from anyio.abc import TaskGroup
 
 from ..balancers import Balancer
+from ..connection._logs import loggable
 from ..connection.client import ClientSession
 from ..context import CallOptions
 from ..endpoints import Endpoint
-from ..errors import CallrtError, ClosedError, NoReplicaInTime, Unreachable
+from ..errors import CallrtError, ClosedError, NoReplicaInTime, RemoteProtocolError, Unreachable
 from ..options import ClientOptions
 from ..transport import TransportSelector
 
 __all__ = ("TRANSITIONS", "ManagedReplica", "ReplicaSet", "ReplicaState")
+
+# DEBUG: replica state changes, failed connection attempts; INFO: a server draining (goaway),
+# a connection to an available replica lost; WARNING: a server that broke the protocol.
+logger = logging.getLogger("callrt.client")
 
 # A call with a deadline stops waiting for a replica a little before it (a tenth of the time it
 # had left when it began to wait, at most DEADLINE_MARGIN) and raises NoReplicaInTime, which says
@@ -108,6 +114,7 @@ class ManagedReplica:
         if new not in TRANSITIONS[old]:
             raise AssertionError(f"replica {self.endpoint}: no transition {old.value} -> {new.value}")
         self.state = new
+        logger.debug("replica %s: %s -> %s", self.endpoint, old.value, new.value)
         balancer = self._replicas.balancer
         if old is ReplicaState.AVAILABLE:
             balancer.remove(self)
@@ -222,6 +229,7 @@ class ReplicaSet:
                     # Connect or handshake failed (kept for Unreachable's message: a TLS certificate
                     # problem, say): back off and try again.
                     replica.last_error = exc
+                    logger.debug("%s (next attempt in up to %.3gs)", loggable(str(exc) or repr(exc)), backoff)
                 replica.session = None
                 replica.set_state(ReplicaState.UNAVAILABLE)
                 if not replica.wanted or self.closed:
@@ -238,6 +246,11 @@ class ReplicaSet:
         # picking a dead replica (a load-aware one even prefers it, its count being 0), and
         # the retries of the calls it just failed would be spent on it.
         if replica.session is session and replica.state in (ReplicaState.AVAILABLE, ReplicaState.DRAINING):
+            error = session.error
+            if isinstance(error, RemoteProtocolError):
+                logger.warning("%s broke the protocol, connection closed: %s", replica.endpoint, loggable(str(error)))
+            elif not self.closed and not session.goaway.is_set():
+                logger.info("connection to %s lost%s", replica.endpoint, f": {loggable(str(error))}" if error else "")
             replica.set_state(ReplicaState.UNAVAILABLE)
 
     async def _use_session(self, replica: ManagedReplica, session: ClientSession) -> None:
@@ -246,6 +259,8 @@ class ReplicaSet:
         while replica.wanted:
             replica.set_state(ReplicaState.AVAILABLE)
             await _first(gone, session.goaway.wait, self._until(lambda: not replica.wanted))
+            if session.goaway.is_set() and not session.lost.is_set():
+                logger.info("%s is draining (goaway): no new calls go to it", replica.endpoint)
             if session.lost.is_set() or session.goaway.is_set():
                 break
             # Dropped by the resolver: finish the calls in flight, unless it comes back first.
