@@ -33,6 +33,13 @@ the strength of a failure somewhere downstream.
 
 Error codes are psrpc's set; :data:`HTTP_STATUS` and :data:`GRPC_STATUS` map
 them onto HTTP statuses and gRPC status codes.
+
+An application exception that its component declares
+(``@component(errors=(OutOfStock,))``) reaches a caller whose stub was made
+from that component as the caller's own ``OutOfStock``, rebuilt from its
+``args`` and raised from the :class:`RemoteError` that carried it
+(:func:`remote_details`). Only declared classes are rebuilt; everything else
+stays a :class:`RemoteError`.
 """
 
 from __future__ import annotations
