@@ -34,6 +34,7 @@ __all__ = (
     "component_spec",
     "declared_error_args",
     "inline",
+    "is_declared_error",
     "interface",
     "not_retriable",
 )
@@ -91,6 +92,11 @@ class DeclaredError:
 # Every class declared by some component, by class: a server sends the args of these (only).
 _DECLARED: dict[type, str] = {}
 _ARGS_ENCODER = msgspec.msgpack.Encoder()
+
+
+def is_declared_error(exc: BaseException) -> bool:
+    """Whether some component declared ``exc``'s class (exactly): an outcome its methods raise on purpose."""
+    return type(exc) in _DECLARED
 
 
 def declared_error_args(exc: BaseException) -> tuple[str, bytes] | None:

@@ -149,3 +149,13 @@ async def test_a_class_the_client_did_not_declare_is_never_instantiated(
                 assert info.value.remote_type == "tests.compat_v1.Undeclared"
                 assert (info.value.remote_args is not None) == (worker is worker_v2)
     assert v1.Undeclared.made == before
+
+
+def test_a_declared_exception_is_not_logged_as_a_handler_failure(caplog: pytest.LogCaptureFixture) -> None:
+    from callrt.connection._logs import LogLimiter, handler_failed
+
+    limiter = LogLimiter()
+    with caplog.at_level("DEBUG", logger="callrt"):
+        handler_failed(limiter, "tests.compat.Inventory.take", v2.OutOfStock("x", 3), "peer")  # part of the contract
+        handler_failed(limiter, "tests.compat.Inventory.fail", KeyError("k"), "peer")  # unexpected
+    assert [r.getMessage().split(":")[0] for r in caplog.records] == ["tests.compat.Inventory.fail failed for peer"]

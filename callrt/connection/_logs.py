@@ -22,6 +22,7 @@ import logging
 import time
 from collections.abc import Callable
 
+from ..component import is_declared_error
 from ..errors import Internal, RemoteError
 
 __all__ = ("BURST", "LogLimiter", "handler_failed", "loggable", "logger", "protocol_error")
@@ -76,6 +77,8 @@ def handler_failed(limiter: LogLimiter, method: str, exc: BaseException, peer: s
     """Log a handler's failure at ERROR with its traceback, unless it is an error it raised on purpose."""
     if isinstance(exc, RemoteError) and not isinstance(exc, Internal):
         return  # chosen by the handler (or callrt's own refusal): the caller is told, nothing to fix here
+    if is_declared_error(exc):
+        return  # declared by its component (@component(errors=...)): part of the method's contract
     if not logger.isEnabledFor(logging.ERROR):
         return
     held = limiter.allow(method)
