@@ -24,7 +24,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from callrt import call, component, errors
+from callrt import call, component, errors, inline
 from callrt.component import component_spec
 from callrt.errors import GRPC_STATUS, HTTP_STATUS, ErrorCode, remote_error
 
@@ -216,13 +216,20 @@ class _Threads:
     def sync_thread(self) -> int:
         return threading.get_ident()
 
+    @inline
+    def inline_thread(self) -> int:
+        return threading.get_ident()
+
 
 @pytest.mark.anyio
-async def test_plain_methods_run_on_the_event_loop_thread_as_getting_started_says() -> None:
+async def test_plain_methods_run_in_threads_and_inline_ones_on_the_loop_as_getting_started_says() -> None:
     async with call.start_server("memory://docs-threads", _Threads()):
         async with call.connect("memory://docs-threads") as client:
-            served_on = await client.stub(_Threads).sync_thread()  # type: ignore[misc]  # stubs are typed as the class
-    assert served_on == threading.get_ident(), "plain def methods moved off the loop: update getting-started.md"
+            stub = client.stub(_Threads)
+            plain = await stub.sync_thread()  # type: ignore[misc]  # stubs of a component class are typed as the class
+            inlined = await stub.inline_thread()  # type: ignore[misc]
+    assert plain != threading.get_ident(), "plain def methods run on the loop again: update getting-started.md"
+    assert inlined == threading.get_ident(), "@inline methods left the loop: update getting-started.md"
 
 
 @pytest.mark.anyio
