@@ -631,7 +631,8 @@ def _custom_type(annotation: Any) -> type | None:
             continue  # a recursive Struct refers back to itself
         seen.add(id(node))
         if isinstance(node, msgspec.inspect.CustomType):
-            return node.cls
+            if node.cls is not object:  # msgspec decodes ``object`` as any value
+                return node.cls
         if isinstance(node, msgspec.inspect.Field):
             todo.append(node.type)
         elif isinstance(node, msgspec.inspect.Type):

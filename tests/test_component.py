@@ -722,6 +722,16 @@ def test_method_shapes_that_cannot_be_served_are_rejected_by_name(source: str, m
         component(name="x.Shape")(shape)
 
 
+def test_object_means_any_value() -> None:
+    @component(name="x.Objects")
+    class Objects:
+        def m(self, value: object) -> object:
+            return value
+
+    spec = component_spec(Objects).methods["m"]
+    assert spec.args_from_payload(spec.payload_from_args(([1, "a"],), {})) == ([1, "a"],)
+
+
 def test_private_methods_are_not_checked_or_served() -> None:
     @component(name="x.Private")
     class Private:
