@@ -159,3 +159,18 @@ def test_a_declared_exception_is_not_logged_as_a_handler_failure(caplog: pytest.
         handler_failed(limiter, "tests.compat.Inventory.take", v2.OutOfStock("x", 3), "peer")  # part of the contract
         handler_failed(limiter, "tests.compat.Inventory.fail", KeyError("k"), "peer")  # unexpected
     assert [r.getMessage().split(":")[0] for r in caplog.records] == ["tests.compat.Inventory.fail failed for peer"]
+
+
+@pytest.mark.parametrize("policy", [False, True], ids=["no-policy", "access-policy"])
+async def test_what_is_served_is_listed_only_without_an_access_policy(policy: bool) -> None:
+    from callrt.access import AllowList
+
+    options = call.ServerOptions(access=AllowList({"*": ["*"]}) if policy else None)
+    with anyio.fail_after(10):
+        async with call.start_server(f"memory://compat-served-{policy}", v1.Inventory(), options=options) as server:
+            async with call.connect(str(server.endpoint)) as conn:
+                with pytest.raises(UnknownMethod) as info:
+                    await conn.stub(v2.Inventory).count()  # type: ignore[misc]
+    message = info.value.message
+    assert message.startswith("tests.compat.Inventory.count: the server does not serve this method (no handler")
+    assert ("this server serves" in message) is not policy
