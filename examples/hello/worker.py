@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import signal
+import functools
 import sys
 
 import anyio
@@ -14,11 +14,11 @@ from .greeter import Greeter
 
 
 async def main(addresses: list[str]) -> None:
-    async with call.start_server(addresses, Greeter()) as server:
+    async with anyio.create_task_group() as tg:
+        # serve() drains on SIGTERM and SIGINT (goaway, in-flight calls finish, close), with its
+        # signal handlers in place before it listens; READY comes once it does.
+        server = await tg.start(functools.partial(call.serve, addresses, Greeter()))
         print("READY", " ".join(map(str, server.endpoints)), flush=True)
-        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            async for _ in signals:
-                return  # leaving start_server drains: goaway, in-flight calls finish, close
 
 
 if __name__ == "__main__":

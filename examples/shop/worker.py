@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import signal
+import functools
 import sys
 
 import anyio
@@ -15,11 +15,10 @@ from .components import Cart, Pricing
 
 
 async def serve_until_signalled(address: str, component: object) -> None:
-    async with call.start_server(address, component) as server:
+    """Serve until SIGTERM or SIGINT, then drain; READY once listening (the signal handlers are in place by then)."""
+    async with anyio.create_task_group() as tg:
+        server = await tg.start(functools.partial(call.serve, address, component))
         print("READY", server.endpoint, flush=True)
-        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            async for _ in signals:
-                return
 
 
 async def main(role: str, address: str, *deps: str) -> None:
