@@ -193,9 +193,10 @@ def main() -> None:
     def run(fn: Callable[..., Any], *fargs: Any) -> float:
         return anyio.run(fn, *fargs, backend_options={"use_uvloop": True})  # type: ignore[no-any-return]
 
-    rows = []
-    for k in (1, 64):
-        rows.append((f"client, {k} in flight", best(args.runs, lambda k=k: run(client_cost, k, args.calls, payload))))
+    rows = [
+        (f"client, {k} in flight", best(args.runs, lambda k=k: run(client_cost, k, args.calls, payload)))
+        for k in (1, 64)
+    ]
     cost = best(args.runs, lambda: run(client_cost, 64, args.calls, payload, True))
     rows.append(("client, 64 in flight, with a deadline", cost))
     for method, inline, label in (

@@ -100,14 +100,10 @@ class Profile:
             steps.append(LatencyStep(payload, warmup, duration, max_calls))
             for connections, inflight in self.throughput:
                 if connections * inflight * payload <= self.max_inflight_bytes:
-                    steps.append(
-                        ThroughputStep(payload, inflight, connections, tp_warmup, tp_duration)
-                    )
+                    steps.append(ThroughputStep(payload, inflight, connections, tp_warmup, tp_duration))
         return tuple(steps)
 
-    def jobs(
-        self, variants: tuple[Variant, ...], loops_of: Mapping[str, tuple[Loop, ...]]
-    ) -> list[Job]:
+    def jobs(self, variants: tuple[Variant, ...], loops_of: Mapping[str, tuple[Loop, ...]]) -> list[Job]:
         """Perf jobs then memory jobs; ``loops_of`` maps a system to the loops it supports."""
         jobs: list[Job] = []
         perf = self.perf_steps()

@@ -108,9 +108,7 @@ def aggregate(records: Iterable[Record]) -> list[Cell]:
         variant, transport, loop, kind, label, payload = record.key
         cell = cells.get(record.key)
         if cell is None:
-            cell = cells[record.key] = Cell(
-                variant, record.system, transport, loop, kind, label, payload
-            )
+            cell = cells[record.key] = Cell(variant, record.system, transport, loop, kind, label, payload)
         if record.result is not None:
             cell.runs.append(record.result)
         if record.error is not None:
@@ -204,9 +202,7 @@ def _throughput_section(cells: list[Cell], title: str, metric: str, scale: float
         value = cell.median(metric)
         return _rate(None if value is None else value / scale) + _spread(cell.spread(metric))
 
-    rows = [
-        [*where, *(fmt(by_load.get(load)) for load in loads)] for where, by_load in grid.items()
-    ]
+    rows = [[*where, *(fmt(by_load.get(load)) for load in loads)] for where, by_load in grid.items()]
     header = ["system", "transport", "loop", "payload", *loads]
     return f"## {title}\n\n" + _table(header, rows)
 
@@ -301,11 +297,7 @@ def _ratio_section(cells: list[Cell]) -> str | None:
         row = _where(subject)
         for baseline in _BASELINES:
             p50, fb1 = index.ratio(baseline, subject, "latency", "p50_us")
-            tput, fb2 = (
-                (None, False)
-                if load is None
-                else index.ratio(baseline, subject, load, "calls_per_s")
-            )
+            tput, fb2 = (None, False) if load is None else index.ratio(baseline, subject, load, "calls_per_s")
             mark = "*" if fb1 or fb2 else ""
             fell_back |= fb1 or fb2
             row += [_ratio(p50) + mark, _ratio(tput) + mark]
@@ -315,9 +307,7 @@ def _ratio_section(cells: list[Cell]) -> str | None:
     header = ["callrt", "transport", "loop", "payload"]
     for baseline in _BASELINES:
         header += [f"p50 ÷ {baseline}", f"{load} calls/s ÷ {baseline}"]
-    note = (
-        "\n\n\\* baseline measured on uvloop (it does not run on this loop)." if fell_back else ""
-    )
+    note = "\n\n\\* baseline measured on uvloop (it does not run on this loop)." if fell_back else ""
     intro = "p50 ratio < 1: callrt is faster; calls/s ratio > 1: callrt does more.\n\n"
     return "## callrt ÷ baselines\n\n" + intro + _table(header, rows) + note
 
@@ -373,9 +363,7 @@ def render(cells: list[Cell], profile: str) -> str:
     sections: list[Callable[[], str | None]] = [
         lambda: _latency_section(cells),
         lambda: _throughput_section(cells, "Throughput (calls/s)", "calls_per_s", 1),
-        lambda: _throughput_section(
-            cells, "Throughput (MiB/s, payloads ≥ 4 KiB)", "bytes_per_s", 1 << 20
-        ),
+        lambda: _throughput_section(cells, "Throughput (MiB/s, payloads ≥ 4 KiB)", "bytes_per_s", 1 << 20),
         lambda: _cpu_section(cells),
         lambda: _memory_section(cells),
         lambda: _ratio_section(cells),
@@ -402,7 +390,9 @@ def one_line(records: list[Record]) -> str:
         elif label == _HEADLINE_LOAD and not any("/s" in part for part in parts):
             parts.append(f"{label} {result['calls_per_s']:,.0f}/s")
             if result.get("client_cpu_us") is not None:
-                parts.append(f"(CPU µs/call: client {result['client_cpu_us']:.2f}, server {result['server_cpu_us']:.2f})")
+                parts.append(
+                    f"(CPU µs/call: client {result['client_cpu_us']:.2f}, server {result['server_cpu_us']:.2f})"
+                )
         elif "kib_per_connection" in result:
             parts.append(f"{result['kib_per_connection']:.1f} KiB/conn")
             if result.get("kib_per_call") is not None:

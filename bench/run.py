@@ -177,9 +177,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--profile", choices=sorted(PROFILES), default="quick")
     parser.add_argument("--repeat", "-r", type=int, default=3, help="runs per cell (median kept)")
-    parser.add_argument(
-        "--systems", type=_csv(), help="default variants to run (default: all), e.g. raw,callrt"
-    )
+    parser.add_argument("--systems", type=_csv(), help="default variants to run (default: all), e.g. raw,callrt")
     parser.add_argument(
         "--variant",
         action="append",
@@ -191,12 +189,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--transports", type=_csv(), help="override: tcp,unix")
     parser.add_argument("--loops", type=_csv(), help=f"override, any of {','.join(LOOPS)}")
     parser.add_argument("--payloads", type=_csv(int), help="override, in bytes: 32,4096")
-    parser.add_argument(
-        "--many-connections", action="store_true", help="add 64 connections × 16 in flight"
-    )
-    parser.add_argument(
-        "--memory", action=argparse.BooleanOptionalAction, help="measure server memory"
-    )
+    parser.add_argument("--many-connections", action="store_true", help="add 64 connections × 16 in flight")
+    parser.add_argument("--memory", action=argparse.BooleanOptionalAction, help="measure server memory")
     parser.add_argument(
         "--pin",
         choices=sorted(_PINS),
@@ -204,9 +198,7 @@ def _parser() -> argparse.ArgumentParser:
         help="CPU placement: none (default; the scheduler decides), same (both on CPU 0), "
         "split (server CPU 0, client CPU 1)",
     )
-    parser.add_argument(
-        "--out", type=Path, help="JSON output (default bench/results/<profile>.json)"
-    )
+    parser.add_argument("--out", type=Path, help="JSON output (default bench/results/<profile>.json)")
     parser.add_argument("--verbose", "-v", action="store_true")
     return parser
 
@@ -274,9 +266,7 @@ def _environment() -> dict[str, str]:
     }
 
 
-def _progress(
-    index: int, total: int, job: Job, rep: int, records: list[report.Record], took: float
-) -> None:
+def _progress(index: int, total: int, job: Job, rep: int, records: list[report.Record], took: float) -> None:
     kind = "memory" if isinstance(job.steps[0], MemoryStep) else "perf"
     summary = report.one_line(records)
     print(
@@ -336,9 +326,7 @@ def _main(args: argparse.Namespace, profile: Profile, wanted: tuple[Variant, ...
         print("nothing to run", file=sys.stderr)
         return 2
     estimate = args.repeat * sum(job.budget + _START_COST for job in jobs)
-    print(
-        f"profile {profile.name}: {len(jobs)} jobs × {args.repeat} runs, ~{estimate / 60:.1f} min"
-    )
+    print(f"profile {profile.name}: {len(jobs)} jobs × {args.repeat} runs, ~{estimate / 60:.1f} min")
     started = time.time()
     cells = report.aggregate(_run_all(jobs, args))
     print("\n" + report.render(cells, profile.name))

@@ -70,7 +70,9 @@ def inline(method: F) -> F:
     ``ServerOptions.slow_inline_handler`` is logged.
     """
     if inspect.iscoroutinefunction(method):
-        raise RegistrationError(f"{method.__qualname__}: @inline is for plain def methods; async ones run on the loop already")
+        raise RegistrationError(
+            f"{method.__qualname__}: @inline is for plain def methods; async ones run on the loop already"
+        )
     setattr(method, _INLINE_ATTR, True)
     return method
 
@@ -395,7 +397,9 @@ def component_spec(cls: object) -> ComponentSpec:
             raise RegistrationError(
                 f"{owner.__qualname__} subclasses interface {spec.name!r}: mark it @component (implements it)"
             )
-        raise RegistrationError(f"{owner.__qualname__} is interface {spec.name!r}: serve a @component that implements it")
+        raise RegistrationError(
+            f"{owner.__qualname__} is interface {spec.name!r}: serve a @component that implements it"
+        )
     return spec
 
 
@@ -630,9 +634,8 @@ def _custom_type(annotation: Any) -> type | None:
         if id(node) in seen:
             continue  # a recursive Struct refers back to itself
         seen.add(id(node))
-        if isinstance(node, msgspec.inspect.CustomType):
-            if node.cls is not object:  # msgspec decodes ``object`` as any value
-                return node.cls
+        if isinstance(node, msgspec.inspect.CustomType) and node.cls is not object:
+            return node.cls  # (msgspec decodes ``object`` as any value)
         if isinstance(node, msgspec.inspect.Field):
             todo.append(node.type)
         elif isinstance(node, msgspec.inspect.Type):

@@ -227,4 +227,3 @@ async def _watch_the_loop(server: Server) -> None:
             await anyio.sleep(threshold / 4)
     finally:
         stop.set()
-

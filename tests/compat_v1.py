@@ -45,7 +45,9 @@ class Undeclared(Exception):
         super().__init__(*args)
 
 
-@component(name="tests.compat.Inventory", errors={"tests.compat.OutOfStock": OutOfStock, "tests.compat.Refused": Refused})
+@component(
+    name="tests.compat.Inventory", errors={"tests.compat.OutOfStock": OutOfStock, "tests.compat.Refused": Refused}
+)
 class Inventory:
     def add(self, sku: str, qty: int) -> str:
         return f"{sku}:{qty}"

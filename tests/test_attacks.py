@@ -358,7 +358,9 @@ def _report(worker: WorkerProcess, attack: str, scale: int, protected: Protected
             f.write(json.dumps(line) + "\n")
 
 
-@pytest.mark.parametrize("scale", [pytest.param(1, id="ci"), pytest.param(10, id="soak", marks=[pytest.mark.soak, pytest.mark.timeout(900)])])
+@pytest.mark.parametrize(
+    "scale", [pytest.param(1, id="ci"), pytest.param(10, id="soak", marks=[pytest.mark.soak, pytest.mark.timeout(900)])]
+)
 @pytest.mark.parametrize("attack", ATTACKS, ids=[a.__name__ for a in ATTACKS])
 async def test_the_server_withstands(
     worker: WorkerProcess, attack: Callable[[WorkerProcess, int], Awaitable[None]], scale: int

@@ -1067,7 +1067,7 @@ async def test_a_lost_connection_leaves_the_balancer_at_once(stable: dict[str, E
         old = session_of(conn, d.endpoint)
         d.kill()  # blocking on purpose: the loss arrives while the loop is busy elsewhere
         with anyio.fail_after(5):
-            while not old.lost.is_set():  # noqa: ASYNC110 (the loss comes from another process)
+            while not old.lost.is_set():
                 await anyio.lowlevel.checkpoint()
         assert state(conn, d.endpoint) is UNAVAILABLE
         picked = audit.pick(None)

@@ -336,7 +336,7 @@ def test_not_retriable_returns_the_function() -> None:
 )
 def test_variadic_parameters_rejected(source: str) -> None:
     namespace: dict[str, Any] = {}
-    exec(source, namespace)  # noqa: S102
+    exec(source, namespace)
     cls = type("Variadic", (), {"m": namespace["m"], "__module__": __name__})
     with pytest.raises(RegistrationError, match="not supported"):
         component(cls)
@@ -716,7 +716,7 @@ def test_a_large_argument_array_is_counted_from_its_header() -> None:
 )
 def test_method_shapes_that_cannot_be_served_are_rejected_by_name(source: str, match: str) -> None:
     namespace: dict[str, Any] = {"Unsupported": Unsupported}
-    exec(source, namespace)  # noqa: S102
+    exec(source, namespace)
     shape = type("Shape", (), {"m": namespace["m"], "__module__": __name__})
     with pytest.raises(RegistrationError, match=match):
         component(name="x.Shape")(shape)

@@ -32,7 +32,15 @@ from callrt.errors import (
 )
 from callrt.protocol import HEADER_SIZE, Error, FrameDecoder, encode_frame
 
-REMOTE_SUBCLASSES = [InvalidArgument, UnknownMethod, DeadlineExceeded, Cancelled, Unavailable, PermissionDenied, Internal]
+REMOTE_SUBCLASSES = [
+    InvalidArgument,
+    UnknownMethod,
+    DeadlineExceeded,
+    Cancelled,
+    Unavailable,
+    PermissionDenied,
+    Internal,
+]
 
 # -- the tree --------------------------------------------------------------------
 

@@ -70,7 +70,9 @@ async def wait_for_watchers(url: str, count: int) -> None:
     async with httpx.AsyncClient(base_url=url, timeout=5) as client:
         while True:
             metrics = (await client.get("/metrics")).text
-            [watchers] = [line for line in metrics.splitlines() if line.startswith("etcd_debugging_mvcc_watcher_total ")]
+            [watchers] = [
+                line for line in metrics.splitlines() if line.startswith("etcd_debugging_mvcc_watcher_total ")
+            ]
             if int(float(watchers.split()[1])) == count:
                 return
             await anyio.sleep(0.02)
@@ -154,9 +156,10 @@ async def test_dead_server_expires_after_ttl(etcd: EtcdServer, prefix: str) -> N
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     with anyio.fail_after(15):
-        async with resolver_for(etcd, prefix) as resolver, await anyio.open_process(
-            [sys.executable, "-c", child], env=env, stderr=None
-        ) as process:
+        async with (
+            resolver_for(etcd, prefix) as resolver,
+            await anyio.open_process([sys.executable, "-c", child], env=env, stderr=None) as process,
+        ):
             assert process.stdout is not None
             assert b"registered" in await process.stdout.receive()
             # Outlive a few keepalives so expiry can only come from the kill.
@@ -298,7 +301,10 @@ async def test_version_from_the_future_reads_again(etcd: EtcdServer, prefix: str
     # As after etcd was restored from a backup: its revisions went back.
     endpoint = tcp("127.0.0.1:9010")
     with anyio.fail_after(2):
-        async with resolver_for(etcd, prefix) as resolver, EtcdRegistrar(etcd.url, prefix, ttl=TTL).registered(endpoint):
+        async with (
+            resolver_for(etcd, prefix) as resolver,
+            EtcdRegistrar(etcd.url, prefix, ttl=TTL).registered(endpoint),
+        ):
             endpoints, version = await resolver.resolve(str(10**12))
             assert endpoints == (endpoint,)
             assert version is not None and int(version) < 10**12

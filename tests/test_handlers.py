@@ -90,7 +90,9 @@ async def test_an_inline_handler_that_holds_the_loop_is_logged(caplog: pytest.Lo
 async def test_a_signal_drains_and_the_worker_exits_0(backend: str, signum: signal.Signals, sockdir: Path) -> None:
     """``callrt.run(call.serve, ...)``, as a user writes it: the call in flight (not retriable) completes."""
     path = sockdir / "w.sock"
-    proc = await anyio.open_process([sys.executable, "-m", "tests.handler_components", f"unix://{path}", backend], cwd=ROOT)
+    proc = await anyio.open_process(
+        [sys.executable, "-m", "tests.handler_components", f"unix://{path}", backend], cwd=ROOT
+    )
     async with proc:
         with anyio.fail_after(20):
             while not path.exists():  # noqa: ASYNC110  # another process: no event to wait on
@@ -115,7 +117,9 @@ async def test_a_signal_drains_and_the_worker_exits_0(backend: str, signum: sign
 async def test_a_signal_right_after_listening_still_drains(backend: str, sockdir: Path) -> None:
     """No window at start-up: the handlers are in place before the socket exists."""
     path = sockdir / "w.sock"
-    proc = await anyio.open_process([sys.executable, "-m", "tests.handler_components", f"unix://{path}", backend], cwd=ROOT)
+    proc = await anyio.open_process(
+        [sys.executable, "-m", "tests.handler_components", f"unix://{path}", backend], cwd=ROOT
+    )
     async with proc:
         with anyio.fail_after(20):
             while not path.exists():  # noqa: ASYNC110

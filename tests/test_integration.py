@@ -173,7 +173,7 @@ def sample_bag(maybe: int | None, either: int | str) -> Bag:
         amount=Decimal("-0.000000000000000000001"),
         maybe=maybe,
         either=either,
-        items=[Item("y", 0, Decimal("0")), Item("z", 7, Decimal("1E+3"), ["q"])],
+        items=[Item("y", 0, Decimal(0)), Item("z", 7, Decimal("1E+3"), ["q"])],
         by_name={"origin": Point(0, 0), "ünï": Point(1, 2)},
         pair=(7, "seven"),
     )

@@ -30,6 +30,7 @@ from callrt import call
 from callrt.connection._logs import BURST, LogLimiter, loggable
 from callrt.errors import NoReplicaInTime, RemoteError, SessionLost, UnknownMethod
 from callrt.protocol import SUPPORTED_VERSIONS, Cancel, HelloReply, encode_frame, encode_hello_reply
+from callrt.transport.base import client_hello
 from tests.logging_components import Faulty, OutOfStock
 
 pytestmark = pytest.mark.anyio
@@ -159,6 +160,23 @@ async def test_junk_on_the_port_is_a_warning_naming_the_peer(shell: str, log: py
     message = record.getMessage()
     assert message.startswith(f"tcp://127.0.0.1:{port} broke the protocol, connection closed: "), message
     assert message.isascii() and message.isprintable() and len(message) < 500, message
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+async def test_a_connection_over_max_connections_is_a_warning(shell: str, log: pytest.LogCaptureFixture) -> None:
+    options = call.ServerOptions(transport=shell, max_connections=1)  # type: ignore[arg-type]
+    with anyio.fail_after(10):
+        async with call.start_server("tcp://127.0.0.1:0", Faulty(), options=options) as server:
+            async with call.connect(str(server.endpoint)) as client:
+                assert await client.stub(Faulty).ok(1) == 1  # holds the one connection
+                async with await anyio.connect_tcp("127.0.0.1", server.endpoint.port) as stream:
+                    port = stream.extra(anyio.abc.SocketAttribute.local_port)
+                    await stream.send(client_hello(call.ClientOptions()))
+                    with pytest.raises((anyio.EndOfStream, anyio.BrokenResourceError)):
+                        while True:
+                            await stream.receive()  # the refusal, then the close
+    (record,) = _records(log, "callrt.server", logging.WARNING)
+    assert record.getMessage() == f"refused a connection from tcp://127.0.0.1:{port}: at max_connections (1)"
 
 
 async def test_a_server_breaking_the_protocol_is_a_client_warning(log: pytest.LogCaptureFixture) -> None:

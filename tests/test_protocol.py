@@ -667,7 +667,9 @@ def test_error_args_are_a_fifth_element_in_version_2() -> None:
     args = msgspec.msgpack.encode(("sku-1", 3))
     frame = Error(1, "failed_precondition", "shop.OutOfStock", "only 3 left", "", args)
     data = encode_frame(frame)
-    assert data[HEADER_SIZE:] == msgspec.msgpack.encode(("failed_precondition", "shop.OutOfStock", "only 3 left", "", args))
+    assert data[HEADER_SIZE:] == msgspec.msgpack.encode(
+        ("failed_precondition", "shop.OutOfStock", "only 3 left", "", args)
+    )
     assert data[HEADER_SIZE] == 0x95  # an array of five; the fifth is bin 8 holding the args' own MessagePack
     assert decode_all(data, version=2) == [frame]
     # Without args the body is version 1's four strings, which every version reads.

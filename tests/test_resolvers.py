@@ -225,9 +225,7 @@ async def test_unixdir_missing_directory_appears_later(
         assert v2 not in (v0, v1)
 
 
-async def test_unixdir_change_between_calls_is_not_lost(
-    sockdir: Path, bind: Callable[[Path], socket.socket]
-) -> None:
+async def test_unixdir_change_between_calls_is_not_lost(sockdir: Path, bind: Callable[[Path], socket.socket]) -> None:
     # The watch only runs inside resolve(); a change made while nobody waits
     # is still reported by the next call.
     r = UnixDirectoryResolver(sockdir)

@@ -61,7 +61,13 @@ async def test_cancel_sent_with_its_request_is_not_lost(inline: float, transport
         async with call.start_server("tcp://127.0.0.1:0", Sleeper(), options=options) as server:
             replies = await _exchange(
                 server.endpoint,
-                [Request(1, SLEEP, _args(30.0)), Request(2, SLEEP, _args(30.0)), Cancel(2), Cancel(1), Request(3, QUICK, b"\x90")],
+                [
+                    Request(1, SLEEP, _args(30.0)),
+                    Request(2, SLEEP, _args(30.0)),
+                    Cancel(2),
+                    Cancel(1),
+                    Request(3, QUICK, b"\x90"),
+                ],
                 expect=3,
             )
     by_id = {f.id: f for f in replies}  # type: ignore[attr-defined]

@@ -82,7 +82,10 @@ async def test_answered_pings_keep_the_replica() -> None:
     balancer = RecordingBalancer()
     options = ClientOptions(balancer=balancer, keepalive_interval=10, keepalive_timeout=5)
     with anyio.fail_after(600):
-        async with call.start_server("memory://quiet", Echo()), call.connect("memory://quiet", options=options) as client:
+        async with (
+            call.start_server("memory://quiet", Echo()),
+            call.connect("memory://quiet", options=options) as client,
+        ):
             assert await client.stub(Echo).echo(b"hi") == b"hi"
             (replica,) = client.replicas.values()
             session = replica.session

@@ -160,7 +160,9 @@ async def test_callers_woken_by_one_read_write_their_next_calls_together(
 async def test_requests_are_held_while_the_transport_is_paused(anyio_backend: object) -> None:
     protocol, transport = _session()
     protocol.pause_writing()
-    first, _ = protocol.session.start(KEY, b"\x90", math.inf, None, None)  # a lone call: written at once, were it not paused
+    first, _ = protocol.session.start(
+        KEY, b"\x90", math.inf, None, None
+    )  # a lone call: written at once, were it not paused
     second, _ = protocol.session.start(KEY, b"\x90", math.inf, None, None)
     await anyio.wait_all_tasks_blocked()  # the end-of-iteration flush has run, and written nothing
     assert transport.writes == []

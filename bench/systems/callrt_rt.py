@@ -86,9 +86,13 @@ def _tls(args: argparse.Namespace, side: str) -> dict[str, Any]:
         return {}
     v13 = ssl.TLSVersion.TLSv1_3
     if side == "server":
-        context = tls.server_context(d / "server.pem", d / "server.key", client_ca_file=d / "ca.pem", minimum_version=v13)
+        context = tls.server_context(
+            d / "server.pem", d / "server.key", client_ca_file=d / "ca.pem", minimum_version=v13
+        )
     else:
-        context = tls.client_context(d / "ca.pem", cert_file=d / "client.pem", key_file=d / "client.key", minimum_version=v13)
+        context = tls.client_context(
+            d / "ca.pem", cert_file=d / "client.pem", key_file=d / "client.key", minimum_version=v13
+        )
     return {"tls": context}
 
 

@@ -126,7 +126,9 @@ class ManagedReplica:
 class ReplicaSet:
     """The replicas of one client, the balancer that picks among them, and their tasks."""
 
-    def __init__(self, options: ClientOptions, balancer: Balancer, transports: TransportSelector, tg: TaskGroup) -> None:
+    def __init__(
+        self, options: ClientOptions, balancer: Balancer, transports: TransportSelector, tg: TaskGroup
+    ) -> None:
         self.options = options
         self.balancer = balancer
         self.replicas: dict[Endpoint, ManagedReplica] = {}

@@ -335,7 +335,11 @@ class ServerConnection:
 
     def fail(self, request_id: int, exc: BaseException) -> None:
         error = error_frame(
-            request_id, exc, tracebacks=self.send_tracebacks, max_size=self.peer_max_frame, args=self.protocol_version >= 2
+            request_id,
+            exc,
+            tracebacks=self.send_tracebacks,
+            max_size=self.peer_max_frame,
+            args=self.protocol_version >= 2,
         )
         self.write(encode_frame(error))
 
@@ -394,7 +398,9 @@ class ConnectionWatchdog:
     :meth:`expired` every :attr:`interval` seconds.
     """
 
-    def __init__(self, conn: ServerConnection, decoder: FrameDecoder, now: Callable[[], float], busy: Callable[[], bool]) -> None:
+    def __init__(
+        self, conn: ServerConnection, decoder: FrameDecoder, now: Callable[[], float], busy: Callable[[], bool]
+    ) -> None:
         self.conn, self.decoder, self.now, self.busy = conn, decoder, now, busy
         options = conn.server.options
         self.interval = max(0.05, min(options.idle_timeout, options.body_timeout) / 4)
@@ -525,7 +531,9 @@ class Server:
             with anyio.move_on_after(self.options.drain_grace):
                 await self._all_closed.wait()
         if self.connections:
-            logger.info("drain_grace (%ss) is over: closing %d connections", self.options.drain_grace, len(self.connections))
+            logger.info(
+                "drain_grace (%ss) is over: closing %d connections", self.options.drain_grace, len(self.connections)
+            )
         for conn in list(self.connections):
             conn.close()
         self.connections.clear()

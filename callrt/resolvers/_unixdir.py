@@ -27,9 +27,7 @@ def _load_awatch() -> Callable[..., AsyncGenerator[set[tuple[Any, str]], None]]:
     try:
         from watchfiles import awatch
     except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "UnixDirectoryResolver needs the watchfiles package: pip install 'callrt[watch]'"
-        ) from e
+        raise ImportError("UnixDirectoryResolver needs the watchfiles package: pip install 'callrt[watch]'") from e
     return awatch
 
 
@@ -104,9 +102,7 @@ class UnixDirectoryResolver(Resolver):
             if (v := _version_of(endpoints)) != version:
                 return endpoints, v
             try:
-                changes = self._awatch(
-                    root, watch_filter=self._relevant, recursive=False, stop_event=stop, step=50
-                )
+                changes = self._awatch(root, watch_filter=self._relevant, recursive=False, stop_event=stop, step=50)
                 async with aclosing(changes):
                     async for _ in changes:
                         endpoints = self._list()

@@ -98,7 +98,9 @@ class EtcdResolver(Resolver):
                     with anyio.fail_after(self._timeout):
                         created = await receive()
                 except TimeoutError:
-                    raise EtcdError(f"etcd at {self._gateway.url} did not open a watch within {self._timeout} s") from None
+                    raise EtcdError(
+                        f"etcd at {self._gateway.url} did not open a watch within {self._timeout} s"
+                    ) from None
                 if int(created["header"]["revision"]) < revision:
                     # A version from the future: etcd was replaced or restored
                     # from a backup, and its changes would never reach this watch.
@@ -171,7 +173,9 @@ class EtcdRegistrar(Registrar):
                     except EtcdError as exc:
                         logger.warning("could not deregister %s (it expires in %d s): %s", endpoint, self._ttl, exc)
                 if revoking.cancelled_caught:
-                    logger.warning("could not deregister %s in %s s (it expires in %d s)", endpoint, self._timeout, self._ttl)
+                    logger.warning(
+                        "could not deregister %s in %s s (it expires in %d s)", endpoint, self._timeout, self._ttl
+                    )
         finally:
             with anyio.CancelScope(shield=True):
                 await gateway.aclose()

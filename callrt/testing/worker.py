@@ -35,7 +35,9 @@ async def _main(address: str, components: list[object], options: call.ServerOpti
     # serve() drains on SIGTERM and SIGINT, with its handlers in place before it listens:
     # a SIGTERM sent right after READY drains the server.
     async with anyio.create_task_group() as tg:
-        server = await tg.start(lambda task_status: call.serve(address, *components, options=options, task_status=task_status))
+        server = await tg.start(
+            lambda task_status: call.serve(address, *components, options=options, task_status=task_status)
+        )
         print("READY", server.endpoint, flush=True)
 
 

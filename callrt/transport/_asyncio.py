@@ -532,7 +532,9 @@ class ProtocolTransport(Transport):
             protocol = ServerProtocol(server)
             return protocol if tls is None else BufferedFront(protocol)
 
-        ssl: dict[str, Any] = {} if tls is None else {"ssl": tls, "ssl_handshake_timeout": server.options.handshake_timeout}
+        ssl: dict[str, Any] = (
+            {} if tls is None else {"ssl": tls, "ssl_handshake_timeout": server.options.handshake_timeout}
+        )
         file: UnixSocketFile | None = None  # a Unix socket's, removed when we stop listening
         if endpoint.scheme == "tcp":
             srv = await loop.create_server(

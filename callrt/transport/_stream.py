@@ -293,7 +293,9 @@ async def serve_tls_stream(server: Server, stream: ByteStream) -> None:
         with anyio.fail_after(server.options.handshake_timeout):
             # Not standard_compatible: callrt's frames are length-prefixed, so a truncation is
             # seen without TLS's closing handshake, and closing does not wait for the peer's.
-            tls = await TLSStream.wrap(stream, server_side=True, ssl_context=server.options.tls, standard_compatible=False)
+            tls = await TLSStream.wrap(
+                stream, server_side=True, ssl_context=server.options.tls, standard_compatible=False
+            )
     except (TimeoutError, *BROKEN) as exc:
         _log.debug("TLS handshake with %s failed: %r", _stream_peer(stream).address, exc)
         await anyio.aclose_forcefully(stream)

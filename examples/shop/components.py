@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import ClassVar
 
 from callrt import component, not_retriable
 
@@ -11,7 +12,7 @@ from .api import CartAPI, Item, PricingAPI
 
 @component(implements=PricingAPI)
 class Pricing:
-    PRICES = {"apple": Decimal("0.40"), "pear": Decimal("0.55"), "fig": Decimal("1.20")}
+    PRICES: ClassVar[dict[str, Decimal]] = {"apple": Decimal("0.40"), "pear": Decimal("0.55"), "fig": Decimal("1.20")}
 
     def price(self, sku: str) -> Decimal:
         return self.PRICES[sku]
