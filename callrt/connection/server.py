@@ -428,7 +428,8 @@ class ConnectionWatchdog:
             if since is None or since[1] != self.frames:
                 self._body_since = (now, self.frames)
             elif now - since[0] >= options.body_timeout:
-                logger.warning("%s: a frame incomplete for %ss, closed", conn.peer.address, options.body_timeout)
+                if conn.server.log_limiter.allow("limits") is not None:  # many slow peers: not as many records
+                    logger.warning("%s: a frame incomplete for %ss, closed", conn.peer.address, options.body_timeout)
                 return True
         else:
             self._body_since = None
@@ -441,11 +442,12 @@ class ConnectionWatchdog:
         server.partial_bodies += held - self.partial
         self.partial = held
         if held and server.partial_bodies > server.options.max_partial_bodies:
-            logger.warning(
-                "%s: partly received bodies over %d bytes on the server, closed",
-                self.conn.peer.address,
-                server.options.max_partial_bodies,
-            )
+            if server.log_limiter.allow("limits") is not None:  # many peers over it: not as many records
+                logger.warning(
+                    "%s: partly received bodies over %d bytes on the server, closed",
+                    self.conn.peer.address,
+                    server.options.max_partial_bodies,
+                )
             return True
         return False
 
