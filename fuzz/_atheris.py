@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 
-import atheris
+import atheris  # type: ignore[import-untyped]
 
 with atheris.instrument_imports(include=["callrt.protocol", "callrt.tracing", "callrt.errors"]):
     from fuzz.targets import TARGETS

@@ -51,6 +51,21 @@ def decoder_server() -> list[bytes]:
         _decoder_input(_HEADER.pack(16 * 4096, 2, 1), pad_reads=16),
     ]
     seeds += [_decoder_input(encode_frame(r), cuts=b"\x03\x11") for r in requests]
+    # Two large requests, the second no larger than the first (its buffer is allocated at its header).
+    seeds.append(
+        _decoder_input(
+            _HEADER.pack(20 * 4096 + 17, 1, 1)
+            + KEY
+            + b"\x00FILL\x14"
+            + _HEADER.pack(18 * 4096 + 25, 1, 2)
+            + KEY
+            + b"\x01"
+            + bytes(8)
+            + b"FILL\x12"
+            + encode_frame(Ping(5)),
+            frames_api=True,
+        )
+    )
     # Small limits (options bit 2): max frame 0x040123 + 1, header limit 17 + 0x124, at most 1 entry.
     seeds.append(b"\x05\x23\x01\x04\x00" + stream)
     return seeds
@@ -71,6 +86,9 @@ def decoder_client() -> list[bytes]:
         _decoder_input(stream, frames_api=True, cuts=b"\x02\x0c\x01"),
         _decoder_input(_HEADER.pack(20 * 4096, 2, 1), pad_reads=20, frames_api=True),
         _decoder_input(stream + _HEADER.pack(17 * 4096, 2, 2), pad_reads=18),
+        _decoder_input(
+            _HEADER.pack(24 * 4096, 2, 1) + b"FILL\x18" + _HEADER.pack(16 * 4096, 2, 2) + b"FILL\x10" + stream
+        ),
         _decoder_input(encode_hello_reply(HelloReply(0, 1 << 20)), with_hello=False),  # no common version
         _decoder_input(encode_hello_reply(HelloReply(1, 1 << 20)) + stream, with_hello=False, cuts=b"\x01\x01\x07"),
         *(_decoder_input(encode_frame(f)) for f in frames),

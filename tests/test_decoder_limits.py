@@ -113,8 +113,23 @@ def test_a_large_body_arrives_whole_and_is_held_once() -> None:
 
     held, frames = traced(receive)
     assert frames == [Response(5, body)]
-    assert held < len(body) * 1.2, held  # the payload, plus over-allocation: no second copy kept
+    assert held < len(body) * 1.2, held  # the payload: no second copy kept
     assert decoder.partial_body_bytes == 0 and decoder.buffered == 0
+
+
+def test_a_body_no_larger_than_one_delivered_gets_its_buffer_at_its_header() -> None:
+    """Allocation ahead only up to what this peer already delivered in one body (the fast path of repeat calls)."""
+    decoder = FrameDecoder()
+    first = encode_frame(Response(1, b"a" * MIB))
+    frames = [f for i in range(0, len(first), 64 << 10) for f in fed(decoder, first[i : i + (64 << 10)])]
+    assert frames == [Response(1, b"a" * MIB)]
+    # As large as the first: allocated at once, and counted as held.
+    held, _ = traced(lambda: fed(decoder, HEADER.pack(MIB, 2, 2) + b"b" * 10))
+    assert held >= MIB and decoder.partial_body_bytes == MIB
+    assert fed(decoder, b"b" * (MIB - 10)) == [Response(2, b"b" * MIB)]
+    # Larger than any before: nothing ahead.
+    held, _ = traced(lambda: fed(decoder, HEADER.pack(MIB + 1, 2, 3) + b"c" * 10))
+    assert held < 64 << 10 and decoder.partial_body_bytes == 10
 
 
 def test_partial_body_bytes_counts_small_bodies_too() -> None:
