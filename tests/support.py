@@ -23,3 +23,12 @@ def short_tempdir() -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix="crt", dir="/tmp" if os.path.isdir("/tmp") else None))
     yield path
     shutil.rmtree(path, ignore_errors=True)
+
+
+def rss_kib(pid: int) -> int:
+    """A process's resident memory, KiB (Linux)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")

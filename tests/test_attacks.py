@@ -45,6 +45,7 @@ from callrt.protocol import (
 )
 from callrt.testing import WorkerProcess
 from tests.components import Echo, Lab
+from tests.support import rss_kib
 
 pytestmark = pytest.mark.anyio
 
@@ -84,14 +85,6 @@ def worker(request: pytest.FixtureRequest) -> Iterator[WorkerProcess]:
 
 
 # -- measuring the worker ----------------------------------------------------------
-
-
-def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS")
 
 
 def open_fds(pid: int) -> int:

@@ -45,6 +45,7 @@ from callrt.protocol import (
 )
 from callrt.testing import WorkerProcess
 from callrt.tracing import detach, parse_tracestate, server_context
+from tests.support import rss_kib
 
 HEADER = struct.Struct("<IBQ")  # body length, kind, id: docs/protocol.md, section 2
 KEY = bytes(range(16))
@@ -301,14 +302,6 @@ def worker(request: pytest.FixtureRequest) -> Iterator[WorkerProcess]:
     yield w
     assert w.proc is not None and w.proc.poll() is None, "the server died"
     assert w.stop() == 0
-
-
-def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS")
 
 
 async def ping_pong(stream: SocketStream, decoder: FrameDecoder, nonce: int) -> None:
