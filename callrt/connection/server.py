@@ -49,6 +49,7 @@ from ..errors import (
     DeadlineExceeded,
     ErrorCode,
     InvalidArgument,
+    PermissionDenied,
     RemoteError,
     RemoteProtocolError,
     UnknownMethod,
@@ -85,7 +86,7 @@ _RESPONSE = int(FrameKind.RESPONSE)
 
 # Errors callrt raises itself when it turns a call away: their message says everything, and
 # formatting a traceback for each would let a flood of bad calls cost the server ~50 µs apiece.
-_SELF_EXPLANATORY = (InvalidArgument, UnknownMethod, DeadlineExceeded, Cancelled)
+_SELF_EXPLANATORY = (InvalidArgument, UnknownMethod, DeadlineExceeded, Cancelled, PermissionDenied)
 
 
 def error_frame(
