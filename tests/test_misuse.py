@@ -210,6 +210,29 @@ async def test_no_replica_silent_server_says_handshake_timed_out() -> None:
     assert _says(message, f"tcp://127.0.0.1:{port}", "handshake timed out after 0.2s)"), message
 
 
+async def test_no_replica_http_server_says_the_handshake_failed() -> None:
+    """Something answers the hello with bytes that are not callrt's (an HTTP server, say)."""
+
+    async def answer_http(stream: anyio.abc.SocketStream) -> None:
+        async with stream:
+            try:
+                await stream.receive()
+                await stream.send(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+                await stream.receive()
+            except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
+                pass
+
+    with anyio.fail_after(10):
+        async with await anyio.create_tcp_listener(local_host="127.0.0.1") as listener:
+            port = listener.extra(anyio.abc.SocketAttribute.local_port)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(listener.serve, answer_http)
+                message = await _unreachable_message(f"tcp://127.0.0.1:{port}")
+                tg.cancel_scope.cancel()
+    assert _says(message, f"tcp://127.0.0.1:{port}", "the server closed the connection during the handshake: "), message
+    assert "not a callrt peer" in message, message
+
+
 def _keep(accepted: list[anyio.abc.SocketStream]) -> Callable[[anyio.abc.SocketStream], Awaitable[None]]:
     async def handle(stream: anyio.abc.SocketStream) -> None:
         accepted.append(stream)  # held open, never answered
