@@ -138,6 +138,11 @@ class MethodSpec:
     defaults: tuple[Any, ...] = ()  # the defaults of params[required:]
     # Decoders of the shorter argument arrays: short_decoders[i] takes required + i arguments.
     short_decoders: tuple[Callable[[bytes], tuple[Any, ...]], ...] = ()
+    # The same by the array's header byte (fixarrays, up to 15 arguments), with the defaults
+    # that complete each: the usual short call costs one dict lookup and a second decode.
+    short_by_header: Mapping[int, tuple[Callable[[bytes], tuple[Any, ...]], tuple[Any, ...]]] = field(
+        default_factory=dict
+    )
     # The exceptions the component declared (@component(errors=...)), by their wire name.
     errors: Mapping[str, DeclaredError] = field(default_factory=dict)
 
@@ -162,6 +167,13 @@ class MethodSpec:
         them) gets this side's defaults; anything else raises the :class:`InvalidArgument` that
         names the method and the parameter.
         """
+        short = self.short_by_header.get(payload[0]) if payload else None
+        if short is not None:
+            decode_short, defaults = short
+            try:
+                return decode_short(payload) + defaults
+            except (msgspec.ValidationError, msgspec.DecodeError) as again:
+                raise self._argument_error(again) from None
         sent, total = _array_length(payload), len(self.params)
         if sent is None or sent == total:
             raise self._argument_error(exc) from None
@@ -604,6 +616,8 @@ def _method_spec(
         required -= 1
     encoder = msgspec.msgpack.Encoder()
     public_sig = sig.replace(parameters=params)
+    defaults = tuple(p.default for p in params[required:])
+    short_decoders = tuple(_tuple_decoder(arg_types[:n]) for n in range(required, len(params)))
     return MethodSpec(
         component=component_name,
         name=name,
@@ -619,8 +633,12 @@ def _method_spec(
         encode_result=encoder.encode,
         decode_result=result_decoder.decode,
         required=required,
-        defaults=tuple(p.default for p in params[required:]),
-        short_decoders=tuple(_tuple_decoder(arg_types[:n]) for n in range(required, len(params))),
+        defaults=defaults,
+        short_decoders=short_decoders,
+        short_by_header={
+            0x90 + n: (short_decoders[n - required], defaults[n - required :])
+            for n in range(required, min(len(params), 16))
+        },
         errors=errors if errors is not None else {},
     )
 
