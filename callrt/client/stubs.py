@@ -18,7 +18,7 @@ import anyio
 from ..component import MethodSpec, _method_spec, caller_error, component_spec
 from ..context import CallOptions, current_deadline, serving_var
 from ..errors import ClosedError, CommunicationError, ErrorCode, RemoteError
-from ..tracing import client_trace, current_otel_context
+from ..tracing import client_trace, current_otel_context, finish, start_client_span, tracing_enabled
 from .replicas import ManagedReplica, ReplicaSet
 from .retries import Retrier
 
@@ -112,47 +112,62 @@ def remote_method(path: CallPath, method: MethodSpec, options: CallOptions | Non
             inherited = current_deadline()
             if inherited is not None and inherited < deadline:
                 deadline = inherited
+        # A CLIENT span once an SDK is configured; it is current when the trace context is read,
+        # so the server's span is its child.
+        span = start_client_span(method.full_name) if tracing_enabled() else None
         trace = client_trace() if current_otel_context() else None  # an empty context holds no span
         budget.calls += 1
         attempt = 0
-        while True:
-            attempt += 1
-            # The balancer holds only the replicas this client gave it.
-            replica: ManagedReplica | None = pick(options)  # type: ignore[assignment]
-            session = None if replica is None else replica.session
-            if session is None:
-                # This wait (until the deadline, or pick_timeout) is the call's whole wait for a
-                # replica: its Unreachable is final, not retried into another full wait.
-                session = await wait_for_session(options, deadline, method.full_name)
-            try:
-                request_id, waiter = session.start(key, payload, deadline, trace, options)
+        try:
+            while True:
+                attempt += 1
+                # The balancer holds only the replicas this client gave it.
+                replica: ManagedReplica | None = pick(options)  # type: ignore[assignment]
+                session = None if replica is None else replica.session
+                if session is None:
+                    # This wait (until the deadline, or pick_timeout) is the call's whole wait for a
+                    # replica: its Unreachable is final, not retried into another full wait.
+                    session = await wait_for_session(options, deadline, method.full_name)
+                if span is not None:
+                    span.span.set_attribute("server.address", str(session.endpoint))
                 try:
-                    if spin > 0 and not waiter.done():
-                        await session.spin(waiter, spin)
-                    result = await waiter
-                except BaseException:
-                    session.give_up(request_id, deadline)
-                    raise
-                try:
-                    return decode_result(result)
-                except Exception as exc:  # msgspec.ValidationError/DecodeError
-                    raise RemoteError(
-                        f"{method.full_name}: result does not match the return type: {exc}",
-                        code=ErrorCode.MALFORMED_RESPONSE,
-                    ) from None
-            except CommunicationError as exc:
-                if replicas.closed:
-                    raise ClosedError("the connection is closed") from exc
-                delay = retrier.delay(exc, retriable, options, attempt, deadline)
-                if delay is None:
-                    raise
-                await anyio.sleep(delay)
-            except RemoteError as exc:
-                # Only this side knows the method's name and the exceptions its component declared.
-                error = caller_error(method, exc)
-                if error is exc:
-                    raise
-                raise error from exc
+                    request_id, waiter = session.start(key, payload, deadline, trace, options)
+                    try:
+                        if spin > 0 and not waiter.done():
+                            await session.spin(waiter, spin)
+                        result = await waiter
+                    except BaseException:
+                        session.give_up(request_id, deadline)
+                        raise
+                    try:
+                        return decode_result(result)
+                    except Exception as exc:  # msgspec.ValidationError/DecodeError
+                        raise RemoteError(
+                            f"{method.full_name}: result does not match the return type: {exc}",
+                            code=ErrorCode.MALFORMED_RESPONSE,
+                        ) from None
+                except CommunicationError as exc:
+                    if replicas.closed:
+                        raise ClosedError("the connection is closed") from exc
+                    delay = retrier.delay(exc, retriable, options, attempt, deadline)
+                    if delay is None:
+                        raise
+                    if span is not None:
+                        span.span.add_event("retry", {"attempt": attempt + 1, "error": str(exc)[:200]})
+                    await anyio.sleep(delay)
+                except RemoteError as exc:
+                    # Only this side knows the method's name and the exceptions its component declared.
+                    error = caller_error(method, exc)
+                    if error is exc:
+                        raise
+                    raise error from exc
+        except BaseException as exc:
+            if span is not None:
+                span.failed(exc)
+            raise
+        finally:
+            if span is not None:
+                finish(span)
 
     call.__name__ = method.name
     call.__qualname__ = f"{method.full_name} (remote)"  # in reprs and tracebacks

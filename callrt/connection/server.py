@@ -73,7 +73,7 @@ from ..protocol import (
     encode_hello_reply,
     pack_frame_header,
 )
-from ..tracing import detach, server_context
+from ..tracing import CallSpan, finish, server_context, start_server_span, tracing_enabled
 from ._access import checked_lookup
 from ._logs import LogLimiter, handler_failed, protocol_error
 
@@ -309,18 +309,20 @@ class ServerConnection:
             return
         slot = self._sync_slot
         slot.call = (request, entry.name, deadline, self.peer)
-        otel = None if request.trace is None else server_context(request.trace)
+        otel = self._trace(request, entry.name)
         try:
             result = entry.handler(request.payload)
         except Exception as exc:
             handler_failed(self.server.log_limiter, entry.name, exc, self.peer.address)
+            if type(otel) is CallSpan:
+                otel.failed(exc)
             self.fail(request.id, exc)
         else:
             self.reply(request.id, result)  # type: ignore[arg-type]
         finally:
             slot.call = None
             if otel is not None:
-                detach(otel)
+                finish(otel)
 
     def reply(self, request_id: int, payload: bytes) -> None:
         size = len(payload)
@@ -350,7 +352,7 @@ class ServerConnection:
         """Run an async handler with ``on_block`` as its first-suspension hook, then reply."""
         serving = (request, entry.name, deadline, self.peer)
         token = serving_var.set(serving)
-        otel = None if request.trace is None else server_context(request.trace)
+        otel = self._trace(request, entry.name)
         try:
             if entry.is_async:
                 # Until its first suspension the handler holds the loop: the slot says whose it is
@@ -364,6 +366,8 @@ class ServerConnection:
                 )
         except Exception as exc:
             handler_failed(self.server.log_limiter, entry.name, exc, self.peer.address)
+            if type(otel) is CallSpan:
+                otel.failed(exc)
             self.fail(request.id, exc)
         else:
             self.reply(request.id, result)  # pyright: ignore[reportArgumentType]  # a plain def's bytes
@@ -371,7 +375,13 @@ class ServerConnection:
             self._sync_slot.call = None
             serving_var.reset(token)
             if otel is not None:
-                detach(otel)
+                finish(otel)
+
+    def _trace(self, request: Request, name: str) -> object | None:
+        """The call's SERVER span when tracing is on; else the caller's trace context, made current."""
+        if tracing_enabled():
+            return start_server_span(name, request.trace, self.peer.address)
+        return None if request.trace is None else server_context(request.trace)
 
     def inline_call_running(self) -> str | None:
         """The method an inline handler is running on the event loop right now, if any (any thread may ask)."""
