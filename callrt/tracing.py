@@ -1,17 +1,11 @@
-"""OpenTelemetry for calls: W3C trace context in the request frame, and a span per call on each side.
+"""W3C trace context between OpenTelemetry and the request frame (opentelemetry-api only).
 
 The client puts the current span's context into each request; the server
 makes the received context the current one while the handler runs, so a span
 the handler starts is a child of the caller's span. With no SDK configured the
 current span is invalid and nothing is sent.
 
-Once an SDK has set a tracer provider, each call also gets a CLIENT span on
-the caller and a SERVER span (its child) around the handler, named
-``component/method`` with the RPC semantic conventions' attributes
-(``rpc.system`` = ``callrt``, ``rpc.service``, ``rpc.method``, the server's
-address, ``network.transport``, ``error.type`` and an error status on
-failure); retries are events on the client span. Without a provider callrt
-creates no span at all (the API's no-op spans still cost microseconds).
+Spans and metrics per call are :mod:`callrt.telemetry`'s.
 
 A received ``tracestate`` is peer bytes: it is checked here against the W3C
 grammar (at most 32 ``key=value`` list-members, the spec's key and value
@@ -31,28 +25,14 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace as otel_trace
 from opentelemetry.trace import (
     NonRecordingSpan,
-    Span,
     SpanContext,
-    SpanKind,
-    Status,
-    StatusCode,
     TraceFlags,
     TraceState,
 )
 
 from .protocol import TraceContext
 
-__all__ = (
-    "CallSpan",
-    "client_trace",
-    "current_otel_context",
-    "finish",
-    "parse_tracestate",
-    "server_context",
-    "start_client_span",
-    "start_server_span",
-    "tracing_enabled",
-)
+__all__ = ("client_trace", "current_otel_context", "parse_tracestate", "remote_parent", "server_context")
 
 _INVALID = otel_trace.INVALID_SPAN_CONTEXT
 
@@ -115,8 +95,8 @@ def client_trace() -> TraceContext | None:
     return TraceContext(ctx.trace_id.to_bytes(16, "big"), ctx.span_id.to_bytes(8, "big"), int(ctx.trace_flags), state)
 
 
-def server_context(trace: TraceContext) -> object:
-    """Make ``trace`` the current (remote parent) context; returns a token for :func:`detach`.
+def remote_parent(trace: TraceContext) -> otel_context.Context:
+    """A context whose current span is the caller's (remote) span, from the request's trace field.
 
     An invalid ``tracestate`` is left out (see :func:`parse_tracestate`); the ids are kept.
     """
@@ -127,77 +107,9 @@ def server_context(trace: TraceContext) -> object:
         trace_flags=TraceFlags(trace.flags),
         trace_state=parse_tracestate(trace.tracestate) if trace.tracestate else None,
     )
-    ctx = otel_trace.set_span_in_context(NonRecordingSpan(span_context))
-    return otel_context.attach(ctx)
+    return otel_trace.set_span_in_context(NonRecordingSpan(span_context))
 
 
-def tracing_enabled() -> bool:
-    """Whether an SDK has set a tracer provider: until then callrt makes no spans.
-
-    Read on every call, so it reads the API's global directly (the public
-    ``get_tracer_provider()`` answers with a proxy either way).
-    """
-    return getattr(otel_trace, "_TRACER_PROVIDER", True) is not None
-
-
-_tracer = otel_trace.get_tracer("callrt")
-
-
-class CallSpan:
-    """A call's span, current while the call runs on this side."""
-
-    __slots__ = ("span", "token")
-
-    def __init__(self, span: Span, parent: otel_context.Context | None) -> None:
-        self.span = span
-        self.token = otel_context.attach(otel_trace.set_span_in_context(span, parent))
-
-    def failed(self, exc: BaseException) -> None:
-        kind = type(exc)
-        self.span.set_attribute(
-            "error.type",
-            kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}",
-        )
-        self.span.set_status(Status(StatusCode.ERROR, str(exc)[:200]))
-
-
-def _attributes(name: str) -> dict[str, str]:
-    service, _, method = name.rpartition(".")
-    return {"rpc.system": "callrt", "rpc.service": service, "rpc.method": method}
-
-
-def start_client_span(name: str) -> CallSpan:
-    """The CLIENT span of a call of ``name`` (``component.method``), made current."""
-    service, _, method = name.rpartition(".")
-    span = _tracer.start_span(f"{service}/{method}", kind=SpanKind.CLIENT, attributes=_attributes(name))
-    return CallSpan(span, None)
-
-
-def start_server_span(name: str, trace: TraceContext | None, peer_address: str) -> CallSpan:
-    """The SERVER span of a call of ``name``, a child of the caller's span when the request carried one."""
-    parent = None
-    if trace is not None:
-        remote = SpanContext(
-            trace_id=int.from_bytes(trace.trace_id, "big"),
-            span_id=int.from_bytes(trace.span_id, "big"),
-            is_remote=True,
-            trace_flags=TraceFlags(trace.flags),
-            trace_state=parse_tracestate(trace.tracestate) if trace.tracestate else None,
-        )
-        parent = otel_trace.set_span_in_context(NonRecordingSpan(remote))
-    service, _, method = name.rpartition(".")
-    attributes = _attributes(name)
-    scheme, _, address = peer_address.partition("://")
-    attributes["network.transport"] = {"tcp": "tcp", "unix": "unix"}.get(scheme, "inproc")
-    attributes["client.address"] = address
-    span = _tracer.start_span(f"{service}/{method}", context=parent, kind=SpanKind.SERVER, attributes=attributes)
-    return CallSpan(span, parent)
-
-
-def finish(otel: object) -> None:
-    """End what :func:`server_context` or a ``start_*_span`` made current."""
-    if type(otel) is CallSpan:
-        otel.span.end()
-        otel_context.detach(otel.token)
-    else:
-        otel_context.detach(otel)  # type: ignore[arg-type]
+def server_context(trace: TraceContext) -> object:
+    """Make ``trace`` the current (remote parent) context; returns the token ``opentelemetry.context.detach`` takes."""
+    return otel_context.attach(remote_parent(trace))

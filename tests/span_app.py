@@ -1,17 +1,25 @@
 """``python -m tests.span_app``: a two-hop app (client -> Front -> Back, in memory) with the OpenTelemetry
-SDK configured; prints the finished spans as JSON lines, for tests/test_spans.py to read."""
+SDK configured; prints the finished spans and the metrics as JSON lines, for tests/test_spans.py to read."""
 
 from __future__ import annotations
 
 import json
 
 import anyio
-from opentelemetry import trace
+from opentelemetry import metrics, trace
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from callrt import call, component
+
+
+def _point(point: object) -> dict[str, float]:
+    if hasattr(point, "count"):
+        return {"count": point.count, "sum": point.sum}  # a histogram's
+    return {"value": point.value}  # a sum's or a gauge's
 
 
 @component(name="spans.Back")
@@ -48,7 +56,16 @@ if __name__ == "__main__":
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
+    reader = InMemoryMetricReader()
+    metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
     anyio.run(main)
+    data = reader.get_metrics_data()
+    assert data is not None
+    for resource_metrics in data.resource_metrics:
+        for scope_metrics in resource_metrics.scope_metrics:
+            for metric in scope_metrics.metrics:
+                points = [{"attributes": dict(p.attributes or {}), **_point(p)} for p in metric.data.data_points]
+                print(json.dumps({"metric": metric.name, "unit": metric.unit, "points": points}))
     for span in exporter.get_finished_spans():
         ctx, parent = span.get_span_context(), span.parent
         print(

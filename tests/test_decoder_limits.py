@@ -22,6 +22,7 @@ from collections.abc import Iterator
 import anyio
 import pytest
 from anyio.abc import SocketStream
+from opentelemetry import context as otel_context
 from opentelemetry import trace as otel_trace
 
 from callrt.errors import LocalProtocolError, RemoteProtocolError
@@ -44,7 +45,7 @@ from callrt.protocol import (
     encode_request_header,
 )
 from callrt.testing import WorkerProcess
-from callrt.tracing import finish, parse_tracestate, server_context
+from callrt.tracing import parse_tracestate, server_context
 from tests.support import rss_kib
 
 HEADER = struct.Struct("<IBQ")  # body length, kind, id: docs/protocol.md, section 2
@@ -258,7 +259,7 @@ def test_an_invalid_tracestate_is_dropped_silently(otel_log: pytest.LogCaptureFi
     try:
         ctx = otel_trace.get_current_span().get_span_context()
     finally:
-        finish(token)
+        otel_context.detach(token)  # type: ignore[arg-type]
     assert ctx.trace_id == int.from_bytes(TRACE_ID, "big")
     assert ctx.span_id == int.from_bytes(SPAN_ID, "big")
     assert ctx.is_remote and int(ctx.trace_flags) == 1
@@ -283,7 +284,7 @@ def test_a_valid_tracestate_propagates(
     try:
         ctx = otel_trace.get_current_span().get_span_context()
     finally:
-        finish(token)
+        otel_context.detach(token)  # type: ignore[arg-type]
     assert list(ctx.trace_state.items()) == pairs
     assert ctx.trace_id == int.from_bytes(TRACE_ID, "big")
     assert otel_log.records == []

@@ -17,7 +17,8 @@ def test_a_two_hop_call_makes_four_spans_in_one_trace() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "tests.span_app"], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True
     )
-    spans = [json.loads(line) for line in result.stdout.splitlines()]
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    spans = [line for line in lines if "metric" not in line]
     by_name = {(s["name"], s["kind"]): s for s in spans}
     client = by_name[("spans.Front/quadruple", "CLIENT")]
     front = by_name[("spans.Front/quadruple", "SERVER")]
@@ -48,3 +49,21 @@ def test_a_two_hop_call_makes_four_spans_in_one_trace() -> None:
     assert server_failed["attributes"]["error.type"] == "ValueError"
     client_failed = next(s for s in failed if s["kind"] == "CLIENT")
     assert client_failed["attributes"]["error.type"] == "callrt.errors.RemoteError"
+
+    # Metrics, with the conventions' names and units.
+    metrics = {line["metric"]: line for line in lines if "metric" in line}
+    assert metrics["rpc.client.duration"]["unit"] == "ms" and metrics["rpc.server.request.size"]["unit"] == "By"
+    server_calls = {
+        (p["attributes"]["rpc.service"], p["attributes"]["rpc.method"], p["attributes"].get("error.type")): p["count"]
+        for p in metrics["rpc.server.duration"]["points"]
+    }
+    assert server_calls == {
+        ("spans.Front", "quadruple", None): 1,
+        ("spans.Back", "double", None): 1,
+        ("spans.Back", "double", "ValueError"): 1,
+    }
+    assert sum(p["count"] for p in metrics["rpc.server.response.size"]["points"]) == 2  # the two that replied
+    client_calls = sum(p["count"] for p in metrics["rpc.client.duration"]["points"])
+    assert client_calls == 3
+    assert all(p["value"] == 0 for p in metrics["callrt.server.calls_in_flight"]["points"])  # all done
+    assert sum(p["value"] for p in metrics["callrt.server.connections"]["points"]) == 0  # all closed

@@ -29,6 +29,7 @@ from typing import Any
 import anyio
 from anyio.abc import TaskGroup
 
+from .. import telemetry
 from ..balancers import Balancer
 from ..connection._logs import loggable
 from ..connection.client import ClientSession
@@ -138,6 +139,7 @@ class ReplicaSet:
         self._transports = transports
         self._tg = tg
         self._changed = anyio.Event()
+        telemetry.watch_replicas(self, lambda: [r.state.value for r in list(self.replicas.values())])
 
     def changed(self) -> None:
         """Wake whoever waits for a replica to change state."""

@@ -15,6 +15,7 @@ from collections import deque
 
 import anyio
 
+from .. import telemetry
 from ..context import CallOptions
 from ..errors import CommunicationError, LocalProtocolError, SessionLost, Unreachable
 from ..options import RetryPolicy
@@ -79,7 +80,10 @@ class Retrier:
         if isinstance(exc, LocalProtocolError) or not (retry or never_sent):
             return None
         policy = self.policy
-        if attempt >= policy.max_attempts or not self.budget.try_spend():
+        if attempt >= policy.max_attempts:
+            return None
+        if not self.budget.try_spend():
+            telemetry.retry_refused()
             return None
         delay = min(policy.max_backoff, policy.initial_backoff * policy.multiplier ** (attempt - 1))
         delay *= 1 - policy.jitter * random.random()

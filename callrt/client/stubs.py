@@ -15,10 +15,12 @@ from typing import Any, Protocol, TypeVar
 
 import anyio
 
+from .. import telemetry
 from ..component import MethodSpec, _method_spec, caller_error, component_spec
 from ..context import CallOptions, current_deadline, serving_var
 from ..errors import ClosedError, CommunicationError, ErrorCode, RemoteError
-from ..tracing import client_trace, current_otel_context, finish, start_client_span, tracing_enabled
+from ..interceptors import ClientCall, ClientInterceptor, intercept_client
+from ..tracing import client_trace, current_otel_context
 from .replicas import ManagedReplica, ReplicaSet
 from .retries import Retrier
 
@@ -47,6 +49,7 @@ class CallPath:
     retrier: Retrier
     effective_deadline: Callable[[], float]  # the caller's deadline, read once per call
     spin: float  # ClientOptions.optimistic_spin_duration
+    interceptors: tuple[ClientInterceptor, ...] = ()  # ClientOptions.interceptors: empty, no wrapper
 
 
 class _Stub:
@@ -86,10 +89,14 @@ def with_options(target: T, options: CallOptions) -> T:
     return remake(options)  # type: ignore[no-any-return]
 
 
-def remote_method(path: CallPath, method: MethodSpec, options: CallOptions | None = None) -> StubMethod:
+def remote_method(
+    path: CallPath, method: MethodSpec, options: CallOptions | None = None, observer: ClientCall | None = None
+) -> StubMethod:
     """``method`` as an async function of its arguments: ``await f(*args)`` calls it remotely.
 
-    ``f.options(CallOptions(...))`` is the same method with other options.
+    ``f.options(CallOptions(...))`` is the same method with other options. With client
+    interceptors, each call runs their chain around the call (made with the chain's
+    ``ClientCall`` as ``observer``, which learns each attempt's replica).
     """
     encode_args, key, decode_result = method.encode_args, method.key, method.decode_result
     arity = len(method.params)
@@ -112,9 +119,9 @@ def remote_method(path: CallPath, method: MethodSpec, options: CallOptions | Non
             inherited = current_deadline()
             if inherited is not None and inherited < deadline:
                 deadline = inherited
-        # A CLIENT span once an SDK is configured; it is current when the trace context is read,
-        # so the server's span is its child.
-        span = start_client_span(method.full_name) if tracing_enabled() else None
+        # A CLIENT span and measurements once an SDK is configured; the span is current when the
+        # trace context is read, so the server's span is its child.
+        span = telemetry.start_client_call(method.full_name, len(payload)) if telemetry.enabled() else None
         trace = client_trace() if current_otel_context() else None  # an empty context holds no span
         budget.calls += 1
         attempt = 0
@@ -128,8 +135,10 @@ def remote_method(path: CallPath, method: MethodSpec, options: CallOptions | Non
                     # This wait (until the deadline, or pick_timeout) is the call's whole wait for a
                     # replica: its Unreachable is final, not retried into another full wait.
                     session = await wait_for_session(options, deadline, method.full_name)
+                if observer is not None:
+                    observer.replica = str(session.endpoint)
                 if span is not None:
-                    span.span.set_attribute("server.address", str(session.endpoint))
+                    span.set("server.address", str(session.endpoint))
                 try:
                     request_id, waiter = session.start(key, payload, deadline, trace, options)
                     try:
@@ -152,8 +161,7 @@ def remote_method(path: CallPath, method: MethodSpec, options: CallOptions | Non
                     delay = retrier.delay(exc, retriable, options, attempt, deadline)
                     if delay is None:
                         raise
-                    if span is not None:
-                        span.span.add_event("retry", {"attempt": attempt + 1, "error": str(exc)[:200]})
+                    telemetry.retried(span, attempt + 1, exc)
                     await anyio.sleep(delay)
                 except RemoteError as exc:
                     # Only this side knows the method's name and the exceptions its component declared.
@@ -167,8 +175,16 @@ def remote_method(path: CallPath, method: MethodSpec, options: CallOptions | Non
             raise
         finally:
             if span is not None:
-                finish(span)
+                telemetry.finish(span)
 
+    if path.interceptors and observer is None:  # the chain, around every call of this method
+        call = intercept_client(  # type: ignore[assignment]
+            path.interceptors,
+            method.full_name,
+            options,
+            effective_deadline,
+            lambda c: remote_method(path, method, c.options, c)(*c.args, **c.kwargs),
+        )
     call.__name__ = method.name
     call.__qualname__ = f"{method.full_name} (remote)"  # in reprs and tracebacks
     stub_method: StubMethod = call  # type: ignore[assignment]

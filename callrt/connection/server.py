@@ -39,7 +39,9 @@ from typing import Any, Protocol
 
 import anyio
 from anyio import to_thread
+from opentelemetry import context as otel_context
 
+from .. import telemetry
 from ..component import declared_error_args
 from ..context import UNKNOWN_PEER, SyncSlot, serving_var
 from ..endpoints import Endpoint
@@ -73,7 +75,8 @@ from ..protocol import (
     encode_hello_reply,
     pack_frame_header,
 )
-from ..tracing import CallSpan, finish, server_context, start_server_span, tracing_enabled
+from ..telemetry import CallRecord
+from ..tracing import server_context
 from ._access import checked_lookup
 from ._logs import LogLimiter, handler_failed, protocol_error
 
@@ -314,15 +317,17 @@ class ServerConnection:
             result = entry.handler(request.payload)
         except Exception as exc:
             handler_failed(self.server.log_limiter, entry.name, exc, self.peer.address)
-            if type(otel) is CallSpan:
+            if type(otel) is CallRecord:
                 otel.failed(exc)
             self.fail(request.id, exc)
         else:
             self.reply(request.id, result)  # type: ignore[arg-type]
+            if type(otel) is CallRecord:
+                otel.response_size = len(result)  # type: ignore[arg-type]
         finally:
             slot.call = None
             if otel is not None:
-                finish(otel)
+                _finish(otel)
 
     def reply(self, request_id: int, payload: bytes) -> None:
         size = len(payload)
@@ -366,21 +371,23 @@ class ServerConnection:
                 )
         except Exception as exc:
             handler_failed(self.server.log_limiter, entry.name, exc, self.peer.address)
-            if type(otel) is CallSpan:
+            if type(otel) is CallRecord:
                 otel.failed(exc)
             self.fail(request.id, exc)
         else:
             self.reply(request.id, result)  # pyright: ignore[reportArgumentType]  # a plain def's bytes
+            if type(otel) is CallRecord:
+                otel.response_size = len(result)  # pyright: ignore[reportArgumentType]
         finally:
             self._sync_slot.call = None
             serving_var.reset(token)
             if otel is not None:
-                finish(otel)
+                _finish(otel)
 
     def _trace(self, request: Request, name: str) -> object | None:
-        """The call's SERVER span when tracing is on; else the caller's trace context, made current."""
-        if tracing_enabled():
-            return start_server_span(name, request.trace, self.peer.address)
+        """The call's span and measurements once OpenTelemetry is configured; else the caller's trace context."""
+        if telemetry.enabled():
+            return telemetry.start_server_call(name, request.trace, self.peer.address, len(request.payload))
         return None if request.trace is None else server_context(request.trace)
 
     def inline_call_running(self) -> str | None:
@@ -515,11 +522,13 @@ class Server:
 
     def connection_opened(self, conn: ServerConnection) -> None:
         self.connections.add(conn)
+        telemetry.connection_change(1)
         logger.debug("connection from %s accepted (%d open)", conn.peer.address, len(self.connections))
 
     def connection_closed(self, conn: ServerConnection) -> None:
         if conn in self.connections:
             self.connections.discard(conn)
+            telemetry.connection_change(-1)
             logger.debug("connection from %s closed (%d open)", conn.peer.address, len(self.connections))
         if self._all_closed is not None and not self.connections:
             self._all_closed.set()
@@ -550,3 +559,11 @@ class Server:
         for conn in list(self.connections):
             conn.close()
         self.connections.clear()
+
+
+def _finish(otel: object) -> None:
+    """End what ServerConnection._trace made current."""
+    if type(otel) is CallRecord:
+        telemetry.finish(otel)
+    else:
+        otel_context.detach(otel)  # type: ignore[arg-type]
