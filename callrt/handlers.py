@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
 from . import keys
-from .component import component_spec
+from .component import ComponentSpec, component_spec
 from .errors import RegistrationError
 from .keys import MethodKey
 
@@ -25,6 +25,8 @@ class RegisteredHandler:
     # A sync handler run on the reading path itself (``@inline``); other sync handlers run
     # in a worker thread, so that one that blocks cannot stall the event loop.
     inline: bool = False
+    # The ``@component`` spec the handler was made from (``add_handlers``), for reflection; None for a raw handler.
+    component: ComponentSpec | None = None
 
 
 class HandlerMap:
@@ -36,11 +38,14 @@ class HandlerMap:
         self.get: Callable[[bytes], RegisteredHandler | None] = self._handlers.get
         self._served: tuple[int, str] | None = None  # served(), and the table's size it was made at
 
-    def set(self, component: str, method: str, handler: Handler, *, inline: bool = False) -> MethodKey:
+    def set(
+        self, component: str, method: str, handler: Handler, *, inline: bool = False, spec: ComponentSpec | None = None
+    ) -> MethodKey:
         """Register one handler; returns its key.
 
         A sync ``handler`` runs in a worker thread, or on the event loop with ``inline=True``
-        (for small functions that never block).
+        (for small functions that never block). ``spec``, the ``@component`` that ``method``
+        belongs to, lets reflection describe the method's types.
         """
         key = keys.make_method_key(component, method)  # through the module: a test may make keys collide
         name = f"{component}.{method}"
@@ -49,7 +54,7 @@ class HandlerMap:
             what = "registered twice" if existing.name == name else f"collides with {existing.name!r}"
             raise RegistrationError(f"method key of {name!r} {what}")
         is_async = inspect.iscoroutinefunction(handler)
-        self._handlers[key] = RegisteredHandler(name, handler, is_async, inline and not is_async)
+        self._handlers[key] = RegisteredHandler(name, handler, is_async, inline and not is_async, spec)
         return key
 
     def add_handlers(self, name: str | None, impl: object) -> None:
@@ -59,7 +64,7 @@ class HandlerMap:
         """
         spec = component_spec(impl)
         for method in spec.methods.values():
-            self.set(name or spec.name, method.name, method.handler(impl), inline=method.inline)
+            self.set(name or spec.name, method.name, method.handler(impl), inline=method.inline, spec=spec)
 
     def __len__(self) -> int:
         return len(self._handlers)

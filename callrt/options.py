@@ -76,6 +76,7 @@ class ServerOptions:
         such as :class:`callrt.access.AllowList`, asked before a handler runs;
         a refused call fails with :class:`~callrt.errors.PermissionDenied`.
         ``None``: every caller may call every method.
+    :ivar reflection: answer ``callrt.Reflection`` (what this server serves, with JSON Schemas; ``callrt list``).
     """
 
     inline_handler_duration: float = 20e-6
@@ -101,6 +102,7 @@ class ServerOptions:
     tls: ssl.SSLContext | None = None
     insecure: bool = False
     access: AccessPolicy | None = None
+    reflection: bool = True
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -23,6 +23,7 @@ from .connection.server import Server
 from .endpoints import Endpoint, parse_endpoint
 from .handlers import HandlerMap
 from .options import ServerOptions
+from .reflection import add_reflection
 from .transport import TransportSelector
 from .transport.base import listen_error
 
@@ -42,7 +43,7 @@ def _handler_map(components: Sequence[object]) -> HandlerMap:
                 entry = impl.get(key)
                 assert entry is not None
                 component, _, method = entry.name.rpartition(".")
-                handlers.set(component, method, entry.handler, inline=entry.inline)
+                handlers.set(component, method, entry.handler, inline=entry.inline, spec=entry.component)
         else:
             handlers.add_handlers(None, impl)
     return handlers
@@ -136,6 +137,8 @@ async def start_server(
     addresses = [address] if isinstance(address, (str, Endpoint)) else list(address)
     endpoints = [parse_endpoint(a) for a in addresses]
     server = Server(_handler_map(components), options or ServerOptions())
+    if server.options.reflection:
+        add_reflection(server.handlers)
     server.thread_limiter = anyio.CapacityLimiter(server.options.handler_threads)
     await _refuse_exposed_plaintext(endpoints, server.options)
     transports = TransportSelector(server.options.transport)
