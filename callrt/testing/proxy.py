@@ -61,14 +61,13 @@ from collections.abc import Awaitable, Callable, Collection
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import TYPE_CHECKING, Literal, NamedTuple
+from typing import Literal, NamedTuple
 
 import anyio
 from anyio.abc import ByteStream, Listener, SocketAttribute, TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-if TYPE_CHECKING:
-    from ..call import Endpoint
+from ..endpoints import Endpoint
 
 __all__ = ("Direction", "FaultProxy", "Faults", "Pipe", "ProxyConnection")
 
