@@ -22,6 +22,7 @@ from anyio.abc import TaskStatus
 from .connection.server import Server
 from .endpoints import Endpoint, parse_endpoint
 from .handlers import HandlerMap
+from .health import add_health
 from .options import ServerOptions
 from .reflection import add_reflection
 from .transport import TransportSelector
@@ -137,6 +138,7 @@ async def start_server(
     addresses = [address] if isinstance(address, (str, Endpoint)) else list(address)
     endpoints = [parse_endpoint(a) for a in addresses]
     server = Server(_handler_map(components), options or ServerOptions())
+    add_health(server)
     if server.options.reflection:
         add_reflection(server.handlers)
     server.thread_limiter = anyio.CapacityLimiter(server.options.handler_threads)

@@ -62,7 +62,14 @@ def _resolve(schema: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
 async def test_components_methods_and_schemas() -> None:
     with anyio.fail_after(10):
         info = await _describe(Shop())
-    assert [c.name for c in info.components] == ["test.Shop"]  # not callrt.Reflection itself
+    # Not callrt.Reflection itself; the built-in health component is served, so it is listed.
+    assert [c.name for c in info.components] == ["callrt.Health", "test.Shop"]
+    health = info.component("callrt.Health")
+    assert health is not None
+    (check,) = health.methods
+    assert check.params is not None
+    assert check.params[0].schema == {"type": "string"}
+    assert check.result == {"enum": ["NOT_SERVING", "SERVICE_UNKNOWN", "SERVING"]}
     shop = info.component("test.Shop")
     assert shop is not None
     methods = {m.name: m for m in shop.methods}

@@ -497,6 +497,10 @@ class Server:
     waiting_for_calls: set[Callable[[], None]] = field(default_factory=set)
     #: Keeps a flood of one failure (a method failing every call, junk on the port) out of the log.
     log_limiter: LogLimiter = field(default_factory=LogLimiter)
+    #: Set first thing by :meth:`drain`: ``callrt.Health`` then answers NOT_SERVING for everything.
+    draining: bool = False
+    #: What the application said of its components' health (:meth:`set_health`); ``""`` is the server.
+    health: dict[str, bool] = field(default_factory=dict)
     _stop: anyio.Event = field(default_factory=anyio.Event)
     _all_closed: anyio.Event | None = None
 
@@ -515,6 +519,13 @@ class Server:
     def endpoint(self) -> Endpoint:
         """The first bound endpoint (with the real port when port 0 was asked for)."""
         return self.endpoints[0]
+
+    def set_health(self, component: str, *, serving: bool) -> None:
+        """Make ``callrt.Health.check(component)`` answer SERVING or NOT_SERVING (``""``: the server as a whole).
+
+        A draining server answers NOT_SERVING for everything, whatever was set.
+        """
+        self.health[component] = serving
 
     def stop(self) -> None:
         """Ask :func:`serve` to drain and return."""
@@ -540,6 +551,7 @@ class Server:
         the goaway on the wire is still served, which closing at the moment of
         zero calls in flight would lose.
         """
+        self.draining = True  # first: health checks answer NOT_SERVING from now on
         self._all_closed = anyio.Event()
         if self.connections:
             logger.info(

@@ -1,0 +1,86 @@
+"""Health checking like gRPC's: every server answers ``callrt.Health.check(component)``.
+
+The answer is ``"SERVING"``, ``"NOT_SERVING"`` or ``"SERVICE_UNKNOWN"``:
+
+- ``""`` asks about the server as a whole: SERVING unless the application said otherwise;
+- a component the server serves is SERVING unless the application said otherwise
+  (``server.set_health("shop.Cart", serving=False)`` on the :class:`~callrt.connection.server.Server`
+  that ``start_server`` gives, or ``task_group.start(serve, ...)`` returns);
+- a name the server does not serve, and the application never set, is SERVICE_UNKNOWN;
+- a draining server answers NOT_SERVING for everything.
+
+*Watching.* Streams are not implemented yet, so there is no streaming ``Watch``
+as in gRPC: a client polls. :func:`watch` does it, yielding each status when it
+changes; ``callrt health URL [Component]`` asks once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Literal, Protocol
+
+import anyio
+
+from .component import component, inline, interface
+from .connection.server import Server
+
+__all__ = ("HEALTH", "Health", "HealthAPI", "Status", "add_health", "watch")
+
+HEALTH = "callrt.Health"
+Status = Literal["SERVING", "NOT_SERVING", "SERVICE_UNKNOWN"]
+
+
+@interface(name=HEALTH)
+class HealthAPI(Protocol):
+    """The health component's interface: a client's ``stub(HealthAPI)``."""
+
+    async def check(self, component: str) -> Status: ...
+
+
+@component(implements=HealthAPI)
+class Health:
+    """Answers for ``server``: its draining flag, what the application set, and what it serves."""
+
+    def __init__(self, server: Server) -> None:
+        self._server = server
+        self._served: tuple[int, frozenset[str]] = (-1, frozenset())
+
+    @inline
+    def check(self, component: str) -> Status:
+        server = self._server
+        if server.draining:
+            return "NOT_SERVING"
+        said = server.health.get(component)
+        if said is not None:
+            return "SERVING" if said else "NOT_SERVING"
+        if component == "" or component in self._names():
+            return "SERVING"
+        return "SERVICE_UNKNOWN"
+
+    def _names(self) -> frozenset[str]:
+        handlers = self._server.handlers
+        size, names = self._served
+        if size != len(handlers):
+            names = frozenset(name.rpartition(".")[0] for name in handlers.names())
+            self._served = (len(handlers), names)
+        return names
+
+
+def add_health(server: Server) -> None:
+    """Register ``callrt.Health`` in ``server``'s handlers, answering for ``server``."""
+    server.handlers.add_handlers(None, Health(server))
+
+
+async def watch(health: HealthAPI, component: str = "", *, interval: float = 1.0) -> AsyncIterator[Status]:
+    """Poll ``health.check(component)`` every ``interval`` seconds; yield the first status and each change.
+
+    ``health`` is a stub (``client.stub(HealthAPI)``). A failing call (the server gone, a deadline)
+    raises out of the iteration: the caller decides whether to watch again.
+    """
+    last: Status | None = None
+    while True:
+        status = await health.check(component)
+        if status != last:
+            last = status
+            yield status
+        await anyio.sleep(interval)
