@@ -1,0 +1,341 @@
+"""The ``callrt`` command (also ``python -m callrt``): call, list, health-check and serve components.
+
+::
+
+    callrt call URL Component.method '<JSON args>'   # prints the result as JSON
+    callrt list URL                                   # components, methods, signatures
+    callrt health URL [Component]                     # exit code 0 only when SERVING
+    callrt serve module:Class [module:Class ...] --listen URL [--listen URL]
+
+``URL`` is an endpoint (``tcp://host:port``, ``unix:///path``), or several
+separated by commas. ``call`` reads the method's parameters from the server's
+reflection (``callrt.Reflection``): the JSON arguments are an array (in
+parameter order) or an object (by parameter name). They are sent as the
+MessagePack of the JSON values, which the server converts to the method's
+types (Structs, enums, datetimes, decimals, UUIDs from their JSON forms);
+base64 strings where the schema says bytes become bytes first. A server with
+reflection turned off is called with the array as it is.
+
+Exit codes: 0 success; 1 the call failed (code, message and, where the server
+sent it, its traceback are printed on stderr), or, for ``health``, anything but
+SERVING; 2 a usage error (no such method, arguments that are not JSON).
+"""
+
+from __future__ import annotations
+
+import base64
+import importlib
+import inspect
+import sys
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+import anyio
+import click
+import msgspec
+
+from . import call
+from .client import Client
+from .component import interface, not_retriable
+from .errors import CallrtError, RemoteError, UnknownMethod
+from .health import HealthAPI
+from .reflection import REFLECTION, MethodInfo, ReflectionAPI, ServiceInfo
+from .runner import run
+
+__all__ = ("main",)
+
+_BACKENDS = click.Choice(["asyncio", "trio"])
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--backend", type=_BACKENDS, default="asyncio", show_default=True, help="The event loop.")
+@click.option("--timeout", type=float, default=10.0, show_default=True, help="Seconds for the whole command.")
+@click.pass_context
+def main(ctx: click.Context, backend: str, timeout: float) -> None:
+    """callrt: call, list, health-check and serve components."""
+    ctx.obj = {"backend": backend, "timeout": timeout}
+
+
+# -- call --------------------------------------------------------------------------------------
+
+
+@main.command("call")
+@click.argument("url")
+@click.argument("method")
+@click.argument("args", default="[]")
+@click.pass_context
+def call_command(ctx: click.Context, url: str, method: str, args: str) -> None:
+    """Call COMPONENT.METHOD with ARGS (a JSON array, or an object by parameter name); print the result as JSON."""
+    component, _, name = method.rpartition(".")
+    if not component or not name:
+        _usage(f"{method!r} is not Component.method")
+    try:
+        given = msgspec.json.decode(args)
+    except msgspec.DecodeError as exc:
+        _usage(f"the arguments are not JSON: {exc}")
+    if not isinstance(given, list | dict):
+        _usage("the arguments are a JSON array (in parameter order) or an object (by parameter name)")
+    result = _run(ctx, _call, url, component, name, given)
+    click.echo(msgspec.json.encode(result).decode())
+
+
+async def _call(client: Client, component: str, name: str, given: list[Any] | dict[str, Any]) -> Any:
+    info = await _describe(client)
+    described = None if info is None else info.component(component)
+    method = None if described is None else next((m for m in described.methods if m.name == name), None)
+    if info is not None and method is None:
+        known = (
+            f"it has {', '.join(m.name for m in described.methods)}"
+            if described is not None
+            else f"it serves {', '.join(c.name for c in info.components)}"
+        )
+        _usage(f"the server does not serve {component}.{name}: {known}")
+    if method is None or method.params is None:  # no reflection, or a raw handler: send the array as it is
+        if not isinstance(given, list):
+            _usage(f"{component}.{name} is not described by the server: give the arguments as a JSON array")
+        values = given
+        count, required, retriable = len(given), len(given), False
+    else:
+        values = _arguments(method, given, info.defs if info is not None else {})
+        count = len(method.params)
+        required = next((i for i in range(count, 0, -1) if method.params[i - 1].required), 0)
+        retriable = method.retriable
+    stub = client.stub(_dynamic_interface(component, name, count, required, retriable))
+    return await getattr(stub, name)(*values)
+
+
+def _arguments(method: MethodInfo, given: list[Any] | dict[str, Any], defs: dict[str, Any]) -> list[Any]:
+    """The JSON arguments in parameter order, bytes decoded from base64 where the schema says so."""
+    assert method.params is not None
+    params = method.params
+    if isinstance(given, dict):
+        unknown = sorted(set(given) - {p.name for p in params})
+        if unknown:
+            _usage(f"{method.name}() has no parameter {', '.join(map(repr, unknown))}: it takes {method.signature}")
+        last = max((i for i, p in enumerate(params) if p.name in given), default=-1)
+        values = []
+        for p in params[: last + 1]:
+            if p.name in given:
+                values.append(given[p.name])
+            elif not p.required and p.default is not msgspec.UNSET:
+                values.append(p.default)  # before a later argument that was given: its default, as reflected
+            else:
+                _usage(f"{method.name}(): give {p.name!r} (it takes {method.signature})")
+        given = values
+    if len(given) > len(params):
+        _usage(f"{method.name}() takes {len(params)} arguments, {len(given)} given: {method.signature}")
+    missing = [p.name for p in params[len(given) :] if p.required]
+    if missing:
+        _usage(f"{method.name}(): missing {', '.join(map(repr, missing))} (it takes {method.signature})")
+    return [from_json(value, p.schema, defs) for value, p in zip(given, params, strict=False)]
+
+
+def from_json(value: Any, schema: dict[str, Any], defs: dict[str, Any]) -> Any:
+    """``value``, decoded from JSON, with base64 strings turned into bytes where ``schema`` has bytes.
+
+    Every other conversion (Structs, enums, datetimes, decimals, UUIDs) is the server's:
+    msgspec's typed decoder takes their JSON forms from MessagePack too.
+    """
+    schema = _resolve(schema, defs)
+    if isinstance(value, str) and schema.get("contentEncoding") == "base64":
+        try:
+            return base64.b64decode(value, validate=True)
+        except ValueError:
+            return value  # the server says what is wrong with it
+    branches = schema.get("anyOf")
+    if branches is not None:
+        discriminator = schema.get("discriminator")
+        if isinstance(discriminator, dict) and isinstance(value, dict):
+            ref = discriminator.get("mapping", {}).get(value.get(discriminator.get("propertyName")))
+            if ref is not None:
+                return from_json(value, {"$ref": ref}, defs)
+        for branch in branches:
+            resolved = _resolve(branch, defs)
+            if isinstance(value, str) and resolved.get("contentEncoding") == "base64":
+                return from_json(value, resolved, defs)
+        for branch in branches:
+            resolved = _resolve(branch, defs)
+            if _json_type(value) == resolved.get("type"):
+                return from_json(value, resolved, defs)
+        return value
+    if isinstance(value, list):
+        prefix = schema.get("prefixItems")
+        items = schema.get("items")
+        out = []
+        for i, item in enumerate(value):
+            sub = prefix[i] if isinstance(prefix, list) and i < len(prefix) else items
+            out.append(from_json(item, sub, defs) if isinstance(sub, dict) else item)
+        return out
+    if isinstance(value, dict):
+        properties = schema.get("properties") or {}
+        extra = schema.get("additionalProperties")
+        result = {}
+        for key, item in value.items():
+            sub = properties.get(key, extra)
+            result[key] = from_json(item, sub, defs) if isinstance(sub, dict) else item
+        return result
+    return value
+
+
+def _resolve(schema: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
+    seen = 0
+    while "$ref" in schema and seen < 32:
+        found = defs.get(str(schema["$ref"]).rpartition("/")[2])
+        if not isinstance(found, dict):
+            return {}
+        schema, seen = found, seen + 1
+    return schema
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, dict):
+        return "object"
+    if isinstance(value, str):
+        return "string"
+    return "other"
+
+
+def _dynamic_interface(component: str, name: str, count: int, required: int, retriable: bool) -> type:
+    """An ``@interface`` of one untyped method: ``count`` parameters, the last ``count - required`` optional.
+
+    Its stub sends the arguments as a MessagePack array and decodes the result as any value.
+    """
+
+    async def method(*args: Any) -> Any: ...
+
+    params = [inspect.Parameter("self", inspect.Parameter.POSITIONAL_ONLY)]
+    params += [
+        inspect.Parameter(
+            f"p{i}", inspect.Parameter.POSITIONAL_ONLY, default=None if i >= required else inspect.Parameter.empty
+        )
+        for i in range(count)
+    ]
+    method.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    method.__annotations__ = {}
+    if not retriable:
+        not_retriable(method)
+    return interface(name=component)(type("Dynamic", (), {name: method}))
+
+
+# -- list --------------------------------------------------------------------------------------
+
+
+@main.command("list")
+@click.argument("url")
+@click.option("--json", "as_json", is_flag=True, help="Print the reflection's description as JSON.")
+@click.pass_context
+def list_command(ctx: click.Context, url: str, as_json: bool) -> None:
+    """List the components and methods URL serves, with their signatures."""
+    info = _run(ctx, _describe, url)
+    if info is None:
+        _fail(f"{url} does not answer {REFLECTION} (ServerOptions(reflection=False)?)")
+    if as_json:
+        click.echo(msgspec.json.encode(info).decode())
+        return
+    for component in info.components:
+        click.echo(component.name)
+        for method in component.methods:
+            click.echo(f"  {method.signature}" + ("" if method.retriable else "  [not retriable]"))
+
+
+async def _describe(client: Client) -> ServiceInfo | None:
+    try:
+        return await client.stub(ReflectionAPI).describe()
+    except UnknownMethod:
+        return None
+
+
+# -- health ------------------------------------------------------------------------------------
+
+
+@main.command("health")
+@click.argument("url")
+@click.argument("component", default="")
+@click.pass_context
+def health_command(ctx: click.Context, url: str, component: str) -> None:
+    """Print COMPONENT's health at URL (the server's, without one); exit 0 only when SERVING."""
+    status = _run(ctx, _check, url, component)
+    click.echo(status)
+    if status != "SERVING":
+        sys.exit(1)
+
+
+async def _check(client: Client, component: str) -> str:
+    return await client.stub(HealthAPI).check(component)
+
+
+# -- serve -------------------------------------------------------------------------------------
+
+
+@main.command("serve")
+@click.argument("components", nargs=-1, required=True)
+@click.option("--listen", "listen", multiple=True, required=True, help="An endpoint URL; repeat for more.")
+@click.option("--insecure", is_flag=True, help="Allow plaintext on a non-loopback TCP address.")
+@click.option("--no-reflection", is_flag=True, help="Do not answer callrt.Reflection.")
+@click.pass_context
+def serve_command(
+    ctx: click.Context, components: tuple[str, ...], listen: tuple[str, ...], insecure: bool, no_reflection: bool
+) -> None:
+    """Serve COMPONENTS (module:Class, each made with no arguments) until SIGTERM or SIGINT, then drain."""
+    instances = [_load(name) for name in components]
+    options = call.ServerOptions(insecure=insecure, reflection=not no_reflection)
+    run(_serve, list(listen), instances, options, backend=ctx.obj["backend"])
+
+
+async def _serve(listen: list[str], instances: list[object], options: call.ServerOptions) -> None:
+    async with anyio.create_task_group() as tg:
+        server = await tg.start(
+            lambda task_status: call.serve(listen, *instances, options=options, task_status=task_status)
+        )
+        click.echo(f"serving on {', '.join(map(str, server.endpoints))}", err=True)
+
+
+def _load(name: str) -> object:
+    module, _, attr = name.partition(":")
+    if not module or not attr:
+        _usage(f"{name!r} is not module:Class")
+    try:
+        cls = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as exc:
+        _usage(f"cannot load {name}: {exc}")
+    return cls()
+
+
+# -- plumbing ----------------------------------------------------------------------------------
+
+
+def _run(ctx: click.Context, func: Callable[..., Any], url: str, *args: Any) -> Any:
+    timeout: float = ctx.obj["timeout"]
+    endpoints = [u.strip() for u in url.split(",") if u.strip()]
+
+    async def main() -> Any:
+        with anyio.fail_after(timeout):
+            async with call.connect(endpoints) as client:
+                return await func(client, *args)
+
+    try:
+        return run(main, backend=ctx.obj["backend"])
+    except RemoteError as exc:
+        _fail(f"{exc.code.value}: {exc.message}", exc.remote_type, exc.remote_traceback)
+    except CallrtError as exc:  # before TimeoutError: NoReplicaInTime is one, and says why
+        _fail(f"{type(exc).__name__}: {exc}")
+    except TimeoutError:
+        _fail(f"no answer within {timeout} s (--timeout)")
+    except ValueError as exc:  # a malformed URL
+        _usage(str(exc))
+
+
+def _fail(message: str, remote_type: str | None = None, remote_traceback: str | None = None) -> NoReturn:
+    click.echo(f"error: {message}", err=True)
+    if remote_type:
+        click.echo(f"remote type: {remote_type}", err=True)
+    if remote_traceback:
+        click.echo(remote_traceback.rstrip("\n"), err=True)
+    sys.exit(1)
+
+
+def _usage(message: str) -> NoReturn:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(2)
