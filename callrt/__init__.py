@@ -7,9 +7,12 @@ The package is built in layers; a module imports only from layers below its
 own (``[tool.importlinter]`` in pyproject.toml checks it), top to bottom:
 
 ================================  ================================================
-``testing``                       the kit for tests: worker processes, fault proxy
+``__main__``                      ``python -m callrt``
+``cli``, ``testing``              the ``callrt`` command; the kit for tests:
+                                  worker processes, fault proxy
 ``call``                          the public namespace (``from callrt import call``)
 ``server``, ``client/``           ``serve()``; ``connect()``, replicas, retries, stubs
+``health``, ``reflection``        built-in components every server answers
 ``transport/``                    the I/O shells: asyncio Protocol, anyio streams,
                                   in-memory; one ``Transport`` interface
 ``connection/``                   one connection's protocol logic, no sockets
