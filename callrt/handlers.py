@@ -78,7 +78,9 @@ class HandlerMap:
     def served(self, limit: int = 1000) -> str:
         """What this table serves, for an unknown method's error: ``"shop.Cart (add, total); ..."``, cut at ``limit``.
 
-        Computed once per size of the table: a flood of unknown keys costs no more than a lookup each.
+        The application's components only: callrt's own (``callrt.Health``, ``callrt.Reflection``)
+        are on every server. Computed once per size of the table: a flood of unknown keys costs
+        no more than a lookup each.
         """
         cached = self._served
         if cached is not None and cached[0] == len(self._handlers):
@@ -86,7 +88,8 @@ class HandlerMap:
         by_component: dict[str, list[str]] = {}
         for name in self.names():
             component, _, method = name.rpartition(".")
-            by_component.setdefault(component, []).append(method)
+            if not component.startswith("callrt."):
+                by_component.setdefault(component, []).append(method)
         text = "; ".join(f"{c} ({', '.join(ms)})" for c, ms in by_component.items())
         if len(text) > limit:
             text = text[: limit - 5].rsplit(";", 1)[0] + "; ..."

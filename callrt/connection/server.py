@@ -247,7 +247,7 @@ class ServerConnection:
         if self.server.options.access is not None:
             return ""  # a caller the policy would refuse learns nothing of what is served
         served = self.server.handlers.served()
-        return f"; this server serves {served}" if served else "; this server serves nothing"
+        return f"; this server serves {served}" if served else "; this server serves no components"
 
     @property
     def send_tracebacks(self) -> bool:
