@@ -12,11 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from types import ModuleType
+from typing import Any
 
 import anyio
 import pytest
 
-from callrt import call
+from callrt import call, component
 from callrt.errors import ErrorCode, InvalidArgument, RemoteError, UnknownMethod, remote_details
 from callrt.testing import WorkerProcess
 from tests import compat_v1 as v1
@@ -174,3 +175,33 @@ async def test_what_is_served_is_listed_only_without_an_access_policy(policy: bo
     message = info.value.message
     assert message.startswith("tests.compat.Inventory.count: the server does not serve this method (no handler")
     assert ("this server serves" in message) is not policy
+
+
+@component(name="tests.compat.Front", errors={"tests.compat.OutOfStock": v2.OutOfStock})
+class Front:
+    """Calls the inventory behind it and lets its errors escape."""
+
+    inventory: Any = None
+
+    async def take(self, sku: str, qty: int) -> int:
+        return await Front.inventory.take(sku, qty)  # type: ignore[no-any-return]
+
+
+async def test_a_declared_exception_passes_through_a_nested_call() -> None:
+    with anyio.fail_after(10):
+        async with (
+            call.start_server("memory://compat-back", v2.Inventory()),
+            call.connect("memory://compat-back") as back,
+            call.start_server("memory://compat-front", Front()),
+            call.connect("memory://compat-front") as front,
+        ):
+            Front.inventory = back.stub(v2.Inventory)
+            try:
+                with pytest.raises(v2.OutOfStock) as info:
+                    await front.stub(Front).take("sku-9", 7)
+            finally:
+                Front.inventory = None
+    assert info.value.args == ("sku-9", 3)
+    remote = remote_details(info.value)
+    assert remote is not None
+    assert remote.remote_type == "tests.compat.OutOfStock"
