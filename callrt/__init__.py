@@ -17,6 +17,7 @@ own (``[tool.importlinter]`` in pyproject.toml checks it), top to bottom:
                                   in-memory; one ``Transport`` interface
 ``connection/``                   one connection's protocol logic, no sockets
 ``options``                       server and client settings
+``interceptors``                  chains of async wrappers around calls
 ``balancers/``, ``resolvers/``    picking a replica; finding endpoints
 ``registry``                      servers announcing themselves
 ``handlers``                      the HandlerMap: method key to handler

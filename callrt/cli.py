@@ -5,7 +5,7 @@
     callrt call URL Component.method '<JSON args>'   # prints the result as JSON
     callrt list URL                                   # components, methods, signatures
     callrt health URL [Component]                     # exit code 0 only when SERVING
-    callrt serve module:Class [module:Class ...] --listen URL [--listen URL]
+    callrt serve module:Class [module:Class ...] --listen URL [--listen URL] [--workers N]
 
 ``URL`` is an endpoint (``tcp://host:port``, ``unix:///path``), or several
 separated by commas. ``call`` reads the method's parameters from the server's
@@ -26,6 +26,8 @@ from __future__ import annotations
 import base64
 import importlib
 import inspect
+import signal
+import subprocess
 import sys
 from collections.abc import Callable
 from typing import Any, NoReturn
@@ -37,6 +39,7 @@ import msgspec
 from . import call
 from .client import Client
 from .component import interface, not_retriable
+from .endpoints import parse_endpoint
 from .errors import CallrtError, RemoteError, UnknownMethod
 from .health import HealthAPI
 from .reflection import REFLECTION, MethodInfo, ReflectionAPI, ServiceInfo
@@ -274,14 +277,77 @@ async def _check(client: Client, component: str) -> str:
 @click.option("--listen", "listen", multiple=True, required=True, help="An endpoint URL; repeat for more.")
 @click.option("--insecure", is_flag=True, help="Allow plaintext on a non-loopback TCP address.")
 @click.option("--no-reflection", is_flag=True, help="Do not answer callrt.Reflection.")
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Processes serving the same TCP ports (SO_REUSEPORT); SIGTERM drains them all.",
+)
+@click.option("--reuse-port", is_flag=True, help="Bind TCP endpoints with SO_REUSEPORT (each of --workers does).")
 @click.pass_context
 def serve_command(
-    ctx: click.Context, components: tuple[str, ...], listen: tuple[str, ...], insecure: bool, no_reflection: bool
+    ctx: click.Context,
+    components: tuple[str, ...],
+    listen: tuple[str, ...],
+    insecure: bool,
+    no_reflection: bool,
+    workers: int,
+    reuse_port: bool,
 ) -> None:
     """Serve COMPONENTS (module:Class, each made with no arguments) until SIGTERM or SIGINT, then drain."""
+    if workers > 1:
+        try:
+            endpoints = [parse_endpoint(url) for url in listen]
+        except ValueError as exc:
+            _usage(str(exc))
+        shared = [e for e in endpoints if e.scheme != "tcp" or e.port == 0]
+        if shared:
+            _usage(
+                f"--workers {workers} shares TCP ports among processes: give each --listen a tcp:// address "
+                f"with a port (not {', '.join(map(str, shared))}; a Unix socket path cannot be shared)"
+            )
+        flags = ["--reuse-port"] + ["--insecure"] * insecure + ["--no-reflection"] * no_reflection
+        args = [*components, *(f"--listen={url}" for url in listen), *flags]
+        sys.exit(_supervise(workers, ["--backend", ctx.obj["backend"], "serve", *args]))
     instances = [_load(name) for name in components]
-    options = call.ServerOptions(insecure=insecure, reflection=not no_reflection)
+    options = call.ServerOptions(insecure=insecure, reflection=not no_reflection, reuse_port=reuse_port)
     run(_serve, list(listen), instances, options, backend=ctx.obj["backend"])
+
+
+def _supervise(workers: int, args: list[str]) -> int:
+    """Run ``workers`` processes of ``callrt <args>``; forward SIGTERM and SIGINT to them; the worst exit code."""
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def forward(signum: int, frame: object) -> None:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signum)
+
+    previous = {signum: signal.signal(signum, forward) for signum in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        # Their own session: a terminal's Ctrl-C reaches this process, which forwards it once.
+        command = [sys.executable, "-m", "callrt", *args]
+        procs.extend(
+            subprocess.Popen(command, start_new_session=True, preexec_fn=_die_with_parent) for _ in range(workers)
+        )
+        codes = [proc.wait() for proc in procs]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    return next((code for code in codes if code != 0), 0)
+
+
+def _die_with_parent() -> None:
+    """In a worker, before exec: be killed when the supervisor dies (Linux), so no worker outlives it."""
+    if sys.platform == "linux":
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 async def _serve(listen: list[str], instances: list[object], options: call.ServerOptions) -> None:

@@ -77,6 +77,8 @@ class ServerOptions:
         a refused call fails with :class:`~callrt.errors.PermissionDenied`.
         ``None``: every caller may call every method.
     :ivar reflection: answer ``callrt.Reflection`` (what this server serves, with JSON Schemas; ``callrt list``).
+    :ivar reuse_port: bind TCP endpoints with ``SO_REUSEPORT`` (Linux, BSD), so that several processes
+        serve one port and the kernel spreads connections among them (``callrt serve --workers N``).
     """
 
     inline_handler_duration: float = 20e-6
@@ -103,6 +105,7 @@ class ServerOptions:
     insecure: bool = False
     access: AccessPolicy | None = None
     reflection: bool = True
+    reuse_port: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

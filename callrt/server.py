@@ -23,6 +23,7 @@ from .connection.server import Server
 from .endpoints import Endpoint, parse_endpoint
 from .handlers import HandlerMap
 from .health import add_health
+from .interceptors import intercept_handlers
 from .options import ServerOptions
 from .reflection import add_reflection
 from .transport import TransportSelector
@@ -142,6 +143,8 @@ async def start_server(
     if server.options.reflection:
         add_reflection(server.handlers)
     server.thread_limiter = anyio.CapacityLimiter(server.options.handler_threads)
+    # With interceptors every handler is wrapped by their chain; without, the table is unchanged.
+    server.handlers = intercept_handlers(server.handlers, server.options.interceptors, server.thread_limiter)
     await _refuse_exposed_plaintext(endpoints, server.options)
     transports = TransportSelector(server.options.transport)
     raised: BaseException | None = None  # by the caller's block

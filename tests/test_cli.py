@@ -11,12 +11,14 @@ from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 
+import anyio
 import msgspec
 import pytest
 
+from callrt import call
 from callrt.reflection import ServiceInfo
 from callrt.testing import WorkerProcess
-from tests.components import Bag, Color, Item, Mixed, Point
+from tests.components import Bag, Color, Item, Lab, Mixed, Point
 from tests.test_integration import dead_tcp_endpoint, sample_bag
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -188,3 +190,45 @@ def test_usage_errors() -> None:
     done = callrt("--help")
     assert done.returncode == 0
     assert "serve" in done.stdout
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_serve_workers_share_a_port_and_drain_on_sigterm(backend: str) -> None:
+    """``--workers 2``: two processes on one TCP port (SO_REUSEPORT); new connections reach both; SIGTERM drains both."""
+    url = dead_tcp_endpoint()  # a free port, given explicitly: port 0 would differ per worker
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, "-m", "callrt", "--backend", backend, "serve", "tests.components:Lab"]
+    cmd += ["--listen", url, "--workers", "2"]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    try:
+        assert proc.stderr is not None
+        for _ in range(2):
+            ready, _, _ = select.select([proc.stderr], [], [], 20)
+            line = proc.stderr.readline() if ready else ""
+            assert line == f"serving on {url}\n", line
+
+        async def pids() -> set[int]:
+            seen: set[int] = set()
+            with anyio.fail_after(20):
+                for _ in range(64):  # each client its own connection, which the kernel gives one worker
+                    async with call.connect(url) as client:
+                        seen.add(await client.stub(Lab).pid())
+                    if len(seen) == 2:
+                        break
+            return seen
+
+        assert len(anyio.run(pids)) == 2
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0  # both drained and exited 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stderr is not None:
+            proc.stderr.close()
+
+
+def test_serve_workers_need_tcp_ports() -> None:
+    done = callrt("serve", "tests.components:Lab", "--listen", "tcp://127.0.0.1:0", "--workers", "2")
+    assert done.returncode == 2
+    assert "with a port" in done.stderr

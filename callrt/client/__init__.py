@@ -52,7 +52,13 @@ class Client:
         self.replica_set.describe_source = lambda: repr(resolver)
         self.replica_set.source_error = lambda: self.resolver_error
         self.retrier = Retrier(options.retry)
-        self._calls = CallPath(self.replica_set, self.retrier, deadline_function(), options.optimistic_spin_duration)
+        self._calls = CallPath(
+            self.replica_set,
+            self.retrier,
+            deadline_function(),
+            options.optimistic_spin_duration,
+            tuple(options.interceptors),
+        )
 
     @property
     def replicas(self) -> dict[Endpoint, ManagedReplica]:

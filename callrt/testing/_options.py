@@ -6,12 +6,18 @@ the worker's ``__main__`` module (``python -m`` warns when the package did).
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 from .. import call, tls
 from ..access import AllowList
 
 __all__ = ("server_options",)
+
+
+def _load(name: str) -> Any:
+    module, _, attr = name.partition(":")
+    return getattr(importlib.import_module(module), attr)
 
 
 def server_options(fields: dict[str, Any]) -> call.ServerOptions:
@@ -24,4 +30,6 @@ def server_options(fields: dict[str, Any]) -> call.ServerOptions:
         raise ValueError("tls_key and tls_client_ca need tls_cert")
     if isinstance(fields.get("access"), dict):
         fields["access"] = AllowList(fields["access"])
+    if "interceptors" in fields:  # "module:attr" names of interceptors, the first outermost
+        fields["interceptors"] = tuple(_load(name) for name in fields["interceptors"])
     return call.ServerOptions(**fields)

@@ -6,8 +6,8 @@ Prints ``READY <endpoint>`` on stdout once serving, for the parent to read.
 ``--options`` holds :class:`~callrt.call.ServerOptions` fields, and, since an
 ``ssl.SSLContext`` or a policy is not JSON: ``tls_cert``, ``tls_key`` and
 ``tls_client_ca`` (PEM file paths, for :func:`callrt.tls.server_context`;
-``tls_client_ca`` makes it mutual TLS), and ``access`` as the rules of an
-:class:`~callrt.access.AllowList`.
+``tls_client_ca`` makes it mutual TLS), ``access`` as the rules of an
+:class:`~callrt.access.AllowList`, and ``interceptors`` as ``"module:attr"`` names.
 """
 
 from __future__ import annotations

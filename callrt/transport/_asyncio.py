@@ -538,7 +538,13 @@ class ProtocolTransport(Transport):
         file: UnixSocketFile | None = None  # a Unix socket's, removed when we stop listening
         if endpoint.scheme == "tcp":
             srv = await loop.create_server(
-                factory, endpoint.host, endpoint.port, reuse_address=True, backlog=server.options.backlog, **ssl
+                factory,
+                endpoint.host,
+                endpoint.port,
+                reuse_address=True,
+                reuse_port=server.options.reuse_port or None,
+                backlog=server.options.backlog,
+                **ssl,
             )
             sockname = srv.sockets[0].getsockname()
             host = f"[{sockname[0]}]" if ":" in sockname[0] else sockname[0]

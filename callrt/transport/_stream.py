@@ -400,7 +400,10 @@ class StreamTransport(Transport):
         listener: Any
         if endpoint.scheme == "tcp":
             listener = await anyio.create_tcp_listener(
-                local_host=endpoint.host, local_port=endpoint.port, backlog=server.options.backlog
+                local_host=endpoint.host,
+                local_port=endpoint.port,
+                backlog=server.options.backlog,
+                reuse_port=server.options.reuse_port,
             )
             host, port = listener.listeners[0].extra(anyio.abc.SocketAttribute.local_address)[:2]
             bound = Endpoint("tcp", f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
