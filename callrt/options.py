@@ -13,6 +13,7 @@ from typing import Literal
 
 from .access import AccessPolicy
 from .balancers import Balancer
+from .interceptors import ClientInterceptor, ServerInterceptor
 from .protocol import DEFAULT_MAX_FRAME_SIZE
 from .registry import Registrar
 
@@ -76,6 +77,9 @@ class ServerOptions:
         such as :class:`callrt.access.AllowList`, asked before a handler runs;
         a refused call fails with :class:`~callrt.errors.PermissionDenied`.
         ``None``: every caller may call every method.
+    :ivar interceptors: async wrappers around every call, the first outermost
+        (``callrt.interceptors``): they see the call's method, metadata, deadline and peer, and may
+        reject, time it or change its metadata. Empty: handlers are served exactly as without.
     :ivar reflection: answer ``callrt.Reflection`` (what this server serves, with JSON Schemas; ``callrt list``).
     :ivar reuse_port: bind TCP endpoints with ``SO_REUSEPORT`` (Linux, BSD), so that several processes
         serve one port and the kernel spreads connections among them (``callrt serve --workers N``).
@@ -106,6 +110,7 @@ class ServerOptions:
     access: AccessPolicy | None = None
     reflection: bool = True
     reuse_port: bool = False
+    interceptors: Sequence[ServerInterceptor] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -145,6 +150,10 @@ class ClientOptions:
     :ivar tls_server_name: the name the server's certificate must carry, instead
         of the endpoint's host (and for Unix sockets, which have none: ``"localhost"``
         when not given).
+    :ivar interceptors: async wrappers around every call of this client's stubs, the first
+        outermost (``callrt.interceptors``), each once per call, retries included: they see the
+        method, arguments, options and deadline (and, after it, the replica), and may reject,
+        time or add metadata. Empty: a stub's methods are exactly what they are without.
     """
 
     balancer: Balancer | None = None
@@ -165,3 +174,4 @@ class ClientOptions:
     transport: TransportChoice = "auto"
     tls: ssl.SSLContext | None = None
     tls_server_name: str | None = None
+    interceptors: Sequence[ClientInterceptor] = ()
