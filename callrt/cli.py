@@ -7,8 +7,10 @@
     callrt health URL [Component]                     # exit code 0 only when SERVING
     callrt serve module:Class [module:Class ...] --listen URL [--listen URL] [--workers N]
 
-``URL`` is an endpoint (``tcp://host:port``, ``unix:///path``), or several
-separated by commas. ``call`` reads the method's parameters from the server's
+``URL`` is an endpoint (``tcp://host:port``, ``unix:///path``), several
+separated by commas, a directory of Unix sockets (``unixdir:///run/cart``) or
+an etcd registry (``etcd://127.0.0.1:2379/prefix/``, where ``serve --etcd``
+registers). ``call`` reads the method's parameters from the server's
 reflection (``callrt.Reflection``): the JSON arguments are an array (in
 parameter order) or an object (by parameter name). They are sent as the
 MessagePack of the JSON values, which the server converts to the method's
@@ -43,6 +45,8 @@ from .endpoints import parse_endpoint
 from .errors import CallrtError, RemoteError, UnknownMethod
 from .health import HealthAPI
 from .reflection import REFLECTION, MethodInfo, ReflectionAPI, ServiceInfo
+from .registry import Registrar
+from .resolvers import ConstantResolver, Resolver, UnixDirectoryResolver
 from .runner import run
 
 __all__ = ("main",)
@@ -276,6 +280,7 @@ async def _check(client: Client, component: str) -> str:
 @click.argument("components", nargs=-1, required=True)
 @click.option("--listen", "listen", multiple=True, required=True, help="An endpoint URL; repeat for more.")
 @click.option("--insecure", is_flag=True, help="Allow plaintext on a non-loopback TCP address.")
+@click.option("--etcd", help="Register each endpoint in etcd while serving: etcd://host:port/prefix/.")
 @click.option("--no-reflection", is_flag=True, help="Do not answer callrt.Reflection.")
 @click.option(
     "--workers",
@@ -291,6 +296,7 @@ def serve_command(
     components: tuple[str, ...],
     listen: tuple[str, ...],
     insecure: bool,
+    etcd: str | None,
     no_reflection: bool,
     workers: int,
     reuse_port: bool,
@@ -308,10 +314,19 @@ def serve_command(
                 f"with a port (not {', '.join(map(str, shared))}; a Unix socket path cannot be shared)"
             )
         flags = ["--reuse-port"] + ["--insecure"] * insecure + ["--no-reflection"] * no_reflection
+        flags += [f"--etcd={etcd}"] if etcd else []
         args = [*components, *(f"--listen={url}" for url in listen), *flags]
         sys.exit(_supervise(workers, ["--backend", ctx.obj["backend"], "serve", *args]))
     instances = [_load(name) for name in components]
-    options = call.ServerOptions(insecure=insecure, reflection=not no_reflection, reuse_port=reuse_port)
+    registrars: list[Registrar] = []
+    if etcd:
+        url, prefix = _etcd(etcd)
+        from .resolvers.etcd import EtcdRegistrar  # needs httpx: the etcd extra
+
+        registrars.append(EtcdRegistrar(url, prefix))
+    options = call.ServerOptions(
+        insecure=insecure, reflection=not no_reflection, reuse_port=reuse_port, registrars=registrars
+    )
     run(_serve, list(listen), instances, options, backend=ctx.obj["backend"])
 
 
@@ -374,12 +389,16 @@ def _load(name: str) -> object:
 
 def _run(ctx: click.Context, func: Callable[..., Any], url: str, *args: Any) -> Any:
     timeout: float = ctx.obj["timeout"]
-    endpoints = [u.strip() for u in url.split(",") if u.strip()]
 
     async def main() -> Any:
         with anyio.fail_after(timeout):
-            async with call.connect(endpoints) as client:
-                return await func(client, *args)
+            resolver = _resolver(url)
+            try:
+                async with call.connect(resolver) as client:
+                    return await func(client, *args)
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await resolver.aclose()
 
     try:
         return run(main, backend=ctx.obj["backend"])
@@ -391,6 +410,26 @@ def _run(ctx: click.Context, func: Callable[..., Any], url: str, *args: Any) -> 
         _fail(f"no answer within {timeout} s (--timeout)")
     except ValueError as exc:  # a malformed URL
         _usage(str(exc))
+
+
+def _resolver(target: str) -> Resolver:
+    """``unixdir:///dir``, ``etcd://host:port/prefix/``, or endpoint URLs separated by commas."""
+    if target.startswith("unixdir://"):
+        return UnixDirectoryResolver(target.removeprefix("unixdir://"))
+    if target.startswith("etcd://"):
+        url, prefix = _etcd(target)
+        from .resolvers.etcd import EtcdResolver  # needs httpx: the etcd extra
+
+        return EtcdResolver(url, prefix)
+    return ConstantResolver([u.strip() for u in target.split(",") if u.strip()])
+
+
+def _etcd(target: str) -> tuple[str, str]:
+    """``etcd://host:port/prefix/`` as etcd's gateway URL and the key prefix."""
+    host, _, prefix = target.removeprefix("etcd://").partition("/")
+    if not host or not prefix:
+        _usage(f"{target!r}: an etcd target is etcd://host:port/prefix/")
+    return f"http://{host}", f"/{prefix}"
 
 
 def _fail(message: str, remote_type: str | None = None, remote_traceback: str | None = None) -> NoReturn:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import select
+import shutil
 import signal
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -19,6 +21,7 @@ from callrt import call
 from callrt.reflection import ServiceInfo
 from callrt.testing import WorkerProcess
 from tests.components import Bag, Color, Item, Lab, Mixed, Point
+from tests.etcd_server import running_etcd
 from tests.test_integration import dead_tcp_endpoint, sample_bag
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -232,3 +235,37 @@ def test_serve_workers_need_tcp_ports() -> None:
     done = callrt("serve", "tests.components:Lab", "--listen", "tcp://127.0.0.1:0", "--workers", "2")
     assert done.returncode == 2
     assert "with a port" in done.stderr
+
+
+def test_a_unix_socket_directory_as_the_target(sockdir: Path) -> None:
+    with WorkerProcess(f"unix://{sockdir}/lab.sock", ["tests.components:Lab"]):
+        done = callrt("call", f"unixdir://{sockdir}", "tests.Lab.add", "[5, 6]")
+        assert (done.returncode, done.stdout) == (0, "11\n"), done.stderr
+        done = callrt("health", f"unixdir://{sockdir}", "tests.Lab")
+        assert (done.returncode, done.stdout) == (0, "SERVING\n"), done.stderr
+
+
+@pytest.mark.etcd
+def test_serve_registers_in_etcd_and_call_finds_it_there() -> None:
+    if shutil.which("etcd") is None:
+        pytest.fail("etcd is not installed: run scripts/setup-etcd.sh", pytrace=False)
+    with running_etcd() as etcd:
+        target = f"etcd://{etcd.url.removeprefix('http://')}/callrt-cli/{uuid.uuid4().hex}/"
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+        cmd = [sys.executable, "-m", "callrt", "serve", "tests.components:Lab", "--listen", "tcp://127.0.0.1:0"]
+        proc = subprocess.Popen([*cmd, "--etcd", target], stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+        try:
+            assert proc.stderr is not None
+            ready, _, _ = select.select([proc.stderr], [], [], 20)
+            line = proc.stderr.readline() if ready else ""
+            assert line.startswith("serving on tcp://"), line
+            done = callrt("call", target, "tests.Lab.add", "[7, 8]")
+            assert (done.returncode, done.stdout) == (0, "15\n"), done.stderr
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(20) == 0  # deregistered and drained
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            if proc.stderr is not None:
+                proc.stderr.close()
