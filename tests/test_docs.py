@@ -20,6 +20,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Annotated
 
 import msgspec
 import pytest
@@ -238,3 +239,14 @@ async def test_a_stopped_server_removes_its_socket_file_as_deployment_says(sockd
     async with call.start_server(f"unix://{path}", _Threads()):
         assert path.is_socket()
     assert not path.exists(), "servers leave their socket file again: deployment.md says they remove it"
+
+
+@component(name="docs.Constrained")
+class _Constrained:
+    def take(self, n: Annotated[int, msgspec.Meta(ge=0)]) -> None: ...
+
+
+def test_constraints_on_parameters_are_dropped_as_types_says() -> None:
+    spec = component_spec(_Constrained).methods["take"]
+    decoded = spec.args_from_payload(spec.payload_from_args((-1,), {}))
+    assert decoded == (-1,), "Meta constraints on parameters are checked now: update types.md ('Not supported')"
