@@ -171,7 +171,9 @@ async def start_server(
                     if server.options.slow_inline_handler > 0:
                         connections.start_soon(_watch_the_loop, server)
                     if logger.isEnabledFor(logging.INFO):
-                        names = sorted({name.rpartition(".")[0] for name in server.handlers.names()})
+                        served = {name.rpartition(".")[0] for name in server.handlers.names()}
+                        # The application's: callrt's own (callrt.Health, callrt.Reflection) are on every server.
+                        names = sorted(c for c in served if not c.startswith("callrt."))
                         logger.info("serving %s on %s", ", ".join(names), ", ".join(map(str, server.endpoints)))
                     try:
                         yield server
