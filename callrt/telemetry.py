@@ -24,6 +24,8 @@ import time
 import weakref
 from collections.abc import Callable, Iterable
 from contextvars import Token
+from types import SimpleNamespace
+from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import metrics as otel_metrics
@@ -61,8 +63,20 @@ def metrics_enabled() -> bool:
 
 
 def enabled() -> bool:
-    """Whether callrt has any span to make or measurement to record."""
-    return getattr(otel_trace, "_TRACER_PROVIDER", True) is not None or metrics_enabled()
+    """Whether callrt has any span to make or measurement to record.
+
+    The hot paths inline this test (``TRACE_API._TRACER_PROVIDER is not None or
+    METRICS_API._METER_PROVIDER is not None``): a function call per call cost more than the test.
+    """
+    return tracing_enabled() or metrics_enabled()
+
+
+#: The API modules whose globals say whether an SDK set providers (None until then). An API
+#: that keeps them elsewhere gets stand-ins that always say "set": correct, if slower.
+TRACE_API: Any = otel_trace if hasattr(otel_trace, "_TRACER_PROVIDER") else SimpleNamespace(_TRACER_PROVIDER=True)
+METRICS_API: Any = (
+    _metrics_internal if hasattr(_metrics_internal, "_METER_PROVIDER") else SimpleNamespace(_METER_PROVIDER=True)
+)
 
 
 _tracer = otel_trace.get_tracer("callrt")

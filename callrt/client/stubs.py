@@ -20,6 +20,8 @@ from ..component import MethodSpec, _method_spec, caller_error, component_spec
 from ..context import CallOptions, current_deadline, serving_var
 from ..errors import ClosedError, CommunicationError, ErrorCode, RemoteError
 from ..interceptors import ClientCall, ClientInterceptor, intercept_client
+from ..telemetry import METRICS_API as metrics_api
+from ..telemetry import TRACE_API as trace_api
 from ..tracing import client_trace, current_otel_context
 from .replicas import ManagedReplica, ReplicaSet
 from .retries import Retrier
@@ -121,7 +123,11 @@ def remote_method(
                 deadline = inherited
         # A CLIENT span and measurements once an SDK is configured; the span is current when the
         # trace context is read, so the server's span is its child.
-        span = telemetry.start_client_call(method.full_name, len(payload)) if telemetry.enabled() else None
+        span = (
+            telemetry.start_client_call(method.full_name, len(payload))
+            if trace_api._TRACER_PROVIDER is not None or metrics_api._METER_PROVIDER is not None  # telemetry.enabled()
+            else None
+        )
         trace = client_trace() if current_otel_context() else None  # an empty context holds no span
         budget.calls += 1
         attempt = 0

@@ -75,6 +75,8 @@ from ..protocol import (
     encode_hello_reply,
     pack_frame_header,
 )
+from ..telemetry import METRICS_API as metrics_api
+from ..telemetry import TRACE_API as trace_api
 from ..telemetry import CallRecord
 from ..tracing import server_context
 from ._access import checked_lookup
@@ -312,7 +314,13 @@ class ServerConnection:
             return
         slot = self._sync_slot
         slot.call = (request, entry.name, deadline, self.peer)
-        otel = self._trace(request, entry.name)
+        otel = (  # the call's span and measurements once an SDK is configured (telemetry.enabled(), inlined)
+            telemetry.start_server_call(entry.name, request.trace, self.peer.address, len(request.payload))
+            if trace_api._TRACER_PROVIDER is not None or metrics_api._METER_PROVIDER is not None
+            else None
+            if request.trace is None
+            else server_context(request.trace)
+        )
         try:
             result = entry.handler(request.payload)
         except Exception as exc:
@@ -357,7 +365,13 @@ class ServerConnection:
         """Run an async handler with ``on_block`` as its first-suspension hook, then reply."""
         serving = (request, entry.name, deadline, self.peer)
         token = serving_var.set(serving)
-        otel = self._trace(request, entry.name)
+        otel = (  # the call's span and measurements once an SDK is configured (telemetry.enabled(), inlined)
+            telemetry.start_server_call(entry.name, request.trace, self.peer.address, len(request.payload))
+            if trace_api._TRACER_PROVIDER is not None or metrics_api._METER_PROVIDER is not None
+            else None
+            if request.trace is None
+            else server_context(request.trace)
+        )
         try:
             if entry.is_async:
                 # Until its first suspension the handler holds the loop: the slot says whose it is
@@ -383,12 +397,6 @@ class ServerConnection:
             serving_var.reset(token)
             if otel is not None:
                 _finish(otel)
-
-    def _trace(self, request: Request, name: str) -> object | None:
-        """The call's span and measurements once OpenTelemetry is configured; else the caller's trace context."""
-        if telemetry.enabled():
-            return telemetry.start_server_call(name, request.trace, self.peer.address, len(request.payload))
-        return None if request.trace is None else server_context(request.trace)
 
     def inline_call_running(self) -> str | None:
         """The method an inline handler is running on the event loop right now, if any (any thread may ask)."""
