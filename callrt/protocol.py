@@ -642,9 +642,9 @@ class FrameDecoder:
             raise RemoteProtocolError(f"unknown frame kind {kind}")
         if len(buf) < end:
             if size >= _LARGE_BODY and kind <= 2:
-                # Only the bytes received so far: the rest of the body is kept as it comes.
+                # Nothing from the header's length alone, unless this peer already delivered a
+                # body this large: then its buffer at once (see _keep).
                 self._large_held, self._large_head = 0, (kind, ident, size)
-                # A peer that already delivered a body this large gets its buffer at once.
                 self._large = bytearray(size) if size <= self._proven else []
                 with memoryview(buf) as view:
                     self._keep(view[start:])
