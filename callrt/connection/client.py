@@ -115,7 +115,7 @@ class ClientSession:
         self.now: Callable[[], float] = anyio.current_time
         # The shell's methods, bound once: they run for every call. The asyncio shell replaces
         # new_waiter with its loop's create_future (no Python frame per call).
-        self.send = io.send
+        self.io = io  # called through, for CPython 3.11's method-call specialization (see ServerConnection)
         self.write = io.write
         self.abort = io.abort
         self.new_waiter: Callable[[], Any] = EventWaiter
@@ -224,7 +224,7 @@ class ClientSession:
                 f"request of {size} bytes exceeds the server's maximum frame of {self.peer_max_frame}"
             )
         self.calls[request_id] = waiter = self.new_waiter()
-        self.send(request_id, header, payload)
+        self.io.send(request_id, header, payload)
         return request_id, waiter
 
     def _full_header(

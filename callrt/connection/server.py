@@ -41,9 +41,10 @@ import anyio
 from anyio import to_thread
 from opentelemetry import context as otel_context
 
+from .. import context as _context
 from .. import telemetry
 from ..component import declared_error_args
-from ..context import UNKNOWN_PEER, SyncSlot, serving_var
+from ..context import UNKNOWN_PEER, SyncSlot
 from ..endpoints import Endpoint
 from ..errors import (
     Cancelled,
@@ -87,6 +88,9 @@ __all__ = ("ConnectionWatchdog", "Server", "ServerConnection", "ServerIO", "erro
 logger = logging.getLogger("callrt.server")
 
 _RESPONSE = int(FrameKind.RESPONSE)
+# A module global, not a name imported from callrt.context: CPython 3.11 specializes the method
+# calls (set, reset) on a global assigned here, not on one bound by an import statement.
+serving_var = _context.serving_var
 
 
 # Errors callrt raises itself when it turns a call away: their message says everything, and
@@ -228,9 +232,10 @@ class ServerConnection:
         self.closed = False
         self.handshake_done = False
         # The shell's methods, bound once: they run for every frame.
+        # Called through ``self.io``: CPython 3.11 specializes ``self.io.write(...)`` (a method of
+        # io's class) but not a bound method stored on this instance.
+        self.io = io
         self.write = io.write
-        self.run_async = io.run_async
-        self.cancel_running = io.cancel_running
         self.close = io.close
 
     def start_reading(self) -> contextvars.Token[Any]:
@@ -259,12 +264,12 @@ class ServerConnection:
     def hello_received(self, hello: Hello) -> None:
         """Answer the client's hello (the first frame); a hello with no common version ends the connection."""
         if self.refuse_busy:
-            self.write(encode_hello_reply(HelloReply(0, self.server.options.max_frame_size, REFUSED_BUSY)))
+            self.io.write(encode_hello_reply(HelloReply(0, self.server.options.max_frame_size, REFUSED_BUSY)))
             raise RemoteProtocolError("refused: the server is at its connection limit")
         version = choose_version(hello)
         self.peer_max_frame = hello.max_frame_size
         self.protocol_version = version
-        self.write(encode_hello_reply(HelloReply(version, self.server.options.max_frame_size)))
+        self.io.write(encode_hello_reply(HelloReply(version, self.server.options.max_frame_size)))
         if version == 0:
             raise RemoteProtocolError("no common protocol version")
         self.handshake_done = True
@@ -289,9 +294,9 @@ class ServerConnection:
         if type(frame) is Request:
             self.request_received(frame)
         elif type(frame) is Cancel:
-            self.cancel_running(frame.id, Cancelled("the caller cancelled the call"))
+            self.io.cancel_running(frame.id, Cancelled("the caller cancelled the call"))
         elif type(frame) is Ping:
-            self.write(encode_frame(Pong(frame.id)))
+            self.io.write(encode_frame(Pong(frame.id)))
         elif type(frame) is Pong:
             pass
         else:
@@ -310,7 +315,7 @@ class ServerConnection:
             # The caller's time left becomes a deadline once, on arrival, for every use below.
             deadline = self.now() + request.deadline_us / 1e6
         if not entry.inline:  # async, or sync for a worker thread
-            self.run_async(request, entry, deadline)
+            self.io.run_async(request, entry, deadline)
             return
         slot = self._sync_slot
         slot.call = (request, entry.name, deadline, self.peer)
@@ -340,14 +345,14 @@ class ServerConnection:
     def reply(self, request_id: int, payload: bytes) -> None:
         size = len(payload)
         if size <= self.flatten_limit and size <= self.peer_max_frame:  # the common reply first
-            self.write(pack_frame_header(size, _RESPONSE, request_id) + payload)
+            self.io.write(pack_frame_header(size, _RESPONSE, request_id) + payload)
         elif size > self.peer_max_frame:
             # The caller would have to drop the connection over it: fail this call only.
             message = f"result of {size} bytes exceeds the caller's maximum frame of {self.peer_max_frame}"
             self.fail(request_id, RemoteError(message, code=ErrorCode.RESOURCE_EXHAUSTED))
         else:
-            self.write(pack_frame_header(size, _RESPONSE, request_id))
-            self.write(payload)
+            self.io.write(pack_frame_header(size, _RESPONSE, request_id))
+            self.io.write(payload)
 
     def fail(self, request_id: int, exc: BaseException) -> None:
         error = error_frame(
@@ -357,7 +362,7 @@ class ServerConnection:
             max_size=self.peer_max_frame,
             args=self.protocol_version >= 2,
         )
-        self.write(encode_frame(error))
+        self.io.write(encode_frame(error))
 
     async def call_async(
         self, request: Request, entry: RegisteredHandler, deadline: float | None, on_block: Callable[[], None]
@@ -407,7 +412,7 @@ class ServerConnection:
         if not self.handshake_done:
             self.close()  # nothing in flight, and a goaway must not come before the hello reply
         elif not self.closed:
-            self.write(encode_frame(GoAway(reason)))
+            self.io.write(encode_frame(GoAway(reason)))
 
 
 class ConnectionWatchdog:
