@@ -90,6 +90,14 @@ def decoder_client() -> list[bytes]:
             _HEADER.pack(24 * 4096, 2, 1) + b"FILL\x18" + _HEADER.pack(16 * 4096, 2, 2) + b"FILL\x10" + stream
         ),
         _decoder_input(encode_hello_reply(HelloReply(0, 1 << 20)), with_hello=False),  # no common version
+        # Protocol version 2: an error body may carry a declared exception's args (a fifth element);
+        # on a version 1 connection the same body is a protocol error.
+        _decoder_input(
+            encode_hello_reply(HelloReply(2, 1 << 20))
+            + encode_frame(Error(7, "aborted", "Out", "none left", "", b"\x91\x01")),
+            with_hello=False,
+        ),
+        _decoder_input(encode_frame(Error(7, "aborted", "Out", "none left", "", b"\x91\x01"))),
         _decoder_input(encode_hello_reply(HelloReply(1, 1 << 20)) + stream, with_hello=False, cuts=b"\x01\x01\x07"),
         *(_decoder_input(encode_frame(f)) for f in frames),
     ]
