@@ -235,7 +235,6 @@ class ServerConnection:
         # Called through ``self.io``: CPython 3.11 specializes ``self.io.write(...)`` (a method of
         # io's class) but not a bound method stored on this instance.
         self.io = io
-        self.write = io.write
         self.close = io.close
 
     def start_reading(self) -> contextvars.Token[Any]:
@@ -282,11 +281,6 @@ class ServerConnection:
                 logger.warning("refused a connection from %s: at max_connections (%d)", self.peer.address, limit)
             return
         protocol_error(self.server.log_limiter, self.peer.address, exc)
-
-    def handshake_expired(self) -> None:
-        """The handshake timeout passed: a client that has not sent its hello by now is dropped."""
-        if not self.handshake_done:
-            self.close()
 
     # -- protocol ------------------------------------------------------------
 
