@@ -89,3 +89,11 @@ async def test_no_server_is_unreachable() -> None:
         async with call.connect("memory://nobody") as client:
             with pytest.raises(errors.Unreachable):
                 await client.stub(Echo, options=call.CallOptions(fail_fast=True)).echo(b"x")
+
+
+async def test_connect_takes_an_endpoint_or_a_list_of_them() -> None:
+    with anyio.fail_after(10):
+        async with call.start_server("memory://endpoint", Echo()) as server:
+            for target in (server.endpoint, [server.endpoint], str(server.endpoint)):
+                async with call.connect(target) as client:
+                    assert await client.stub(Echo).echo(b"x") == b"x"

@@ -116,17 +116,18 @@ class Client:
 
 @asynccontextmanager
 async def connect(
-    resolver: Resolver | str | Sequence[str], *, options: ClientOptions | None = None
+    resolver: Resolver | str | Endpoint | Sequence[str | Endpoint], *, options: ClientOptions | None = None
 ) -> AsyncIterator[Client]:
     """``async with connect(resolver) as client:`` — a client of the service ``resolver`` finds.
 
-    ``resolver`` may also be an endpoint URL or a list of them (a constant resolver).
+    ``resolver`` may also be an endpoint (a URL or an :class:`~callrt.endpoints.Endpoint`) or a
+    list of them: a constant resolver.
     A constant resolver with no endpoints raises :class:`~callrt.errors.Unreachable`;
     otherwise calls wait (up to their deadline, or ``pick_timeout`` without one) for a
     replica. A non-constant resolver that fails is asked again with capped backoff,
     at start-up too: its errors never end the client.
     """
-    if isinstance(resolver, str):
+    if isinstance(resolver, (str, Endpoint)):
         resolver = ConstantResolver([resolver])
     elif not isinstance(resolver, Resolver):
         resolver = ConstantResolver(resolver)
