@@ -15,7 +15,7 @@ state), with the component, method and outcome as attributes.
 
 Without providers callrt makes no span and records nothing: the API's no-op
 objects still cost microseconds a call, so each call first reads the API's
-two globals (:func:`enabled`).
+two globals (:func:`tracing_enabled`, :func:`metrics_enabled`).
 """
 
 from __future__ import annotations
@@ -40,7 +40,6 @@ from .tracing import remote_parent
 __all__ = (
     "CallRecord",
     "connection_change",
-    "enabled",
     "finish",
     "retried",
     "retry_refused",
@@ -52,31 +51,25 @@ __all__ = (
 # Where the API keeps its global meter provider (None until an SDK sets one).
 
 
-def tracing_enabled() -> bool:
-    """Whether an SDK has set a tracer provider (read directly: ``get_tracer_provider()`` answers a proxy either way)."""
-    return getattr(otel_trace, "_TRACER_PROVIDER", True) is not None
-
-
-def metrics_enabled() -> bool:
-    """Whether an SDK has set a meter provider."""
-    return getattr(_metrics_internal, "_METER_PROVIDER", True) is not None
-
-
-def enabled() -> bool:
-    """Whether callrt has any span to make or measurement to record.
-
-    The hot paths inline this test (``TRACE_API._TRACER_PROVIDER is not None or
-    METRICS_API._METER_PROVIDER is not None``): a function call per call cost more than the test.
-    """
-    return tracing_enabled() or metrics_enabled()
-
-
 #: The API modules whose globals say whether an SDK set providers (None until then). An API
 #: that keeps them elsewhere gets stand-ins that always say "set": correct, if slower.
 TRACE_API: Any = otel_trace if hasattr(otel_trace, "_TRACER_PROVIDER") else SimpleNamespace(_TRACER_PROVIDER=True)
 METRICS_API: Any = (
     _metrics_internal if hasattr(_metrics_internal, "_METER_PROVIDER") else SimpleNamespace(_METER_PROVIDER=True)
 )
+
+
+def tracing_enabled() -> bool:
+    """Whether an SDK has set a tracer provider (``get_tracer_provider()`` answers a proxy either way).
+
+    The hot paths inline this test and :func:`metrics_enabled`'s: a call per call cost more than the test.
+    """
+    return TRACE_API._TRACER_PROVIDER is not None
+
+
+def metrics_enabled() -> bool:
+    """Whether an SDK has set a meter provider."""
+    return METRICS_API._METER_PROVIDER is not None
 
 
 _tracer = otel_trace.get_tracer("callrt")

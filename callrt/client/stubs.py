@@ -125,7 +125,8 @@ def remote_method(
         # trace context is read, so the server's span is its child.
         span = (
             telemetry.start_client_call(method.full_name, len(payload))
-            if trace_api._TRACER_PROVIDER is not None or metrics_api._METER_PROVIDER is not None  # telemetry.enabled()
+            if trace_api._TRACER_PROVIDER is not None
+            or metrics_api._METER_PROVIDER is not None  # tracing_enabled() or metrics_enabled(), inlined
             else None
         )
         trace = client_trace() if current_otel_context() else None  # an empty context holds no span

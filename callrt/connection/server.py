@@ -313,20 +313,16 @@ class ServerConnection:
             return
         slot = self._sync_slot
         slot.call = (request, entry.name, deadline, self.peer)
-        otel = (  # the call's span and measurements once an SDK is configured (telemetry.enabled(), inlined)
-            telemetry.start_server_call(entry.name, request.trace, self.peer.address, len(request.payload))
-            if trace_api._TRACER_PROVIDER is not None or metrics_api._METER_PROVIDER is not None
-            else None
-            if request.trace is None
-            else server_context(request.trace)
+        # The SDK test is inlined (two module globals): a call per request cost more than the test.
+        otel = (
+            None
+            if request.trace is None and trace_api._TRACER_PROVIDER is None and metrics_api._METER_PROVIDER is None
+            else self._observe(request, entry.name)
         )
         try:
             result = entry.handler(request.payload)
         except Exception as exc:
-            handler_failed(self.server.log_limiter, entry.name, exc, self.peer.address)
-            if type(otel) is CallRecord:
-                otel.failed(exc)
-            self.fail(request.id, exc)
+            self._handler_failed(request.id, entry.name, exc, otel)
         else:
             self.reply(request.id, result)  # type: ignore[arg-type]
             if type(otel) is CallRecord:
@@ -364,12 +360,11 @@ class ServerConnection:
         """Run an async handler with ``on_block`` as its first-suspension hook, then reply."""
         serving = (request, entry.name, deadline, self.peer)
         token = serving_var.set(serving)
-        otel = (  # the call's span and measurements once an SDK is configured (telemetry.enabled(), inlined)
-            telemetry.start_server_call(entry.name, request.trace, self.peer.address, len(request.payload))
-            if trace_api._TRACER_PROVIDER is not None or metrics_api._METER_PROVIDER is not None
-            else None
-            if request.trace is None
-            else server_context(request.trace)
+        # The SDK test is inlined (two module globals): a call per request cost more than the test.
+        otel = (
+            None
+            if request.trace is None and trace_api._TRACER_PROVIDER is None and metrics_api._METER_PROVIDER is None
+            else self._observe(request, entry.name)
         )
         try:
             if entry.is_async:
@@ -383,10 +378,7 @@ class ServerConnection:
                     entry.handler, request.payload, abandon_on_cancel=True, limiter=self.server.thread_limiter
                 )
         except Exception as exc:
-            handler_failed(self.server.log_limiter, entry.name, exc, self.peer.address)
-            if type(otel) is CallRecord:
-                otel.failed(exc)
-            self.fail(request.id, exc)
+            self._handler_failed(request.id, entry.name, exc, otel)
         else:
             self.reply(request.id, result)  # pyright: ignore[reportArgumentType]  # a plain def's bytes
             if type(otel) is CallRecord:
@@ -396,6 +388,23 @@ class ServerConnection:
             serving_var.reset(token)
             if otel is not None:
                 _finish(otel)
+
+    def _observe(self, request: Request, name: str) -> object:
+        """The call's span and measurements once an SDK is configured; else the caller's trace context."""
+        if trace_api._TRACER_PROVIDER is not None or metrics_api._METER_PROVIDER is not None:
+            return telemetry.start_server_call(name, request.trace, self.peer.address, len(request.payload))
+        assert request.trace is not None
+        return server_context(request.trace)
+
+    def _handler_failed(self, request_id: int, name: str, exc: Exception, otel: object) -> None:
+        handler_failed(self.server.log_limiter, name, exc, self.peer.address)
+        if type(otel) is CallRecord:
+            otel.failed(exc)
+        self.fail(request_id, exc)
+
+    def left_the_loop(self) -> None:
+        """The shell's word that the async handler which held the loop has suspended."""
+        self._sync_slot.call = None
 
     def inline_call_running(self) -> str | None:
         """The method an inline handler is running on the event loop right now, if any (any thread may ask)."""

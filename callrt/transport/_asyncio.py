@@ -378,7 +378,7 @@ class ServerProtocol(_Writer):
         # The handler of ``self._current`` suspended for the first time, on the current task.
         call = self._current
         assert call is not None
-        self.conn._sync_slot.call = None  # no longer holding the loop
+        self.conn.left_the_loop()
         task = call.task = asyncio.current_task()
         assert task is not None
         self._flush()  # replies already made must not wait for this handler

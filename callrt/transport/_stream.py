@@ -179,7 +179,7 @@ class StreamServerShell:
             entry[0].cancel()
 
     def hand_off(self) -> None:
-        self.conn._sync_slot.call = None  # the handler no longer holds the loop
+        self.conn.left_the_loop()
         self.reader = None
         self.context.run(self.tg.start_soon, self.read)
 
