@@ -48,8 +48,8 @@ from typing import Any
 
 import anyio
 import msgspec
-from anyio import to_thread
 
+from ._threads import run_in_thread
 from .context import CallContext, CallOptions, current_call, current_deadline, serving_var
 from .handlers import HandlerMap, RegisteredHandler
 
@@ -172,7 +172,7 @@ def _wrap_handler(
             return await handler(payload)  # type: ignore[misc,no-any-return]
         if inline:
             return handler(payload)  # type: ignore[return-value]
-        return await to_thread.run_sync(handler, payload, abandon_on_cancel=True, limiter=limiter)  # type: ignore[arg-type]
+        return await run_in_thread(handler, payload, limiter)  # type: ignore[arg-type]
 
     async def intercepted(payload: bytes) -> bytes:
         original = current_call()
