@@ -9,6 +9,14 @@ The answer is ``"SERVING"``, ``"NOT_SERVING"`` or ``"SERVICE_UNKNOWN"``:
 - a name the server does not serve, and the application never set, is SERVICE_UNKNOWN;
 - a draining server answers NOT_SERVING for everything.
 
+Code without the ``Server`` at hand (a component served by ``callrt serve``, say) calls
+:func:`set_health`: every server of this process, and those it starts later, answer so.
+
+*Clients.* A client asks each replica it is connected to every
+``ClientOptions.health_interval`` seconds (5 by default), for ``""`` and for the
+components it has stubs of, and leaves a replica that reports NOT_SERVING out of
+its balancing until it reports SERVING again (``callrt.client.replicas``).
+
 *Watching.* Streams are not implemented yet, so there is no streaming ``Watch``
 as in gRPC: a client polls. :func:`watch` does it, yielding each status when it
 changes; ``callrt health URL [Component]`` asks once.
@@ -16,6 +24,7 @@ changes; ``callrt health URL [Component]`` asks once.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import AsyncIterator
 from typing import Literal, Protocol
 
@@ -24,7 +33,7 @@ import anyio
 from .component import component, inline, interface
 from .connection.server import Server
 
-__all__ = ("HEALTH", "Health", "HealthAPI", "Status", "add_health", "watch")
+__all__ = ("HEALTH", "Health", "HealthAPI", "Status", "add_health", "set_health", "watch")
 
 HEALTH = "callrt.Health"
 Status = Literal["SERVING", "NOT_SERVING", "SERVICE_UNKNOWN"]
@@ -66,9 +75,28 @@ class Health:
         return names
 
 
+# What set_health() said in this process, and the servers it applies to (those with callrt.Health).
+_said: dict[str, bool] = {}
+_servers: weakref.WeakSet[Server] = weakref.WeakSet()
+
+
 def add_health(server: Server) -> None:
     """Register ``callrt.Health`` in ``server``'s handlers, answering for ``server``."""
     server.handlers.add_handlers(None, Health(server))
+    server.health.update(_said)
+    _servers.add(server)
+
+
+def set_health(component: str, *, serving: bool) -> None:
+    """Make every server of this process answer SERVING or NOT_SERVING for ``component`` (``""``: the server).
+
+    For code that does not hold the :class:`~callrt.connection.server.Server` (``Server.set_health``
+    sets one server's), such as a component served by ``callrt serve``. Servers started later in
+    this process answer so too; the latest call of either function decides.
+    """
+    _said[component] = serving
+    for server in list(_servers):
+        server.set_health(component, serving=serving)
 
 
 async def watch(health: HealthAPI, component: str = "", *, interval: float = 1.0) -> AsyncIterator[Status]:

@@ -154,6 +154,10 @@ class ClientOptions:
         outermost (``callrt.interceptors``), each once per call, retries included: they see the
         method, arguments, options and deadline (and, after it, the replica), and may reject,
         time or add metadata. Empty: a stub's methods are exactly what they are without.
+    :ivar health_interval: seconds between a connected replica's health checks (``callrt.Health.check``
+        for the server, ``""``, and for each component this client has a stub of); a replica that
+        reports NOT_SERVING is left out of balancing until it reports SERVING again.
+        ``None`` or 0: no checks (every connected replica is used).
     """
 
     balancer: Balancer | None = None
@@ -175,3 +179,4 @@ class ClientOptions:
     tls: ssl.SSLContext | None = None
     tls_server_name: str | None = None
     interceptors: Sequence[ClientInterceptor] = ()
+    health_interval: float | None = 5.0

@@ -80,7 +80,8 @@ async def test_keepalive_drops_a_silent_server_at_interval_plus_timeout() -> Non
 async def test_answered_pings_keep_the_replica() -> None:
     """Against a real (in-memory) server, a quiet client pings every interval and keeps its session."""
     balancer = RecordingBalancer()
-    options = ClientOptions(balancer=balancer, keepalive_interval=10, keepalive_timeout=5)
+    # No health checks: their replies would be traffic, and a connection with traffic needs no pings.
+    options = ClientOptions(balancer=balancer, keepalive_interval=10, keepalive_timeout=5, health_interval=None)
     with anyio.fail_after(600):
         async with (
             call.start_server("memory://quiet", Echo()),

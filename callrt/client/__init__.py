@@ -80,6 +80,7 @@ class Client:
         ``options`` go with every call of the stub; :func:`callrt.call.with_options`
         gives a stub or one method with other options.
         """
+        self.replica_set.want_health(cls, name)  # its replicas are asked about its health too
         return make_stub(self._calls, cls, options, name)
 
     def update_endpoints(self, endpoints: Sequence[Endpoint]) -> None:

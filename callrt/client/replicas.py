@@ -7,14 +7,28 @@ goes through :meth:`ManagedReplica.set_state`, which checks it against
 are in the balancer)::
 
     CONNECTING ──handshake done──▶ AVAILABLE ◀──address back──┐
-        ▲   │                          │                         │
-        │   │                          └──goaway / removed──▶ DRAINING
+        ▲   │                       ▲  │                         │
+        │   │      health: SERVING  │  └──goaway / removed──▶ DRAINING
+        │   │                       ▼                            │
+        │   │                  NOT_SERVING ──goaway / removed──▶─┤
         │   └──failed──▶ UNAVAILABLE ◀──lost / keepalive failed──┘ │
         └──────backoff────────┘        ◀──drained: calls done, closed─┘
 
 A replica's socket is a :class:`~callrt.connection.client.ClientSession`,
 opened through the transport its endpoint's scheme and the client's options
 choose.
+
+*Health.* While a replica is connected, its task also asks the server's
+``callrt.Health.check`` every ``ClientOptions.health_interval`` seconds, for
+the server as a whole (``""``) and for each component this client has made a
+stub of (:meth:`ReplicaSet.want_health`). A replica any of them reports
+NOT_SERVING leaves the balancer (state NOT_SERVING) until every answer is
+SERVING again. SERVICE_UNKNOWN, an unanswered or failed check change nothing;
+a server that does not answer health at all (``UnknownMethod``, or an access
+policy refusing it) counts as serving and is not asked again on that
+connection. A draining server needs no poll: its goaway takes the replica out
+at once. The balancer only ever holds AVAILABLE replicas, so a call pays
+nothing for any of this.
 """
 
 from __future__ import annotations
@@ -31,12 +45,24 @@ from anyio.abc import TaskGroup
 
 from .. import telemetry
 from ..balancers import Balancer
+from ..component import component_spec
 from ..connection._logs import loggable
 from ..connection.client import ClientSession
 from ..context import CallOptions
 from ..endpoints import Endpoint
-from ..errors import CallrtError, ClosedError, NoReplicaInTime, RemoteProtocolError, Unreachable
+from ..errors import (
+    CallrtError,
+    ClosedError,
+    NoReplicaInTime,
+    PermissionDenied,
+    RemoteError,
+    RemoteProtocolError,
+    UnknownMethod,
+    Unreachable,
+)
+from ..health import HEALTH, HealthAPI
 from ..options import ClientOptions
+from ..reflection import REFLECTION
 from ..transport import TransportSelector
 
 __all__ = ("TRANSITIONS", "ManagedReplica", "ReplicaSet", "ReplicaState")
@@ -56,16 +82,23 @@ DEADLINE_MARGIN = 0.05
 class ReplicaState(enum.Enum):
     CONNECTING = "connecting"
     AVAILABLE = "available"
+    NOT_SERVING = "not_serving"  # connected, but its health check says NOT_SERVING: not in the balancer
     DRAINING = "draining"
     UNAVAILABLE = "unavailable"
 
 
 TRANSITIONS: dict[ReplicaState, frozenset[ReplicaState]] = {
     ReplicaState.CONNECTING: frozenset({ReplicaState.AVAILABLE, ReplicaState.UNAVAILABLE}),
-    ReplicaState.AVAILABLE: frozenset({ReplicaState.DRAINING, ReplicaState.UNAVAILABLE}),
-    ReplicaState.DRAINING: frozenset({ReplicaState.AVAILABLE, ReplicaState.UNAVAILABLE}),
+    ReplicaState.AVAILABLE: frozenset({ReplicaState.NOT_SERVING, ReplicaState.DRAINING, ReplicaState.UNAVAILABLE}),
+    ReplicaState.NOT_SERVING: frozenset({ReplicaState.AVAILABLE, ReplicaState.DRAINING, ReplicaState.UNAVAILABLE}),
+    ReplicaState.DRAINING: frozenset({ReplicaState.AVAILABLE, ReplicaState.NOT_SERVING, ReplicaState.UNAVAILABLE}),
     ReplicaState.UNAVAILABLE: frozenset({ReplicaState.CONNECTING}),
 }
+
+# callrt.Health.check, called on one replica's session by its task (not through the balancer).
+_CHECK = component_spec(HealthAPI).methods["check"]
+# Components every server has: callrt's own, never asked about.
+_OWN = frozenset({HEALTH, REFLECTION})
 
 
 class ManagedReplica:
@@ -80,6 +113,8 @@ class ManagedReplica:
         self.session: ClientSession | None = None
         self.wanted = True
         self.last_error: BaseException | None = None  # why the last connection attempt failed, if it did
+        # What its health checks said NOT_SERVING for ("" is the server as a whole); empty: serving.
+        self.not_serving: tuple[str, ...] = ()
         self._replicas = replicas
 
     def __repr__(self) -> str:
@@ -90,8 +125,15 @@ class ManagedReplica:
         session = self.session
         return session.pending if session is not None else 0
 
+    def up_state(self) -> ReplicaState:
+        """What a connected replica that takes calls is: AVAILABLE, or NOT_SERVING by its health checks."""
+        return ReplicaState.NOT_SERVING if self.not_serving else ReplicaState.AVAILABLE
+
     def why(self) -> str:
-        """Why its last connection attempt failed, for messages: ``" (connection refused)"``, or ``""``."""
+        """Why it takes no calls, for messages: ``" (connection refused)"``, ``" (health: NOT_SERVING ...)"``, or ``""``."""
+        if self.state is ReplicaState.NOT_SERVING:
+            names = ", ".join(repr(n) if n else "the server" for n in self.not_serving)
+            return f" (callrt.Health says NOT_SERVING for {names})"
         error = self.last_error
         if error is None:
             return ""
@@ -136,6 +178,8 @@ class ReplicaSet:
         self.closed = False
         self.describe_source: Callable[[], str] = lambda: "the resolver"  # for Unreachable's message
         self.source_error: Callable[[], BaseException | None] = lambda: None
+        #: Components whose health each replica is asked about, besides the server's (``""``).
+        self.health_components: set[str] = set()
         self._transports = transports
         self._tg = tg
         self._changed = anyio.Event()
@@ -149,6 +193,12 @@ class ReplicaSet:
     def close(self) -> None:
         self.closed = True
         self.changed()
+
+    def want_health(self, cls: object, name: str | None = None) -> None:
+        """Ask each replica about the health of ``cls``'s component (or ``name``) too: a stub of it was made."""
+        component = name if name is not None else component_spec(cls).name
+        if component not in _OWN:
+            self.health_components.add(component)
 
     def update(self, endpoints: Sequence[Endpoint]) -> None:
         """The resolver's latest answer: new endpoints get a replica, missing ones drain and go."""
@@ -208,8 +258,14 @@ class ReplicaSet:
             return Unreachable(f"{prefix}no endpoints: {self.describe_source()} failed: {error!r}")
         if not self.replicas:
             return Unreachable(f"{prefix}no endpoints: {self.describe_source()} returned none")
-        states = ", ".join(f"{r.endpoint} {r.state.value}{r.why()}" for r in self.replicas.values())
-        return Unreachable(f"{prefix}no available replica among {len(self.replicas)}: {states}")
+        replicas = list(self.replicas.values())
+        states = ", ".join(f"{r.endpoint} {r.state.value}{r.why()}" for r in replicas)
+        if all(r.state is ReplicaState.NOT_SERVING for r in replicas):
+            return Unreachable(
+                f"{prefix}no available replica among {len(replicas)}: every one is connected but NOT_SERVING "
+                f"by its health check: {states}"
+            )
+        return Unreachable(f"{prefix}no available replica among {len(replicas)}: {states}")
 
     async def manage(self, replica: ManagedReplica) -> None:
         """The one task that owns ``replica``: connect, serve calls, drain, reconnect with backoff."""
@@ -223,10 +279,13 @@ class ReplicaSet:
                     async with transport.connect(replica.endpoint, opts) as session:
                         backoff = opts.reconnect_initial_backoff  # reset after a successful handshake
                         replica.last_error = None
+                        replica.not_serving = ()  # a new connection: serving until its server says otherwise
                         replica.session = session
                         session.on_lost = lambda s=session: self._session_lost(replica, s)
                         async with anyio.create_task_group() as tg:
                             tg.start_soon(session.keepalive)
+                            if opts.health_interval:
+                                tg.start_soon(self._watch_health, replica, session, opts.health_interval)
                             await self._use_session(replica, session)
                             tg.cancel_scope.cancel()
                 except (OSError, CallrtError, TimeoutError) as exc:
@@ -249,7 +308,7 @@ class ReplicaSet:
         # At once, not when this replica's task next runs: until then a balancer would keep
         # picking a dead replica (a load-aware one even prefers it, its count being 0), and
         # the retries of the calls it just failed would be spent on it.
-        if replica.session is session and replica.state in (ReplicaState.AVAILABLE, ReplicaState.DRAINING):
+        if replica.session is session and replica.state in _CONNECTED:
             error = session.error
             if isinstance(error, RemoteProtocolError):
                 logger.warning("%s broke the protocol, connection closed: %s", replica.endpoint, loggable(str(error)))
@@ -261,7 +320,7 @@ class ReplicaSet:
         """AVAILABLE until the session is lost, the server says goaway, or the resolver drops it; then drain."""
         gone = session.lost.wait
         while replica.wanted:
-            replica.set_state(ReplicaState.AVAILABLE)
+            replica.set_state(replica.up_state())
             await _first(gone, session.goaway.wait, self._until(lambda: not replica.wanted))
             if session.goaway.is_set() and not session.lost.is_set():
                 logger.info("%s is draining (goaway): no new calls go to it", replica.endpoint)
@@ -278,9 +337,71 @@ class ReplicaSet:
             replica.set_state(ReplicaState.DRAINING)  # goaway or dropped: no new calls here
             await _first(gone, session.wait_idle)
 
+    async def _watch_health(self, replica: ManagedReplica, session: ClientSession, interval: float) -> None:
+        """Every ``interval``, ask ``session``'s server about its health; move ``replica`` in or out of the balancer."""
+        while not session.is_lost and not session.goaway.is_set():
+            await anyio.sleep(interval)
+            if replica.state is ReplicaState.DRAINING:
+                continue  # dropped by the resolver: no new calls go to it either way
+            try:
+                said = await self._check_health(session)
+            except (UnknownMethod, PermissionDenied) as exc:
+                # An older server, or one whose access policy refuses us: serving, for as long as
+                # this connection lasts (its answer would not change); not asked again.
+                logger.debug("%s does not answer %s.check (%s): taken as serving", session.endpoint, HEALTH, exc.code)
+                return
+            if said is None or replica.session is not session:
+                continue  # no answer this time (busy, lost, a failed check): what it said last stands
+            if said != replica.not_serving:
+                if said and not replica.not_serving:
+                    names = ", ".join(repr(n) if n else "the server" for n in said)
+                    logger.info("%s reports NOT_SERVING for %s: no new calls go to it", session.endpoint, names)
+                elif not said:
+                    logger.info("%s reports SERVING again: calls go to it", session.endpoint)
+                replica.not_serving = said
+                if replica.state in (ReplicaState.AVAILABLE, ReplicaState.NOT_SERVING):
+                    replica.set_state(replica.up_state())
+
+    async def _check_health(self, session: ClientSession) -> tuple[str, ...] | None:
+        """The names (``""`` and this client's components) ``session``'s server says NOT_SERVING for.
+
+        ``None`` when it did not answer them all within ``keepalive_timeout`` (or the session was lost).
+        :raises UnknownMethod, PermissionDenied: the server does not answer health to us.
+        """
+        names = ("", *sorted(self.health_components))
+        timeout = self.options.keepalive_timeout
+        deadline = anyio.current_time() + timeout
+        try:
+            started = [session.start(_CHECK.key, _CHECK.encode_args((name,)), deadline, None, None) for name in names]
+        except CallrtError:
+            return None  # the session is gone, or cannot take the request
+        not_serving: list[str] = []
+        refused: RemoteError | None = None
+        with anyio.move_on_after(timeout):
+            # Every waiter awaited, even after a refusal: none is left holding an exception nobody reads.
+            for name, (_, waiter) in zip(names, started, strict=True):
+                try:
+                    status = _CHECK.decode_result(await waiter)
+                except (UnknownMethod, PermissionDenied) as exc:
+                    refused = exc
+                    continue
+                except Exception:  # a failed check, an answer that is no Status, the session lost
+                    continue
+                if status == "NOT_SERVING":
+                    not_serving.append(name)
+            if refused is not None:
+                raise refused
+            return tuple(not_serving)
+        for request_id, _ in started:
+            session.give_up(request_id, deadline)
+        return None
+
     async def _until(self, condition: Callable[[], bool]) -> None:
         while not condition():
             await self._changed.wait()
+
+
+_CONNECTED = (ReplicaState.AVAILABLE, ReplicaState.NOT_SERVING, ReplicaState.DRAINING)
 
 
 async def _first(*waits: Any) -> None:
