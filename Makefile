@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test,bench,etcd,watch,dns,fuzz]'
+	$(BIN)/pip install -q -e '.[test,bench,etcd,watch,dns,fuzz,prometheus]'
 	touch $@
 
 .PHONY: demo shop check test docs bench bench-full

@@ -5,7 +5,7 @@
     callrt call URL Component.method '<JSON args>'   # prints the result as JSON
     callrt list URL                                   # components, methods, signatures
     callrt health URL [Component]                     # exit code 0 only when SERVING
-    callrt serve module:Class [module:Class ...] --listen URL [--listen URL] [--workers N]
+    callrt serve module:Class [module:Class ...] --listen URL [--listen URL] [--workers N] [--metrics-port P]
 
 ``URL`` is an endpoint (``tcp://host:port``, ``unix:///path``), several
 separated by commas, a directory of Unix sockets (``unixdir:///run/cart``) or
@@ -18,6 +18,11 @@ types (Structs, enums, datetimes, decimals, UUIDs from their JSON forms);
 base64 strings where the schema says bytes become bytes first. A server with
 reflection turned off is called with the array as it is.
 
+``serve`` imports ``module`` from the current directory first (as ``python -m callrt`` and
+uvicorn do), then from ``sys.path``. ``--metrics-port`` exposes the worker's OpenTelemetry
+metrics for Prometheus (the ``prometheus`` extra); with ``--workers N``, worker ``i`` (0 to
+N-1) on port ``P + i``.
+
 Exit codes: 0 success; 1 the call failed (code, message and, where the server
 sent it, its traceback are printed on stderr), or, for ``health``, anything but
 SERVING; 2 a usage error (no such method, arguments that are not JSON).
@@ -28,6 +33,7 @@ from __future__ import annotations
 import base64
 import importlib
 import inspect
+import os
 import signal
 import subprocess
 import sys
@@ -290,6 +296,13 @@ async def _check(client: Client, component: str) -> str:
     help="Processes serving the same TCP ports (SO_REUSEPORT); SIGTERM drains them all.",
 )
 @click.option("--reuse-port", is_flag=True, help="Bind TCP endpoints with SO_REUSEPORT (each of --workers does).")
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    help="Expose metrics for Prometheus at http://HOST:PORT/metrics (0: any free port); "
+    "with --workers N, worker i on PORT+i. Needs the prometheus extra.",
+)
+@click.option("--metrics-host", default="127.0.0.1", show_default=True, help="The address --metrics-port listens on.")
 @click.pass_context
 def serve_command(
     ctx: click.Context,
@@ -300,8 +313,15 @@ def serve_command(
     no_reflection: bool,
     workers: int,
     reuse_port: bool,
+    metrics_port: int | None,
+    metrics_host: str,
 ) -> None:
     """Serve COMPONENTS (module:Class, each made with no arguments) until SIGTERM or SIGINT, then drain."""
+    # As `python -m callrt` and uvicorn: modules in the current directory are found first. The
+    # console script's sys.path[0] is its own bin directory, not the directory it was run from.
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
     if workers > 1:
         try:
             endpoints = [parse_endpoint(url) for url in listen]
@@ -315,9 +335,22 @@ def serve_command(
             )
         flags = ["--reuse-port"] + ["--insecure"] * insecure + ["--no-reflection"] * no_reflection
         flags += [f"--etcd={etcd}"] if etcd else []
+        flags += [f"--metrics-host={metrics_host}"] if metrics_port is not None else []
         args = [*components, *(f"--listen={url}" for url in listen), *flags]
-        sys.exit(_supervise(workers, ["--backend", ctx.obj["backend"], "serve", *args]))
+
+        def metrics(i: int) -> list[str]:  # worker i's own port: one port serves one process
+            if metrics_port is None:
+                return []
+            if metrics_port and metrics_port + i > 65535:
+                _usage(
+                    f"--metrics-port {metrics_port} with --workers {workers}: port {metrics_port + i} is out of range"
+                )
+            return [f"--metrics-port={metrics_port + i if metrics_port else 0}"]
+
+        sys.exit(_supervise(workers, ["--backend", ctx.obj["backend"], "serve", *args], metrics))
     instances = [_load(name) for name in components]
+    if metrics_port is not None:
+        _expose_metrics(metrics_host, metrics_port)
     registrars: list[Registrar] = []
     if etcd:
         url, prefix = _etcd(etcd)
@@ -330,8 +363,8 @@ def serve_command(
     run(_serve, list(listen), instances, options, backend=ctx.obj["backend"])
 
 
-def _supervise(workers: int, args: list[str]) -> int:
-    """Run ``workers`` processes of ``callrt <args>``; forward SIGTERM and SIGINT to them; the worst exit code."""
+def _supervise(workers: int, args: list[str], extra: Callable[[int], list[str]] = lambda i: []) -> int:
+    """Run ``workers`` processes of ``callrt <args> <extra(i)>``; forward SIGTERM and SIGINT to them; the worst exit code."""
     procs: list[subprocess.Popen[bytes]] = []
 
     def forward(signum: int, frame: object) -> None:
@@ -344,7 +377,8 @@ def _supervise(workers: int, args: list[str]) -> int:
         # Their own session: a terminal's Ctrl-C reaches this process, which forwards it once.
         command = [sys.executable, "-m", "callrt", *args]
         procs.extend(
-            subprocess.Popen(command, start_new_session=True, preexec_fn=_die_with_parent) for _ in range(workers)
+            subprocess.Popen([*command, *extra(i)], start_new_session=True, preexec_fn=_die_with_parent)
+            for i in range(workers)
         )
         codes = [proc.wait() for proc in procs]
     finally:
@@ -371,6 +405,25 @@ async def _serve(listen: list[str], instances: list[object], options: call.Serve
             lambda task_status: call.serve(listen, *instances, options=options, task_status=task_status)
         )
         click.echo(f"serving on {', '.join(map(str, server.endpoints))}", err=True)
+
+
+def _expose_metrics(host: str, port: int) -> None:
+    """An OpenTelemetry SDK meter provider read by Prometheus at ``http://host:port/metrics`` (a thread serves it)."""
+    try:
+        from opentelemetry import metrics
+        from opentelemetry.exporter.prometheus import PrometheusMetricReader
+        from opentelemetry.sdk.metrics import MeterProvider
+        from prometheus_client import start_http_server
+    except ImportError as exc:
+        _usage(f"--metrics-port needs the prometheus extra (pip install 'callrt[prometheus]'): {exc}")
+    try:
+        server, _ = start_http_server(port, addr=host)
+    except OSError as exc:
+        _usage(f"--metrics-port: cannot listen on {host}:{port}: {exc.strerror or exc}")
+    metrics.set_meter_provider(MeterProvider(metric_readers=[PrometheusMetricReader()]))
+    bound = server.server_port
+    shown = f"[{host}]" if ":" in host else host
+    click.echo(f"metrics on http://{shown}:{bound}/metrics", err=True)
 
 
 def _load(name: str) -> object:

@@ -160,9 +160,18 @@ def start_server_call(name: str, trace: TraceContext | None, peer_address: str, 
     extra = {"network.transport": {"tcp": "tcp", "unix": "unix"}.get(scheme, "inproc"), "client.address": address}
     record = CallRecord(name, SpanKind.SERVER, None if trace is None else remote_parent(trace), extra)
     if record.started:
-        _server_request_size.record(request_size, record.attributes)
+        _server_request_size.record(request_size, _metric_attributes(record.attributes))
         _in_flight.add(1, _attributes(name))  # without the outcome, which only the end knows
     return record
+
+
+def _metric_attributes(attributes: dict[str, str]) -> dict[str, str]:
+    """A server call's attributes for metrics: without ``client.address``, the span's alone.
+
+    The caller's address and port differ per connection: as a metric attribute (a Prometheus label)
+    it would make a new time series of every connection.
+    """
+    return {key: value for key, value in attributes.items() if key != "client.address"}
 
 
 def finish(record: CallRecord) -> None:
@@ -173,6 +182,8 @@ def finish(record: CallRecord) -> None:
         otel_context.detach(record.token)
     if record.started:
         attributes = record.attributes
+        if record.duration is _server_duration:
+            attributes = _metric_attributes(attributes)
         record.duration.record((time.perf_counter() - record.started) * 1000, attributes)
         if record.duration is _server_duration:
             _in_flight.add(-1, {key: attributes[key] for key in ("rpc.system", "rpc.service", "rpc.method")})
