@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import ipaddress
 import os
 import shutil
 import signal
@@ -20,7 +21,7 @@ import anyio.abc
 import httpx
 import pytest
 
-from callrt import call, component
+from callrt import call, component, registry
 from callrt.endpoints import Endpoint, tcp
 from callrt.resolvers.etcd import EtcdError, EtcdRegistrar, EtcdResolver
 
@@ -354,3 +355,76 @@ class socket_bound:
 
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
+
+
+# -- what a server on every interface registers ------------------------------------------------------
+
+
+async def test_a_server_on_every_interface_registers_an_address_clients_reach(etcd: EtcdServer, prefix: str) -> None:
+    """``tcp://0.0.0.0:PORT`` is no address to connect to: this machine's address is registered instead."""
+    if registry._machine_address(socket.AF_INET) is None:
+        pytest.skip("this machine has no IPv4 address but loopback")
+    options = call.ServerOptions(insecure=True, registrars=[EtcdRegistrar(etcd.url, prefix, ttl=TTL)])
+    with anyio.fail_after(10):
+        async with (
+            call.start_server("tcp://0.0.0.0:0", Greeter("any"), options=options) as server,
+            resolver_for(etcd, prefix) as resolver,
+        ):
+            (registered,) = (await resolver.resolve(None))[0]
+            assert server.endpoint.host == "0.0.0.0"
+            address = ipaddress.ip_address(registered.host)
+            assert not (address.is_unspecified or address.is_loopback), registered
+            assert registered.port == server.endpoint.port
+            async with call.connect(resolver) as conn:
+                assert await conn.stub(Greeter).hello() == "any"
+
+
+async def test_advertise_is_what_is_registered(etcd: EtcdServer, prefix: str) -> None:
+    registrar = EtcdRegistrar(etcd.url, prefix, ttl=TTL, advertise="127.0.0.1")
+    options = call.ServerOptions(insecure=True, registrars=[registrar])
+    with anyio.fail_after(10):
+        async with (
+            call.start_server("tcp://0.0.0.0:0", Greeter("advertised"), options=options) as server,
+            resolver_for(etcd, prefix) as resolver,
+        ):
+            assert (await resolver.resolve(None))[0] == (tcp(f"127.0.0.1:{server.endpoint.port}"),)
+            async with call.connect(resolver) as conn:
+                assert await conn.stub(Greeter).hello() == "advertised"
+        async with registrar.registered(tcp("[::]:9010")):  # an IPv6 listener, an IPv4 advertised host
+            assert (await resolver_endpoints(etcd, prefix)) == (tcp("127.0.0.1:9010"),)
+    assert "advertise='127.0.0.1'" in repr(registrar)
+
+
+async def resolver_endpoints(etcd: EtcdServer, prefix: str) -> Sequence[Endpoint]:
+    async with resolver_for(etcd, prefix) as resolver:
+        return (await resolver.resolve(None))[0]
+
+
+@pytest.mark.parametrize(
+    ("advertise", "problem"),
+    [
+        ("10.0.0.5:9000", "without a port"),
+        ("tcp://10.0.0.5", "host name or IP address"),
+        ("", "host name or IP address"),
+        ("0.0.0.0", "unspecified"),
+        ("[::]", "unspecified"),
+    ],
+)
+async def test_advertise_must_be_a_host(advertise: str, problem: str) -> None:
+    with pytest.raises(ValueError, match=problem):
+        EtcdRegistrar("http://127.0.0.1:2379", "/x/", advertise=advertise)
+    assert repr(EtcdRegistrar("http://127.0.0.1:2379", "/x/", advertise="[fd00::5]")).endswith("advertise='fd00::5')")
+
+
+async def test_no_address_to_register_says_to_pass_advertise(
+    etcd: EtcdServer, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A machine whose address cannot be told (its host name is loopback, no default route): the server
+    does not register an address nobody can reach; it fails to start, saying what to pass."""
+    monkeypatch.setattr(registry, "_machine_address", lambda family: None)
+    options = call.ServerOptions(insecure=True, registrars=[EtcdRegistrar(etcd.url, prefix, ttl=TTL)])
+    with anyio.fail_after(10):
+        with pytest.raises(ValueError, match=r"tcp://0\.0\.0\.0:\d+ listens on every interface.*advertise="):
+            async with call.start_server("tcp://0.0.0.0:0", Greeter("nowhere"), options=options):
+                pytest.fail("the server started")
+        assert (await resolver_endpoints(etcd, prefix)) == ()

@@ -34,7 +34,7 @@ import httpx
 
 from ..endpoints import Endpoint, parse_endpoint
 from ..errors import CallrtError
-from ..registry import Registrar
+from ..registry import Registrar, advertised, check_advertise
 from ._base import Resolver, Version
 
 __all__ = ("EtcdError", "EtcdRegistrar", "EtcdResolver")
@@ -138,23 +138,39 @@ class EtcdRegistrar(Registrar):
     backoff; a lease that expired meanwhile is granted again and the key put
     again. Entering raises :class:`EtcdError` if etcd cannot be reached.
 
+    What is registered is an address clients can connect to: a TCP endpoint
+    bound to every interface (``tcp://0.0.0.0:9000``) is registered at this
+    machine's address (its host name's, else that of the interface its
+    default route leaves by), or entering raises a ValueError that asks for
+    ``advertise``.
+
     :param ttl: seconds a dead server stays registered (etcd's minimum is 2).
     :param timeout: the bound on each request to etcd.
+    :param advertise: the host name or IP address clients reach this server
+        at, registered instead of the host TCP endpoints are bound to (behind
+        NAT, or on a machine with several networks); the port stays the
+        listener's.
     """
 
-    def __init__(self, url: str, prefix: str, *, ttl: float = 5.0, timeout: float = 5.0) -> None:
+    def __init__(
+        self, url: str, prefix: str, *, ttl: float = 5.0, timeout: float = 5.0, advertise: str | None = None
+    ) -> None:
         if ttl <= 0:
             raise ValueError(f"ttl must be positive, not {ttl}")
         self._url = url
         self._prefix = _check_prefix(prefix)
         self._ttl = math.ceil(ttl)
         self._timeout = timeout
+        self._advertise = check_advertise(advertise)
 
     def registered(self, endpoint: Endpoint) -> AbstractAsyncContextManager[None]:
         return self._registered(endpoint)
 
     @asynccontextmanager
-    async def _registered(self, endpoint: Endpoint) -> AsyncIterator[None]:
+    async def _registered(self, bound: Endpoint) -> AsyncIterator[None]:
+        endpoint = await advertised(bound, self._advertise)
+        if endpoint != bound:
+            logger.info("registering %s in etcd as %s", bound, endpoint)
         lease = _Lease(self._prefix + str(endpoint).encode(), str(endpoint).encode())
         gateway = _Gateway(self._url, self._timeout)
         try:
@@ -205,7 +221,8 @@ class EtcdRegistrar(Registrar):
                 logger.warning("could not renew etcd lease for %s: %s", lease.value.decode(), exc)
 
     def __repr__(self) -> str:
-        return f"EtcdRegistrar({self._url!r}, {self._prefix.decode()!r}, ttl={self._ttl})"
+        advertise = "" if self._advertise is None else f", advertise={self._advertise!r}"
+        return f"EtcdRegistrar({self._url!r}, {self._prefix.decode()!r}, ttl={self._ttl}{advertise})"
 
 
 @dataclass(slots=True)
