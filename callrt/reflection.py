@@ -119,7 +119,7 @@ def describe(handlers: HandlerMap) -> ServiceInfo:
                 continue
             try:
                 fn = inspect.getattr_static(spec.cls, method)
-                resolved = typing.get_type_hints(fn)
+                resolved = typing.get_type_hints(fn, include_extras=True)  # msgspec.Meta constraints
             except Exception:
                 continue  # described as untyped
             params = [resolved.get(p, Any) for p in spec.methods[method].params]
