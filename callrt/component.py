@@ -11,17 +11,20 @@ parameter order, results as a single MessagePack value.
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import inspect
 import re
 import typing
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, overload
 
+import anyio
 import msgspec
 import msgspec.inspect
 
+from .context import stream_var
 from .errors import Internal, InvalidArgument, RegistrationError, RemoteError, UnknownMethod
 from .keys import MethodKey, make_method_key
 
@@ -29,6 +32,7 @@ __all__ = (
     "ComponentSpec",
     "DeclaredError",
     "MethodSpec",
+    "StreamSpec",
     "caller_error",
     "component",
     "component_spec",
@@ -116,6 +120,50 @@ def declared_error_args(exc: BaseException) -> tuple[str, bytes] | None:
 
 
 @dataclass(frozen=True, slots=True)
+class StreamSpec:
+    """How a stream method's items travel (protocol version 3): its shape and the items' codecs.
+
+    A method *yields* items (an async generator, a plain generator, or an ``async def``
+    declared to return ``AsyncIterator[T]``: a server stream) and/or *takes* the caller's
+    items (one positional parameter typed ``AsyncIterator[T]``: a client stream); both is
+    a bidirectional stream. The parameter that takes items is not in the arguments array:
+    its items travel as ITEM frames.
+    """
+
+    yields: bool
+    takes: int | None  # the index (self not counted) of the parameter that receives the caller's items
+    signature: inspect.Signature  # the whole signature, the items parameter included
+    encode_item: Callable[[Any], bytes]  # the items the method yields
+    decode_item: Callable[[bytes], Any]
+    encode_input: Callable[[Any], bytes]  # the items the caller sends
+    decode_input: Callable[[bytes], Any]
+    sync: bool = False  # a plain generator: each step runs in a worker thread
+
+    @property
+    def shape(self) -> str:
+        """``"server"``, ``"client"`` or ``"bidirectional"``: which side sends items."""
+        if self.takes is None:
+            return "server"
+        return "bidirectional" if self.yields else "client"
+
+
+_NIL = b"\xc0"  # MessagePack nil: the result that ends a stream of items
+_DONE = object()
+_ASYNC_ITERATORS = (collections.abc.AsyncIterator, collections.abc.AsyncIterable, collections.abc.AsyncGenerator)
+_ITERATORS = (collections.abc.Iterator, collections.abc.Iterable, collections.abc.Generator)
+
+
+def _item_type(annotation: object, origins: tuple[type, ...]) -> object | None:
+    """``T`` of ``annotation`` when it is one of ``origins`` (``AsyncIterator[T]``, say); ``Any`` unparametrized."""
+    if annotation in origins:
+        return Any
+    if typing.get_origin(annotation) in origins:
+        args = typing.get_args(annotation)
+        return args[0] if args else Any
+    return None
+
+
+@dataclass(frozen=True, slots=True)
 class MethodSpec:
     """What both sides know about one RPC method."""
 
@@ -145,6 +193,7 @@ class MethodSpec:
     )
     # The exceptions the component declared (@component(errors=...)), by their wire name.
     errors: Mapping[str, DeclaredError] = field(default_factory=dict)
+    stream: StreamSpec | None = None  # a stream method: how its items travel; None for a unary one
 
     @property
     def full_name(self) -> str:
@@ -248,6 +297,8 @@ class MethodSpec:
             def method(*args: Any) -> Any:
                 return plain(*args[:positional], **dict(zip(keyword_only, args[positional:], strict=True)))
 
+        if self.stream is not None:
+            return self._stream_handler(method)
         # Each handler is one Python frame around the method: it runs once per call.
         if self.is_async:
 
@@ -276,6 +327,68 @@ class MethodSpec:
                 raise result_error(exc) from None
 
         return sync_handler
+
+    def _stream_handler(self, method: Callable[..., Any]) -> Callable[[bytes], Awaitable[bytes]]:
+        """The handler of a stream method: items through the connection's :class:`~callrt.context.StreamChannel`."""
+        stream = self.stream
+        assert stream is not None
+        decode, decode_again, full_name = self.decode_args, self.decode_other_length, self.full_name
+        encode_item, decode_input, takes = stream.encode_item, stream.decode_input, stream.takes
+        encode_result, result_error = self.encode_result, self._result_error
+        items_param = "" if takes is None else list(stream.signature.parameters)[takes]
+
+        async def caller_items(channel: Any) -> AsyncIterator[Any]:
+            async for data in channel.items():
+                try:
+                    yield decode_input(data)
+                except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+                    raise InvalidArgument(f"{full_name}: an item of {items_param!r} is invalid: {exc}") from None
+
+        def encoded(item: object) -> bytes:
+            try:
+                return encode_item(item)
+            except (TypeError, ValueError, OverflowError) as exc:
+                raise Internal(f"{full_name}: an item cannot be encoded: {exc}") from None
+
+        async def stream_handler(payload: bytes) -> bytes:
+            channel = stream_var.get()
+            if channel is None:
+                raise Internal(f"{full_name} is a stream method, called without a stream")
+            try:
+                args = decode(payload)
+            except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+                args = decode_again(payload, exc)
+            if takes is not None:
+                args = (*args[:takes], caller_items(channel), *args[takes:])
+            if stream.sync:  # a plain generator: each step in a worker thread, never on the loop
+                gen = method(*args)
+                try:
+                    while (item := await channel.run_sync(next, gen, _DONE)) is not _DONE:
+                        await channel.send(encoded(item))
+                finally:
+                    with anyio.CancelScope(shield=True):
+                        await channel.run_sync(gen.close)
+                return _NIL
+            result = method(*args)
+            if not stream.yields:  # a client stream: one result, as a unary method's
+                value = await result
+                try:
+                    return encode_result(value)
+                except (TypeError, ValueError, OverflowError) as exc:
+                    raise result_error(exc) from None
+            if inspect.iscoroutine(result):  # an async def that returns an async iterator
+                result = await result
+            try:
+                async for item in result:
+                    await channel.send(encoded(item))
+            finally:
+                aclose = getattr(result, "aclose", None)
+                if aclose is not None:  # the generator's finally runs now, cancelled or not
+                    await aclose()
+            return _NIL
+
+        stream_handler.__qualname__ = f"{full_name} (stream)"
+        return stream_handler
 
 
 def _encodable(value: object) -> bool:
@@ -502,7 +615,8 @@ def _mismatch(wanted: Callable[..., Any], got: Callable[..., Any]) -> str | None
     if [p.name for p in ours] != [p.name for p in theirs]:
         names = ", ".join(p.name for p in ours)
         return f"parameters ({names}) here, ({', '.join(p.name for p in theirs)}) in the interface"
-    our_hints, their_hints = typing.get_type_hints(got), typing.get_type_hints(wanted)
+    our_hints = typing.get_type_hints(got, include_extras=True)  # constraints (msgspec.Meta) must match too
+    their_hints = typing.get_type_hints(wanted, include_extras=True)
     for p, q in zip(ours, theirs, strict=True):
         if p.kind is not q.kind:
             return f"parameter {p.name!r} is {p.kind.description} here, {q.kind.description} in the interface"
@@ -557,12 +671,6 @@ def _method_spec(
 ) -> MethodSpec:
     """The spec of method ``name``; a shape callrt cannot serve is a RegistrationError naming ``Class.method``."""
     label = f"{owner or component_name}.{name}"
-    if inspect.isasyncgenfunction(fn):
-        raise RegistrationError(f"{label}: an async generator cannot be served: streams are not supported yet")
-    if inspect.isgeneratorfunction(fn):
-        raise RegistrationError(
-            f"{label}: a generator cannot be served: an RPC method returns one result (streams are not supported yet)"
-        )
     try:
         sig = inspect.signature(fn)
     except (TypeError, ValueError) as exc:
@@ -583,14 +691,27 @@ def _method_spec(
                 " (take a dict or a Struct instead)"
             )
     try:
-        hints = typing.get_type_hints(fn)
+        # include_extras: Annotated[int, msgspec.Meta(ge=0)] keeps its constraints, checked on decoding.
+        hints = typing.get_type_hints(fn, include_extras=True)
     except Exception as exc:
         raise RegistrationError(f"{label}: cannot resolve type hints: {exc}") from exc
-    arg_types = tuple(hints.get(p.name, Any) for p in params)
     result_type = hints.get("return", Any)
+    stream_types = _stream_types(label, fn, params, hints)
+    takes, yielded, taken = stream_types or (None, None, None)
+    full_sig = sig.replace(parameters=params)
+    if stream_types is not None:
+        if takes is not None:
+            params = params[:takes] + params[takes + 1 :]  # its items travel as frames, not as an argument
+        if yielded is not None:
+            result_type = None  # what ends a stream of items
+    arg_types = tuple(hints.get(p.name, Any) for p in params)
     if result_type is type(None):
         result_type = None
     annotated = [(f"parameter {p.name!r}", t) for p, t in zip(params, arg_types, strict=True)]
+    if yielded is not None:
+        annotated.append(("the stream's items", yielded))
+    if taken is not None:
+        annotated.append(("the caller's items", taken))
     for what, annotation in [*annotated, ("the result", result_type)]:
         try:
             msgspec.msgpack.Decoder(annotation)
@@ -618,6 +739,23 @@ def _method_spec(
     public_sig = sig.replace(parameters=params)
     defaults = tuple(p.default for p in params[required:])
     short_decoders = tuple(_tuple_decoder(arg_types[:n]) for n in range(required, len(params)))
+    stream = None
+    if stream_types is not None:
+        try:
+            item_decoder = msgspec.msgpack.Decoder(yielded if yielded is not None else Any)
+            input_decoder = msgspec.msgpack.Decoder(taken if taken is not None else Any)
+        except TypeError as exc:
+            raise RegistrationError(f"{label}: unsupported item type: {exc}") from exc
+        stream = StreamSpec(
+            yields=yielded is not None,
+            takes=takes,
+            signature=full_sig,
+            encode_item=encoder.encode,
+            decode_item=item_decoder.decode,
+            encode_input=encoder.encode,
+            decode_input=input_decoder.decode,
+            sync=inspect.isgeneratorfunction(fn),
+        )
     return MethodSpec(
         component=component_name,
         name=name,
@@ -625,9 +763,9 @@ def _method_spec(
         signature=public_sig,
         params=tuple(p.name for p in params),
         positional=sum(p.kind is not p.KEYWORD_ONLY for p in params),
-        is_async=inspect.iscoroutinefunction(fn),
+        is_async=stream is not None or inspect.iscoroutinefunction(fn),
         retriable=not getattr(fn, _NOT_RETRIABLE_ATTR, False),
-        inline=bool(getattr(fn, _INLINE_ATTR, False)),
+        inline=stream is None and bool(getattr(fn, _INLINE_ATTR, False)),
         encode_args=encoder.encode,
         decode_args=args_decoder.decode,
         encode_result=encoder.encode,
@@ -640,7 +778,54 @@ def _method_spec(
             for n in range(required, min(len(params), 16))
         },
         errors=errors if errors is not None else {},
+        stream=stream,
     )
+
+
+def _stream_types(
+    label: str, fn: Callable[..., Any], params: list[inspect.Parameter], hints: Mapping[str, Any]
+) -> tuple[int | None, Any, Any] | None:
+    """For a stream method: the index of the parameter taking the caller's items, and both item types.
+
+    ``None`` for a unary method. A shape callrt cannot serve is a RegistrationError naming ``label``.
+    """
+    returned = hints.get("return")
+    yielded: Any = None
+    if inspect.isasyncgenfunction(fn) or inspect.iscoroutinefunction(fn):
+        yielded = _item_type(returned, _ASYNC_ITERATORS)
+        if inspect.isasyncgenfunction(fn) and yielded is None:
+            if returned is not None:
+                raise RegistrationError(
+                    f"{label}: an async generator is a stream method: annotate it -> AsyncIterator[T], "
+                    f"not {inspect.formatannotation(returned)}"
+                )
+            yielded = Any
+    elif inspect.isgeneratorfunction(fn):
+        yielded = _item_type(returned, _ITERATORS)
+        if yielded is None:
+            if returned is not None:
+                raise RegistrationError(
+                    f"{label}: a generator is a stream method: annotate it -> Iterator[T], "
+                    f"not {inspect.formatannotation(returned)}"
+                )
+            yielded = Any
+    taking = [
+        (i, t) for i, p in enumerate(params) if (t := _item_type(hints.get(p.name), _ASYNC_ITERATORS)) is not None
+    ]
+    if len(taking) > 1:
+        raise RegistrationError(f"{label}: a stream method takes the caller's items in one parameter, not several")
+    takes, taken = taking[0] if taking else (None, None)
+    if takes is None and yielded is None:
+        return None
+    if takes is not None:
+        p = params[takes]
+        if p.kind not in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) or p.default is not p.empty:
+            raise RegistrationError(
+                f"{label}: parameter {p.name!r} takes the caller's items: it must be positional, without a default"
+            )
+        if not (inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn)):
+            raise RegistrationError(f"{label}: a method that takes the caller's items must be async def")
+    return takes, yielded, taken
 
 
 def _custom_type(annotation: Any) -> type | None:

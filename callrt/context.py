@@ -9,12 +9,23 @@ connections, which all read them.
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 from .protocol import Request
 
-__all__ = ("CallContext", "CallOptions", "Peer", "SyncSlot", "current_call", "current_deadline", "serving_var")
+__all__ = (
+    "CallContext",
+    "CallOptions",
+    "Peer",
+    "StreamChannel",
+    "SyncSlot",
+    "current_call",
+    "current_deadline",
+    "serving_var",
+    "stream_var",
+)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -112,3 +123,25 @@ def current_deadline() -> float | None:
     """The deadline of the call being served, if any (cheaper than :func:`current_call`)."""
     current = _serving()
     return None if current is None else current[2]
+
+
+class StreamChannel(Protocol):
+    """A stream call's two directions as the connection carries them: what a stream handler uses.
+
+    :meth:`send` waits for the caller's credit, so a handler never gets ahead of its
+    consumer by more than the window; :meth:`items` yields the caller's items as they come.
+    """
+
+    async def send(self, item: bytes) -> None:
+        """Send one encoded item, once the caller's credit allows it."""
+
+    def items(self) -> AsyncIterator[bytes]:
+        """The caller's items, encoded, until it sends its last; granting credit as they are taken."""
+        ...
+
+    async def run_sync(self, fn: Callable[..., Any], *args: object) -> Any:
+        """``fn(*args)`` in one of the server's handler threads (a plain generator's steps)."""
+
+
+# The stream call being served in this context (set by the connection for a stream method's handler).
+stream_var: contextvars.ContextVar[StreamChannel | None] = contextvars.ContextVar("callrt_stream", default=None)

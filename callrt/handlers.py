@@ -27,6 +27,8 @@ class RegisteredHandler:
     inline: bool = False
     # The ``@component`` spec the handler was made from (``add_handlers``), for reflection; None for a raw handler.
     component: ComponentSpec | None = None
+    # A stream method's handler: the connection gives it a StreamChannel (protocol version 3).
+    stream: bool = False
 
 
 class HandlerMap:
@@ -39,7 +41,14 @@ class HandlerMap:
         self._served: tuple[int, str] | None = None  # served(), and the table's size it was made at
 
     def set(
-        self, component: str, method: str, handler: Handler, *, inline: bool = False, spec: ComponentSpec | None = None
+        self,
+        component: str,
+        method: str,
+        handler: Handler,
+        *,
+        inline: bool = False,
+        spec: ComponentSpec | None = None,
+        stream: bool = False,
     ) -> MethodKey:
         """Register one handler; returns its key.
 
@@ -54,7 +63,7 @@ class HandlerMap:
             what = "registered twice" if existing.name == name else f"collides with {existing.name!r}"
             raise RegistrationError(f"method key of {name!r} {what}")
         is_async = inspect.iscoroutinefunction(handler)
-        self._handlers[key] = RegisteredHandler(name, handler, is_async, inline and not is_async, spec)
+        self._handlers[key] = RegisteredHandler(name, handler, is_async, inline and not is_async, spec, stream)
         return key
 
     def add_handlers(self, name: str | None, impl: object) -> None:
@@ -64,7 +73,10 @@ class HandlerMap:
         """
         spec = component_spec(impl)
         for method in spec.methods.values():
-            self.set(name or spec.name, method.name, method.handler(impl), inline=method.inline, spec=spec)
+            handler = method.handler(impl)
+            self.set(
+                name or spec.name, method.name, handler, inline=method.inline, spec=spec, stream=bool(method.stream)
+            )
 
     def __len__(self) -> int:
         return len(self._handlers)

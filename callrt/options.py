@@ -83,6 +83,9 @@ class ServerOptions:
     :ivar reflection: answer ``callrt.Reflection`` (what this server serves, with JSON Schemas; ``callrt list``).
     :ivar reuse_port: bind TCP endpoints with ``SO_REUSEPORT`` (Linux, BSD), so that several processes
         serve one port and the kernel spreads connections among them (``callrt serve --workers N``).
+    :ivar stream_window: how many of a caller's stream items the server holds for a handler that has
+        not taken them yet; with ``stream_window_bytes`` (whichever is reached first), the most the
+        caller may send ahead. The server grants more as the handler takes items.
     """
 
     inline_handler_duration: float = 20e-6
@@ -111,6 +114,8 @@ class ServerOptions:
     reflection: bool = True
     reuse_port: bool = False
     interceptors: Sequence[ServerInterceptor] = ()
+    stream_window: int = 256
+    stream_window_bytes: int = 1 << 20
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -158,6 +163,9 @@ class ClientOptions:
         for the server, ``""``, and for each component this client has a stub of); a replica that
         reports NOT_SERVING is left out of balancing until it reports SERVING again.
         ``None`` or 0: no checks (every connected replica is used).
+    :ivar stream_window: how many of a server's stream items this client holds for a caller that
+        has not taken them yet; with ``stream_window_bytes`` (whichever is reached first), the most
+        the server may send ahead. The client grants more as the caller takes items.
     """
 
     balancer: Balancer | None = None
@@ -180,3 +188,5 @@ class ClientOptions:
     tls_server_name: str | None = None
     interceptors: Sequence[ClientInterceptor] = ()
     health_interval: float | None = 5.0
+    stream_window: int = 256
+    stream_window_bytes: int = 1 << 20

@@ -47,8 +47,11 @@ __all__ = (
     "MAX_METADATA_ENTRIES",
     "MAX_REQUEST_HEADER_SIZE",
     "PROTOCOL_VERSION",
+    "STREAM_VERSION",
     "SUPPORTED_VERSIONS",
     "Cancel",
+    "Credit",
+    "End",
     "Error",
     "Frame",
     "FrameDecoder",
@@ -56,6 +59,7 @@ __all__ = (
     "GoAway",
     "Hello",
     "HelloReply",
+    "Item",
     "Ping",
     "Pong",
     "Request",
@@ -74,9 +78,12 @@ __all__ = (
 )
 
 MAGIC: Final = b"CLRT"
-PROTOCOL_VERSION: Final = 2
-# Version 2 is version 1 plus an optional fifth element in ERROR bodies (a declared exception's args).
-SUPPORTED_VERSIONS: Final = range(1, 3)
+PROTOCOL_VERSION: Final = 3
+# Version 2 is version 1 plus an optional fifth element in ERROR bodies (a declared exception's args);
+# version 3 is version 2 plus streams (ITEM, END and CREDIT frames).
+SUPPORTED_VERSIONS: Final = range(1, 4)
+#: The first version with streams: a stream method's call needs a connection of at least this one.
+STREAM_VERSION: Final = 3
 DEFAULT_MAX_FRAME_SIZE: Final = 64 << 20  # 64 MiB of body
 #: The most metadata entries a request may carry: a receiver's default limit, a sender's hard one.
 MAX_METADATA_ENTRIES: Final = 64
@@ -89,6 +96,7 @@ _U64 = struct.Struct("<Q")
 _U32 = struct.Struct("<I")
 _U16 = struct.Struct("<H")
 _TRACE = struct.Struct("<16s8sBH")
+_CREDIT = struct.Struct("<II")  # items, bytes
 _PLAIN_REQUEST = struct.Struct("<IBQ16sB")  # frame header, method key, no flags
 _DEADLINE_REQUEST = struct.Struct("<IBQ16sBQ")  # frame header, method key, _F_DEADLINE, deadline
 _REQUEST_HEAD = struct.Struct("<16sBQ")  # a request body's method key, flags and (if flagged) deadline
@@ -108,7 +116,12 @@ class FrameKind(enum.IntEnum):
     PING = 5
     PONG = 6
     GOAWAY = 7
+    ITEM = 8  # version 3
+    END = 9  # version 3
+    CREDIT = 10  # version 3
 
+
+_LAST_KIND = {1: 7, 2: 7, 3: 10}  # the last frame kind of each version
 
 # Request header flags: which optional fields follow the method key, in this order.
 _F_DEADLINE: Final = 0x01
@@ -188,6 +201,36 @@ class Error(msgspec.Struct, frozen=True, gc=False):
     args: bytes | None = None
 
 
+class Item(msgspec.Struct, frozen=True, gc=False):
+    """One item of stream ``id`` (version 3): server to client, or client to server for a method taking items."""
+
+    id: int
+    payload: bytes | bytearray
+
+
+class End(msgspec.Struct, frozen=True, gc=False):
+    """The client sent the last item of stream ``id`` (version 3); or, with an ``error``, could not send more.
+
+    ``error`` (UTF-8, empty for a normal end) says why the caller's items stopped: its
+    iterable raised. The server's handler then gets that error after the items before it.
+    """
+
+    id: int
+    error: str = ""
+
+
+class Credit(msgspec.Struct, frozen=True, gc=False):
+    """The receiver of stream ``id``'s items lets the sender send ``items`` more, or ``size`` more bytes (version 3).
+
+    Credit adds up. A sender may send an item while it has an item and a byte of credit left;
+    the item's size is then taken from the bytes, which may go below zero by that one item.
+    """
+
+    id: int
+    items: int
+    size: int
+
+
 class Cancel(msgspec.Struct, frozen=True, gc=False):
     """The caller gave up on request ``id``; the server cancels its handler."""
 
@@ -210,7 +253,7 @@ class GoAway(msgspec.Struct, frozen=True, gc=False):
     reason: str = ""
 
 
-Frame: TypeAlias = Hello | HelloReply | Request | Response | Error | Cancel | Ping | Pong | GoAway
+Frame: TypeAlias = Hello | HelloReply | Request | Response | Error | Cancel | Ping | Pong | GoAway | Item | End | Credit
 
 
 class _ErrorBody(msgspec.Struct, array_like=True, forbid_unknown_fields=True, gc=False):
@@ -409,6 +452,13 @@ def _encode_frame(frame: Frame) -> bytes:
     if type(frame) is GoAway:
         reason = frame.reason.encode()
         return _HEADER.pack(len(reason), 7, 0) + reason
+    if type(frame) is Item:
+        return _HEADER.pack(len(frame.payload), 8, frame.id) + frame.payload
+    if type(frame) is End:
+        error = frame.error.encode()
+        return _HEADER.pack(len(error), 9, frame.id) + error
+    if type(frame) is Credit:
+        return _HEADER.pack(8, 10, frame.id) + _CREDIT.pack(frame.items, frame.size)
     if type(frame) is Hello:
         return encode_hello(frame)
     if type(frame) is HelloReply:
@@ -557,7 +607,8 @@ class FrameDecoder:
             end_of_data = len(buf)
             copy = type(buf) is not bytes  # a bytearray's slices must become bytes
             limit = self.max_frame_size
-            plain_requests = self.version <= 2  # versions 1 and 2 share the request layout
+            plain_requests = self.version <= 3  # versions 1 to 3 share the request layout
+            last_kind = _LAST_KIND.get(self.version, 7)
             while end_of_data - pos >= HEADER_SIZE:
                 size, kind, ident = _HEADER.unpack_from(buf, pos)
                 start = pos + HEADER_SIZE
@@ -577,7 +628,9 @@ class FrameDecoder:
                 elif kind == 1 and plain_requests and size >= 17 and not copy and buf[start + 16] == 0:
                     # The same, with a payload shorter than a deadline field (no arguments, say).
                     out.append(Request(ident, buf[start : start + 16], buf[start + 17 : end]))  # type: ignore[arg-type]
-                elif kind > 7 or kind == 0:
+                elif kind == 8 and last_kind == 10:
+                    out.append(Item(ident, bytes(buf[start:end]) if copy else buf[start:end]))
+                elif kind > last_kind or kind == 0:
                     break  # unknown: next_frame() reports it
                 else:
                     self._pos = end
@@ -638,10 +691,12 @@ class FrameDecoder:
         end = start + size
         if size > self.max_frame_size:
             raise RemoteProtocolError(f"frame body of {size} bytes exceeds the maximum of {self.max_frame_size}")
-        if kind > 7 or kind == 0:
+        if kind > _LAST_KIND.get(self.version, 7) or kind == 0:
+            if kind <= 10 and kind:
+                raise RemoteProtocolError(f"{FrameKind(kind).name} frames need protocol version 3, not {self.version}")
             raise RemoteProtocolError(f"unknown frame kind {kind}")
         if len(buf) < end:
-            if size >= _LARGE_BODY and kind <= 2:
+            if size >= _LARGE_BODY and (kind <= 2 or kind == 8):
                 # Nothing from the header's length alone, unless this peer already delivered a
                 # body this large: then its buffer at once (see _keep).
                 self._large_held, self._large_head = 0, (kind, ident, size)
@@ -726,6 +781,8 @@ class FrameDecoder:
             self._proven = size
         if kind == 2:
             return Response(ident, body)  # the body's own buffer, handed over as it is
+        if kind == 8:
+            return Item(ident, body)
         return self._request(ident, body, 0, size)
 
     def _frame(self, kind: int, ident: int, buf: bytes | bytearray, start: int, end: int) -> Frame:
@@ -747,6 +804,15 @@ class FrameDecoder:
             if ident != 0:
                 raise RemoteProtocolError("goaway frame must have id 0")
             return GoAway(_utf8(buf, start, end))
+        if kind == 8:
+            return Item(ident, _copy(buf, start, end))
+        if kind == 9:
+            return End(ident, _utf8(buf, start, end))
+        if kind == 10:
+            if size != _CREDIT.size:
+                raise RemoteProtocolError(f"CREDIT frame must have an {_CREDIT.size}-byte body")
+            items, credit_bytes = _CREDIT.unpack_from(buf, start)
+            return Credit(ident, items, credit_bytes)
         if size != 0:
             raise RemoteProtocolError(f"{FrameKind(kind).name} frame must have an empty body")
         if kind == 4:
@@ -756,7 +822,7 @@ class FrameDecoder:
         return Pong(ident)
 
     def _request(self, ident: int, buf: bytes | bytearray, p: int, end: int) -> Request:
-        if self.version > 2:  # versions 1 and 2 share this layout; a new one adds a branch here
+        if self.version > 3:  # versions 1 to 3 share this layout; a new one adds a branch here
             raise RemoteProtocolError(f"no request layout for protocol version {self.version}")
         if end - p < 17:
             raise RemoteProtocolError("request header truncated")

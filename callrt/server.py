@@ -45,7 +45,9 @@ def _handler_map(components: Sequence[object]) -> HandlerMap:
                 entry = impl.get(key)
                 assert entry is not None
                 component, _, method = entry.name.rpartition(".")
-                handlers.set(component, method, entry.handler, inline=entry.inline, spec=entry.component)
+                handlers.set(
+                    component, method, entry.handler, inline=entry.inline, spec=entry.component, stream=entry.stream
+                )
         else:
             handlers.add_handlers(None, impl)
     return handlers

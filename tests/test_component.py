@@ -8,6 +8,7 @@ import decimal
 import enum
 import inspect
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any, Optional, Union
 
 import msgspec
@@ -703,8 +704,21 @@ def test_a_large_argument_array_is_counted_from_its_header() -> None:
 @pytest.mark.parametrize(
     ("source", "match"),
     [
-        ("async def m(self) -> None:\n    yield 1", r"Shape\.m: an async generator cannot be served: streams are not"),
-        ("def m(self) -> None:\n    yield 1", r"Shape\.m: a generator cannot be served: an RPC method returns one"),
+        ("async def m(self) -> int:\n    yield 1", r"Shape\.m: an async generator is a stream method: annotate it"),
+        ("def m(self) -> int:\n    yield 1", r"Shape\.m: a generator is a stream method: annotate it -> Iterator"),
+        (
+            "async def m(self, a: AsyncIterator[int], b: AsyncIterator[int]) -> int: pass",
+            r"Shape\.m: a stream method takes the caller's items in one parameter",
+        ),
+        (
+            "async def m(self, *, a: AsyncIterator[int]) -> int: pass",
+            r"Shape\.m: parameter 'a' takes the caller's items: it must be positional",
+        ),
+        ("def m(self, a: AsyncIterator[int]) -> int: pass", r"Shape\.m: a method that takes the caller's items must"),
+        (
+            "async def m(self) -> AsyncIterator[Unsupported]:\n    yield 1",
+            r"Shape\.m: unsupported type in signature: the stream's items is",
+        ),
         ("def m(self, *rest: int) -> None: pass", r"Shape\.m: \*rest is not supported: arguments travel as a fixed"),
         ("def m(self, **extra: int) -> None: pass", r"Shape\.m: \*\*extra is not supported.*a dict or a Struct"),
         ("def m() -> None: pass", r"Shape\.m: an RPC method takes self as its first parameter"),
@@ -715,7 +729,7 @@ def test_a_large_argument_array_is_counted_from_its_header() -> None:
     ],
 )
 def test_method_shapes_that_cannot_be_served_are_rejected_by_name(source: str, match: str) -> None:
-    namespace: dict[str, Any] = {"Unsupported": Unsupported}
+    namespace: dict[str, Any] = {"Unsupported": Unsupported, "AsyncIterator": AsyncIterator}
     exec(source, namespace)
     shape = type("Shape", (), {"m": namespace["m"], "__module__": __name__})
     with pytest.raises(RegistrationError, match=match):

@@ -18,6 +18,8 @@ from callrt.protocol import (
     PROTOCOL_VERSION,
     SUPPORTED_VERSIONS,
     Cancel,
+    Credit,
+    End,
     Error,
     Frame,
     FrameDecoder,
@@ -25,6 +27,7 @@ from callrt.protocol import (
     GoAway,
     Hello,
     HelloReply,
+    Item,
     Ping,
     Pong,
     Request,
@@ -88,8 +91,11 @@ cancels = st.builds(Cancel, id=u64)
 pings = st.builds(Ping, id=u64)
 pongs = st.builds(Pong, id=u64)
 goaways = st.builds(GoAway, reason=text)
+items = st.builds(Item, id=u64, payload=payloads)
+ends = st.builds(End, id=u64, error=text)
+credits = st.builds(Credit, id=u64, items=st.integers(0, 2**32 - 1), size=st.integers(0, 2**32 - 1))
 
-frames = st.one_of(requests, responses, errors, cancels, pings, pongs, goaways)
+frames = st.one_of(requests, responses, errors, cancels, pings, pongs, goaways, items, ends, credits)
 
 
 @st.composite
@@ -247,6 +253,8 @@ def test_hello_then_frames(hello: Hello, frame_list: list[Frame], data: st.DataO
 @FAST
 @given(acceptable_replies, st.lists(frames, max_size=5), st.data())
 def test_hello_reply_then_frames(reply: HelloReply, frame_list: list[Frame], data: st.DataObject) -> None:
+    if 0 < reply.version < 3:  # stream frames are version 3's
+        frame_list = [f for f in frame_list if type(f) not in (Item, End, Credit)]
     blob = encode_hello_reply(reply) + b"".join(encode_frame(f) for f in frame_list)
     cuts = data.draw(st.lists(st.integers(0, len(blob)), max_size=8))
     assert feed_in_pieces(blob, cuts, expect="hello_reply") == [reply, *frame_list]
@@ -396,10 +404,10 @@ def test_frames_is_next_frame_in_batches(data: bytes, max_size: int, expect: str
 
 def test_frames_returns_the_good_frames_before_an_error() -> None:
     decoder = FrameDecoder()
-    decoder.receive_data(encode_frame(Response(1, b"a")) + encode_frame(Ping(2)) + b"\x00\x00\x00\x00\x09" + bytes(8))
+    decoder.receive_data(encode_frame(Response(1, b"a")) + encode_frame(Ping(2)) + b"\x00\x00\x00\x00\x0b" + bytes(8))
     assert decoder.frames() == [Response(1, b"a"), Ping(2)]
     assert decoder.more
-    with pytest.raises(RemoteProtocolError, match="unknown frame kind 9"):
+    with pytest.raises(RemoteProtocolError, match="unknown frame kind 11"):
         decoder.frames()
     with pytest.raises(RemoteProtocolError):  # the stream stays broken
         decoder.next_frame()
@@ -526,7 +534,7 @@ def test_hello_only_once() -> None:
     ("lo", "hi", "chosen"),
     [
         (1, 1, 1),
-        (1, 2, SUPPORTED_VERSIONS[-1]),
+        (1, 2, 2),
         (1, 0xFFFF, SUPPORTED_VERSIONS[-1]),
         (SUPPORTED_VERSIONS[-1], SUPPORTED_VERSIONS[-1], SUPPORTED_VERSIONS[-1]),
         (SUPPORTED_VERSIONS[-1] + 1, SUPPORTED_VERSIONS[-1] + 3, 0),
@@ -585,12 +593,36 @@ def test_max_frame_size_zero_allows_only_empty_bodies() -> None:
         decode_all(encode_frame(Response(2, b"x")), max_frame_size=0)
 
 
-@pytest.mark.parametrize("kind", [0, 8, 9, 0x7F, 0xFF])
+@pytest.mark.parametrize("kind", [0, 11, 0x7F, 0xFF])
 def test_unknown_frame_kind(kind: int) -> None:
     decoder = FrameDecoder()
     decoder.receive_data(HEADER.pack(0, kind, 1))
     with pytest.raises(RemoteProtocolError, match="kind"):
         decoder.next_frame()
+
+
+@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("frame", [Item(1, b"\x01"), End(1), Credit(1, 4, 100)])
+def test_stream_frames_need_version_3(version: int, frame: Frame) -> None:
+    for batched in (True, False):
+        decoder = FrameDecoder(version=version)
+        decoder.receive_data(encode_frame(frame))
+        with pytest.raises(RemoteProtocolError, match="need protocol version 3"):
+            decoder.frames() if batched else decoder.next_frame()
+    assert decode_all(encode_frame(frame)) == [frame]  # version 3 (the default)
+
+
+@pytest.mark.parametrize("size", [0, 7, 9])
+def test_credit_body_is_eight_bytes(size: int) -> None:
+    with pytest.raises(RemoteProtocolError, match="CREDIT frame must have an 8-byte body"):
+        decode_all(raw_frame(10, 1, bytes(size)))
+
+
+def test_stream_frames_on_the_wire() -> None:
+    assert encode_frame(Item(2, b"\x05")) == bytes.fromhex("01000000 08 0200000000000000 05")
+    assert encode_frame(End(2)) == bytes.fromhex("00000000 09 0200000000000000")
+    assert encode_frame(End(2, "E")) == bytes.fromhex("01000000 09 0200000000000000 45")
+    assert encode_frame(Credit(2, 3, 256)) == bytes.fromhex("08000000 0a 0200000000000000 03000000 00010000")
 
 
 @pytest.mark.parametrize("body", [b"", KEY[:15], KEY])

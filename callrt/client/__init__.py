@@ -58,6 +58,7 @@ class Client:
             deadline_function(),
             options.optimistic_spin_duration,
             tuple(options.interceptors),
+            tg.start_soon,
         )
 
     @property

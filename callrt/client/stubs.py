@@ -25,6 +25,7 @@ from ..telemetry import TRACE_API as trace_api
 from ..tracing import client_trace, current_otel_context
 from .replicas import ManagedReplica, ReplicaSet
 from .retries import Retrier
+from .streams import stream_method
 
 __all__ = ("CallPath", "StubMethod", "make_stub", "remote_method", "with_options")
 
@@ -52,6 +53,7 @@ class CallPath:
     effective_deadline: Callable[[], float]  # the caller's deadline, read once per call
     spin: float  # ClientOptions.optimistic_spin_duration
     interceptors: tuple[ClientInterceptor, ...] = ()  # ClientOptions.interceptors: empty, no wrapper
+    spawn: Callable[..., object] | None = None  # starts a task in the client's task group (streams' senders)
 
 
 class _Stub:
@@ -100,6 +102,12 @@ def remote_method(
     interceptors, each call runs their chain around the call (made with the chain's
     ``ClientCall`` as ``observer``, which learns each attempt's replica).
     """
+    if method.stream is not None:  # items as they come, not one result (client interceptors wrap unary calls)
+        streaming: StubMethod = stream_method(path, method, options)  # type: ignore[assignment]
+        streaming.options = lambda options: remote_method(path, method, options)  # type: ignore[method-assign]
+        streaming.__signature__ = method.stream.signature
+        setattr(streaming, _REMOTE_ATTR, True)
+        return streaming
     encode_args, key, decode_result = method.encode_args, method.key, method.decode_result
     arity = len(method.params)
     replicas, retrier, effective_deadline, spin = path.replicas, path.retrier, path.effective_deadline, path.spin

@@ -23,10 +23,15 @@ from ..options import ClientOptions
 from ..protocol import (
     HEADER_SIZE,
     REFUSED_BUSY,
+    STREAM_VERSION,
     Cancel,
+    Credit,
+    End,
     Error,
+    FrameKind,
     GoAway,
     HelloReply,
+    Item,
     Ping,
     Pong,
     Response,
@@ -34,13 +39,16 @@ from ..protocol import (
     encode_frame,
     encode_plain_request_header,
     encode_request_header,
+    pack_frame_header,
 )
+from ._flow import Inbox, SendCredit
 
-__all__ = ("ClientIO", "ClientSession", "EventWaiter")
+__all__ = ("ClientIO", "ClientSession", "ClientStream", "EventWaiter")
 
 _MAX_DEADLINE_US = (1 << 64) - 1  # the protocol's u64 field
 _MAX_DEADLINE_S = 1e12  # beyond it (31,000 years), the field's maximum: "no limit"
 _INF = math.inf
+_ITEM = int(FrameKind.ITEM)
 
 
 class ClientIO(Protocol):
@@ -97,6 +105,7 @@ class ClientSession:
         self.sent_below = 1
         self.next_id = 1
         self.peer_max_frame = options.max_frame_size
+        self.version = 0  # the protocol version the server chose
         self.flatten_limit = options.write_flatten_limit
         self.ready = anyio.Event()  # hello reply received
         self.lost = anyio.Event()  # socket gone
@@ -147,6 +156,13 @@ class ClientSession:
                         remote_error(ErrorCode.parse(f.code), f.remote_type, f.message, f.traceback, f.args)
                     )
                 self._call_done()
+        elif kind is Item or kind is Credit:
+            stream = self.calls.get(frame.id)  # type: ignore[attr-defined]
+            if type(stream) is ClientStream:
+                stream.frame_received(frame)  # type: ignore[arg-type]
+            elif stream is not None:
+                raise RemoteProtocolError(f"{kind.__name__} frame for call {frame.id}, which is not a stream")  # type: ignore[attr-defined]
+            # else: a stream the caller gave up on; what was in flight for it is moot
         elif kind is Pong:
             self.pongs += 1
         elif kind is HelloReply:
@@ -165,6 +181,7 @@ class ClientSession:
         if reply.version == 0:
             raise RemoteProtocolError("the server speaks no protocol version we do")
         self.peer_max_frame = reply.max_frame_size
+        self.version = reply.version
         self.ready.set()
 
     def _call_done(self) -> None:
@@ -198,14 +215,26 @@ class ClientSession:
             self.on_lost()
 
     def start(
-        self, key: bytes, payload: bytes, deadline: float, trace: TraceContext | None, options: CallOptions | None
+        self,
+        key: bytes,
+        payload: bytes,
+        deadline: float,
+        trace: TraceContext | None,
+        options: CallOptions | None,
+        stream: ClientStream | None = None,
     ) -> tuple[int, Any]:
         """Send one request; returns its id and the waiter its reply will resolve.
 
-        ``deadline`` is in ``anyio.current_time()`` terms, ``inf`` for none.
+        ``deadline`` is in ``anyio.current_time()`` terms, ``inf`` for none. A stream call
+        passes its :class:`ClientStream`, which is then its waiter.
         """
         if self.is_lost:
             raise SessionLost(f"connection to {self.endpoint} is closed", sent=False)
+        if stream is not None and self.version < STREAM_VERSION:
+            raise LocalProtocolError(
+                f"{self.endpoint} speaks protocol version {self.version}; stream methods need"
+                f" {STREAM_VERSION} (upgrade callrt on the server)"
+            )
         request_id = self.next_id
         self.next_id = request_id + 1
         size = len(payload)
@@ -223,9 +252,14 @@ class ClientSession:
             raise LocalProtocolError(
                 f"request of {size} bytes exceeds the server's maximum frame of {self.peer_max_frame}"
             )
-        self.calls[request_id] = waiter = self.new_waiter()
+        if stream is None:
+            self.calls[request_id] = waiter = self.new_waiter()
+            self.io.send(request_id, header, payload)
+            return request_id, waiter
+        self.calls[request_id] = stream
         self.io.send(request_id, header, payload)
-        return request_id, waiter
+        stream.opened(self, request_id)
+        return request_id, stream
 
     def _full_header(
         self,
@@ -286,3 +320,116 @@ class ClientSession:
             if self.pongs == pongs:
                 self.abort(CommunicationError(f"{self.endpoint} did not answer a ping within {timeout}s"))
                 return
+
+
+class ClientStream:
+    """The client's end of one stream call; it is also the call's waiter in the session's table.
+
+    Items from the server wait in an :class:`Inbox` (``stream_window`` items, ``stream_window_bytes``,
+    granted with the request); items for the server spend the credit the server grants. The
+    stream's end (the RESPONSE, or an ERROR) resolves it as a waiter: the caller gets the items
+    that came before it first. :attr:`received` counts items taken, for retries: a stream is
+    retried only before its first item.
+    """
+
+    def __init__(self, window: int, window_bytes: int, *, yields: bool, takes: bool) -> None:
+        self.yields, self.takes = yields, takes
+        self.session: ClientSession | None = None
+        self.id = 0
+        self.window, self.window_bytes = window, window_bytes
+        self.inbox: Inbox | None = None
+        self.credit = SendCredit()
+        self.received = 0  # items the caller took
+        self.sent = 0  # items sent to the server
+        self._finished = anyio.Event()
+        self._result: Any = None
+        self._error: BaseException | None = None
+
+    def opened(self, session: ClientSession, request_id: int) -> None:
+        """The request left with id ``request_id``: grant the server its window of items to send."""
+        self.session, self.id = session, request_id
+        if self.yields:
+
+            def grant(items: int, size: int) -> None:
+                if not session.is_lost:
+                    session.write(encode_frame(Credit(request_id, items, size)))
+
+            self.inbox = Inbox(self.window, self.window_bytes, grant)
+            self.inbox.open()
+
+    def frame_received(self, frame: Item | Credit) -> None:
+        if isinstance(frame, Credit):
+            if not self.takes:
+                raise RemoteProtocolError(f"credit for stream {self.id}, which sends no items")
+            self.credit.granted(frame.items, frame.size)
+        elif self.inbox is None:
+            raise RemoteProtocolError(f"an item for call {self.id}, whose method yields none")
+        else:
+            self.inbox.received(frame.payload)  # type: ignore[arg-type]
+
+    # The waiter's side: the session resolves the call with the stream's end.
+
+    def done(self) -> bool:
+        return self._finished.is_set()
+
+    def set_result(self, payload: Any) -> None:
+        self._result = payload
+        self._finish()
+
+    def set_exception(self, error: BaseException) -> None:
+        self._error = error
+        if self.inbox is not None:
+            self.inbox.fail(error)
+        self._finish()
+
+    def _finish(self) -> None:
+        if self.inbox is not None:
+            self.inbox.end()
+        self.credit.fail(self._error or _StreamEnded())
+        self._finished.set()
+
+    async def result(self) -> Any:
+        """The stream's last frame: the RESPONSE's payload, or its error raised."""
+        await self._finished.wait()
+        if self._error is not None:
+            raise self._error
+        return self._result
+
+    # The caller's side.
+
+    async def take(self) -> bytes | None:
+        """The next item from the server; ``None`` once the stream ended well. Raises its error."""
+        assert self.inbox is not None
+        item = await self.inbox.take()
+        if item is not None:
+            self.received += 1
+        return item
+
+    async def send(self, item: bytes) -> bool:
+        """Send one encoded item once the server's credit allows it; False if the call has ended."""
+        session = self.session
+        assert session is not None
+        size = len(item)
+        if size > session.peer_max_frame:
+            raise LocalProtocolError(
+                f"a stream item of {size} bytes exceeds the server's maximum frame of {session.peer_max_frame}"
+            )
+        try:
+            await self.credit.spend(size)
+        except _StreamEnded:
+            return False
+        if self.done() or session.is_lost:
+            return False
+        self.sent += 1
+        session.write(pack_frame_header(size, _ITEM, self.id) + item)
+        return True
+
+    def end(self, error: str = "") -> None:
+        """The caller's items are all sent; or, with ``error``, its iterable failed (the server's handler sees it)."""
+        session = self.session
+        if session is not None and not self.done() and not session.is_lost:
+            session.write(encode_frame(End(self.id, error[:4096])))
+
+
+class _StreamEnded(Exception):
+    """The call ended while its caller still had items to send (the server answered without them)."""

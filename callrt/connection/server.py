@@ -33,18 +33,18 @@ import contextvars
 import logging
 import traceback
 import types
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import anyio
-from anyio import to_thread
 from opentelemetry import context as otel_context
 
 from .. import context as _context
 from .. import telemetry
+from .._threads import run_in_thread
 from ..component import declared_error_args
-from ..context import UNKNOWN_PEER, SyncSlot
+from ..context import UNKNOWN_PEER, SyncSlot, stream_var
 from ..endpoints import Endpoint
 from ..errors import (
     Cancelled,
@@ -61,13 +61,17 @@ from ..handlers import HandlerMap, RegisteredHandler
 from ..options import ServerOptions
 from ..protocol import (
     REFUSED_BUSY,
+    STREAM_VERSION,
     Cancel,
+    Credit,
+    End,
     Error,
     FrameDecoder,
     FrameKind,
     GoAway,
     Hello,
     HelloReply,
+    Item,
     Ping,
     Pong,
     Request,
@@ -81,13 +85,23 @@ from ..telemetry import TRACE_API as trace_api
 from ..telemetry import CallRecord
 from ..tracing import server_context
 from ._access import checked_lookup
+from ._flow import Inbox, SendCredit
 from ._logs import LogLimiter, handler_failed, protocol_error
 
-__all__ = ("ConnectionWatchdog", "Server", "ServerConnection", "ServerIO", "error_frame", "run_watched")
+__all__ = (
+    "ConnectionWatchdog",
+    "Server",
+    "ServerConnection",
+    "ServerIO",
+    "ServerStream",
+    "error_frame",
+    "run_watched",
+)
 
 logger = logging.getLogger("callrt.server")
 
 _RESPONSE = int(FrameKind.RESPONSE)
+_ITEM = int(FrameKind.ITEM)
 # A module global, not a name imported from callrt.context: CPython 3.11 specializes the method
 # calls (set, reset) on a global assigned here, not on one bound by an import statement.
 serving_var = _context.serving_var
@@ -236,6 +250,7 @@ class ServerConnection:
         # io's class) but not a bound method stored on this instance.
         self.io = io
         self.close = io.close
+        self.streams: dict[int, ServerStream] = {}  # stream calls in flight, by request id
 
     def start_reading(self) -> contextvars.Token[Any]:
         """Shells call this before handling frames (and :meth:`stop_reading` after), in the same context."""
@@ -291,6 +306,11 @@ class ServerConnection:
             self.io.cancel_running(frame.id, Cancelled("the caller cancelled the call"))
         elif type(frame) is Ping:
             self.io.write(encode_frame(Pong(frame.id)))
+        elif type(frame) is Item or type(frame) is End or type(frame) is Credit:
+            # For a stream that has ended, the caller's late items, end or credit are moot.
+            stream = self.streams.get(frame.id)
+            if stream is not None:
+                stream.frame_received(frame)
         elif type(frame) is Pong:
             pass
         else:
@@ -309,6 +329,8 @@ class ServerConnection:
             # The caller's time left becomes a deadline once, on arrival, for every use below.
             deadline = self.now() + request.deadline_us / 1e6
         if not entry.inline:  # async, or sync for a worker thread
+            if entry.stream and not self.stream_opened(request, entry):
+                return
             self.io.run_async(request, entry, deadline)
             return
         slot = self._sync_slot
@@ -332,7 +354,23 @@ class ServerConnection:
             if otel is not None:
                 _finish(otel)
 
+    def stream_opened(self, request: Request, entry: RegisteredHandler) -> bool:
+        """A stream method's request arrived: its stream is open, unless the caller cannot take one."""
+        if self.protocol_version < STREAM_VERSION:
+            message = (
+                f"{entry.name} is a stream method: it needs protocol version {STREAM_VERSION}, and this"
+                f" caller speaks {self.protocol_version} (upgrade callrt on the caller)"
+            )
+            self.fail(request.id, UnknownMethod(message))
+            return False
+        if request.id in self.streams:
+            raise RemoteProtocolError(f"request id {request.id} reused while its call is in flight")
+        self.streams[request.id] = ServerStream(self, request.id)
+        return True
+
     def reply(self, request_id: int, payload: bytes) -> None:
+        if self.streams:
+            self.streams.pop(request_id, None)  # a stream's last frame: later ones for it are moot
         size = len(payload)
         if size <= self.flatten_limit and size <= self.peer_max_frame:  # the common reply first
             self.io.write(pack_frame_header(size, _RESPONSE, request_id) + payload)
@@ -345,6 +383,8 @@ class ServerConnection:
             self.io.write(payload)
 
     def fail(self, request_id: int, exc: BaseException) -> None:
+        if self.streams:
+            self.streams.pop(request_id, None)
         error = error_frame(
             request_id,
             exc,
@@ -366,7 +406,10 @@ class ServerConnection:
             if request.trace is None and trace_api._TRACER_PROVIDER is None and metrics_api._METER_PROVIDER is None
             else self._observe(request, entry.name)
         )
+        stream_token = None
         try:
+            if entry.stream:
+                stream_token = stream_var.set(self.streams[request.id])
             if entry.is_async:
                 # Until its first suspension the handler holds the loop: the slot says whose it is
                 # (the shell's on_block empties it), for the server's watch of slow inline handlers.
@@ -374,9 +417,8 @@ class ServerConnection:
                 result = await run_watched(entry.handler(request.payload), on_block)  # type: ignore[arg-type]
             else:  # a plain def: a worker thread runs it, so that it cannot block the loop
                 on_block()
-                result = await to_thread.run_sync(
-                    entry.handler, request.payload, abandon_on_cancel=True, limiter=self.server.thread_limiter
-                )
+                # Cancelled, the call is answered at once; its thread keeps its token until it returns.
+                result = await run_in_thread(entry.handler, request.payload, self.server.thread_limiter)
         except Exception as exc:
             self._handler_failed(request.id, entry.name, exc, otel)
         else:
@@ -386,6 +428,9 @@ class ServerConnection:
         finally:
             self._sync_slot.call = None
             serving_var.reset(token)
+            if stream_token is not None:
+                stream_var.reset(stream_token)
+                self.streams.pop(request.id, None)
             if otel is not None:
                 _finish(otel)
 
@@ -416,6 +461,77 @@ class ServerConnection:
             self.close()  # nothing in flight, and a goaway must not come before the hello reply
         elif not self.closed:
             self.io.write(encode_frame(GoAway(reason)))
+
+
+class ServerStream:
+    """The server's end of one stream call: the :class:`~callrt.context.StreamChannel` its handler uses.
+
+    Items the handler yields wait for the caller's credit (the caller grants its window with
+    the request); items the caller sends are held in an :class:`Inbox` whose window the server
+    grants when the handler first asks for them (``stream_window`` items, ``stream_window_bytes``).
+    """
+
+    __slots__ = ("_early_error", "_ended_early", "conn", "credit", "id", "inbox")
+
+    def __init__(self, conn: ServerConnection, request_id: int) -> None:
+        self.conn = conn
+        self.id = request_id
+        self.credit = SendCredit()
+        self.inbox: Inbox | None = None  # made when the handler first asks for the caller's items
+        self._ended_early = False  # the caller's END came before the handler asked for items
+        self._early_error = ""
+
+    def frame_received(self, frame: Item | End | Credit) -> None:
+        if isinstance(frame, Credit):
+            self.credit.granted(frame.items, frame.size)
+        elif isinstance(frame, Item):
+            if self.inbox is None:  # no credit was granted for it
+                raise RemoteProtocolError(f"stream {self.id}: item sent before the server granted credit")
+            self.inbox.received(frame.payload)  # type: ignore[arg-type]
+        elif self.inbox is None:
+            self._ended_early = True  # (an error then fails the call's items at once, the same way)
+            self._early_error = frame.error
+        elif frame.error:
+            self.inbox.fail(RemoteError(f"the caller's items failed: {frame.error}", code=ErrorCode.ABORTED))
+        else:
+            self.inbox.end()
+
+    async def send(self, item: bytes) -> None:
+        conn, size = self.conn, len(item)
+        if size > conn.peer_max_frame:
+            raise RemoteError(
+                f"a stream item of {size} bytes exceeds the caller's maximum frame of {conn.peer_max_frame}",
+                code=ErrorCode.RESOURCE_EXHAUSTED,
+            )
+        await self.credit.spend(size)
+        if size <= conn.flatten_limit:
+            conn.io.write(pack_frame_header(size, _ITEM, self.id) + item)
+        else:
+            conn.io.write(pack_frame_header(size, _ITEM, self.id))
+            conn.io.write(item)
+
+    async def items(self) -> AsyncIterator[bytes]:
+        if self.inbox is not None:
+            raise RuntimeError("a stream's items can be iterated once")
+        conn = self.conn
+        options = conn.server.options
+        self.inbox = inbox = Inbox(
+            options.stream_window,
+            options.stream_window_bytes,
+            lambda items, size: conn.io.write(encode_frame(Credit(self.id, items, size))),
+        )
+        if self._early_error:
+            inbox.fail(RemoteError(f"the caller's items failed: {self._early_error}", code=ErrorCode.ABORTED))
+        elif self._ended_early:
+            inbox.end()
+        else:
+            inbox.open()
+        while (item := await inbox.take()) is not None:
+            yield item
+
+    async def run_sync(self, fn: Callable[..., Any], *args: object) -> Any:
+        # Not abandoned on cancel: a generator's step must end before the generator is closed.
+        return await anyio.to_thread.run_sync(fn, *args, limiter=self.conn.server.thread_limiter)
 
 
 class ConnectionWatchdog:
