@@ -12,7 +12,8 @@ own (``[tool.importlinter]`` in pyproject.toml checks it), top to bottom:
                                   worker processes, fault proxy
 ``call``                          the public namespace (``from callrt import call``)
 ``server``, ``client/``           ``serve()``; ``connect()``, replicas, retries, stubs
-``health``, ``reflection``        built-in components every server answers
+``health``, ``reflection``,       built-in components every server answers
+``claims``                        (``claims``: ``@affinity`` and ``callrt.Affinity``)
 ``transport/``                    the I/O shells: asyncio Protocol, anyio streams,
                                   in-memory; one ``Transport`` interface
 ``connection/``                   one connection's protocol logic, no sockets
@@ -35,10 +36,11 @@ from __future__ import annotations
 import logging
 
 from . import call, errors
+from .claims import affinity
 from .component import component, inline, interface, not_retriable
 from .runner import run
 
-__all__ = ("call", "component", "errors", "inline", "interface", "not_retriable", "run")
+__all__ = ("affinity", "call", "component", "errors", "inline", "interface", "not_retriable", "run")
 
 # A library logs; the application decides where it goes. Without this, Python's last-resort
 # handler would print callrt's warnings to stderr of programs that never configured logging.

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from .balancers import Balancer, BalancerFunc, Replica, RoundRobin
 from .client import Client, ReplicaState, connect
+from .client.affinity import Claim, Selection
+from .client.fanout import Replies, Reply
 from .client.stubs import with_options
 from .connection.server import Server
 from .context import CallContext, CallOptions, current_call
@@ -28,6 +30,7 @@ __all__ = (
     "BalancerFunc",
     "CallContext",
     "CallOptions",
+    "Claim",
     "Client",
     "ClientOptions",
     "Connection",
@@ -40,8 +43,11 @@ __all__ = (
     "Replica",
     "ReplicaState",
     "Resolver",
+    "Replies",
+    "Reply",
     "RetryPolicy",
     "RoundRobin",
+    "Selection",
     "Server",
     "ServerOptions",
     "Version",

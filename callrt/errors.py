@@ -6,8 +6,10 @@
      ├── CommunicationError        the call may not have reached a handler, or its
      │    │                        reply was lost; retriable methods are retried
      │    ├── Unreachable          no endpoint to send the call to
-     │    │    └── NoReplicaInTime  the call's deadline came while it waited for a
-     │    │                         replica (also TimeoutError)
+     │    │    ├── NoReplicaInTime  the call's deadline came while it waited for a
+     │    │    │                    replica (also TimeoutError)
+     │    │    └── NoClaim          no replica claimed an affinity call; says what
+     │    │                         each replica answered
      │    ├── SessionLost          the connection carrying the call was lost;
      │    │                        ``sent`` says whether the request had left
      │    └── ProtocolError        a peer broke the wire protocol (abstract)
@@ -59,6 +61,7 @@ __all__ = (
     "Internal",
     "InvalidArgument",
     "LocalProtocolError",
+    "NoClaim",
     "NoReplicaInTime",
     "PermissionDenied",
     "ProtocolError",
@@ -171,6 +174,26 @@ class NoReplicaInTime(Unreachable, TimeoutError):
     most 50 ms), so that this error, not the bare ``TimeoutError`` of the caller's
     ``anyio.fail_after``, reaches the caller.
     """
+
+
+class NoClaim(Unreachable):
+    """Raised when no replica claimed an affinity call (``client.by_affinity(...)``); the call was not sent.
+
+    The message says how many replicas answered and how many did not (timed out,
+    failed, not connected), and what each claimed.
+
+    :ivar answered: replicas that answered the claim (with a claim or a decline).
+    :ivar unanswered: replicas that did not (no answer in time, an error, not connected).
+    :ivar claims: what each replica that answered claimed, by endpoint (negative: declined).
+    """
+
+    def __init__(
+        self, message: str, *, answered: int = 0, unanswered: int = 0, claims: dict[str, float] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.answered = answered
+        self.unanswered = unanswered
+        self.claims = dict(claims or {})
 
 
 class SessionLost(CommunicationError):

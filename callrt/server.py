@@ -19,6 +19,7 @@ from contextlib import AsyncExitStack, asynccontextmanager, nullcontext
 import anyio
 from anyio.abc import TaskStatus
 
+from .claims import add_affinity
 from .connection.server import Server
 from .endpoints import Endpoint, parse_endpoint
 from .handlers import HandlerMap
@@ -142,6 +143,7 @@ async def start_server(
     endpoints = [parse_endpoint(a) for a in addresses]
     server = Server(_handler_map(components), options or ServerOptions())
     add_health(server)
+    add_affinity(server, components)  # callrt.Affinity: claims for the components' methods
     if server.options.reflection:
         add_reflection(server.handlers)
     server.thread_limiter = anyio.CapacityLimiter(server.options.handler_threads)

@@ -4,7 +4,9 @@ This module is the facade; its parts are modules of their own:
 
 - :mod:`.replicas` — one managed replica per endpoint, its state machine and its task;
 - :mod:`.retries` — when a failed call is tried again, and the retry budget;
-- :mod:`.stubs` — a component's methods as async functions calling a replica.
+- :mod:`.stubs` — a component's methods as async functions calling a replica;
+- :mod:`.fanout` — one call to every replica (:meth:`Client.multi`);
+- :mod:`.affinity` — the replicas claim a call, one is chosen (:meth:`Client.by_affinity`).
 
 The client follows the resolver (:meth:`Client.watch_resolver`), keeps the
 replicas, and makes stubs whose calls pick a replica with the balancer.
@@ -15,19 +17,22 @@ from __future__ import annotations
 import random
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import anyio
 from anyio.abc import TaskGroup
 
 from .._deadline import deadline_function
 from ..balancers import RoundRobin
+from ..component import MethodSpec
 from ..context import CallOptions
 from ..endpoints import Endpoint
 from ..errors import Unreachable
 from ..options import ClientOptions
 from ..resolvers import ConstantResolver, Resolver, Version
 from ..transport import TransportSelector
+from .affinity import Selection, make_affinity_stub
+from .fanout import Multi, Replies, check_multi_arguments
 from .replicas import TRANSITIONS, ManagedReplica, ReplicaSet, ReplicaState
 from .retries import Retrier
 from .stubs import CallPath, make_stub
@@ -52,6 +57,7 @@ class Client:
         self.replica_set.describe_source = lambda: repr(resolver)
         self.replica_set.source_error = lambda: self.resolver_error
         self.retrier = Retrier(options.retry)
+        self._task_group = tg  # fan-outs' per-replica requests run here
         self._calls = CallPath(
             self.replica_set,
             self.retrier,
@@ -83,6 +89,54 @@ class Client:
         """
         self.replica_set.want_health(cls, name)  # its replicas are asked about its health too
         return make_stub(self._calls, cls, options, name)
+
+    def multi(
+        self,
+        cls: Callable[..., object],
+        *,
+        expected: int | None = None,
+        timeout: float | None = None,
+        options: CallOptions | None = None,
+    ) -> Multi:
+        """A fan-out stub of ``cls``: ``async for reply in client.multi(API).method(*args)``.
+
+        Each call goes to every replica this client knows; the :class:`~callrt.client.fanout.Replies`
+        yield one :class:`~callrt.client.fanout.Reply` (endpoint, value or error) per replica as
+        it answers. It ends when all have answered, at the deadline (the caller's, or ``timeout``
+        seconds), or after ``expected`` successful replies; leaving the loop early cancels the
+        requests still outstanding. See :mod:`callrt.client.fanout` for replicas that are not connected.
+        """
+        check_multi_arguments(expected, timeout)
+        replicas, tg, pick_timeout = self.replica_set, self._task_group, self.options.pick_timeout
+        effective_deadline = self._calls.effective_deadline
+
+        def replies(method: MethodSpec, payload: bytes) -> Replies[Any]:
+            return Replies(
+                replicas,
+                tg,
+                effective_deadline,
+                method,
+                payload,
+                expected=expected,
+                timeout=timeout,
+                options=options,
+                pick_timeout=pick_timeout,
+            )
+
+        return Multi(cls, replies)
+
+    def by_affinity(
+        self, cls: Callable[..., T], selection: Selection | None = None, *, options: CallOptions | None = None
+    ) -> T:
+        """A stub of ``cls`` whose calls go to the replica that claims them best (psrpc's affinity).
+
+        Each call asks every replica for its claim (``@callrt.affinity`` on the component's
+        method; 1.0 without one), picks by ``selection`` (:class:`~callrt.client.affinity.Selection`;
+        by default the highest claim within 1 s) and sends the call to that replica only.
+        Raises :class:`~callrt.errors.NoClaim` when no replica qualifies. Typed as ``cls``, like :meth:`stub`.
+        """
+        chosen = selection if selection is not None else Selection()
+        return make_affinity_stub(self.replica_set, self._calls.effective_deadline, cls, chosen, options)
 
     def update_endpoints(self, endpoints: Sequence[Endpoint]) -> None:
         self.replica_set.update(endpoints)
