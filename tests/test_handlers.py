@@ -9,12 +9,17 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Annotated, Protocol
 
 import anyio
+import msgspec
 import pytest
 
-from callrt import call, errors, inline
+from callrt import call, component, errors, inline, interface
+from callrt.component import component_spec
+from callrt.reflection import ReflectionAPI
 from callrt.testing import WorkerProcess
+from tests.gap_components import BlockingAPI, ConstrainedAPI
 from tests.handler_components import Handlers
 
 pytestmark = pytest.mark.anyio
@@ -133,3 +138,119 @@ async def _assert_clean_exit(proc: anyio.abc.Process) -> None:
     assert proc.stdout is not None
     out = b"".join([chunk async for chunk in proc.stdout])
     assert b"clean exit" in out
+
+
+# -- msgspec constraints on parameters (Annotated[int, msgspec.Meta(ge=0)]) -----------------------
+
+
+@pytest.fixture(scope="module", params=["asyncio", "trio"], ids=["server=asyncio", "server=trio"])
+def constrained(request: pytest.FixtureRequest) -> Iterator[WorkerProcess]:
+    w = WorkerProcess("tcp://127.0.0.1:0", ["tests.gap_components:Constrained"], backend=request.param)
+    w.start()
+    yield w
+    assert w.stop() == 0
+
+
+async def test_parameter_constraints_are_enforced_by_the_server(constrained: WorkerProcess) -> None:
+    """msgspec.Meta constraints travel in the annotations: a value outside them is an InvalidArgument
+    naming the method and the parameter, and the handler never runs."""
+    with anyio.fail_after(10):
+        async with call.connect(str(constrained.endpoint)) as client:
+            stub = client.stub(ConstrainedAPI)
+            assert await stub.reserve("abc", 3) == 3
+            assert await stub.reserve_async("abc", 1000) == 1000
+            with pytest.raises(errors.InvalidArgument) as qty:
+                await stub.reserve("abc", -1)
+            assert "tests.Constrained.reserve: invalid argument 'qty'" in str(qty.value)
+            assert ">= 0" in str(qty.value)
+            with pytest.raises(errors.InvalidArgument, match=r"reserve_async: invalid argument 'qty'.*<= 1000"):
+                await stub.reserve_async("abc", 1001)
+            with pytest.raises(errors.InvalidArgument, match=r"reserve: invalid argument 'sku'.*length <= 8"):
+                await stub.reserve("abcdefghi", 1)
+            with pytest.raises(errors.InvalidArgument, match=r"reserve: invalid argument 'sku'.*matching regex"):
+                await stub.reserve("ABC", 1)
+            assert await stub.reserve("abc") == 1  # the default is not checked again, and is in range
+
+
+async def test_reflection_shows_parameter_constraints(constrained: WorkerProcess) -> None:
+    with anyio.fail_after(10):
+        async with call.connect(str(constrained.endpoint)) as client:
+            info = await client.stub(ReflectionAPI).describe()
+    (component,) = [c for c in info.components if c.name == "tests.Constrained"]
+    (method,) = [m for m in component.methods if m.name == "reserve"]
+    assert method.params is not None
+    sku, qty = method.params
+    assert qty.schema == {"type": "integer", "minimum": 0, "maximum": 1000}
+    assert sku.schema == {"type": "string", "minLength": 1, "maxLength": 8, "pattern": "^[a-z0-9]+$"}
+
+
+async def test_an_implementation_must_keep_its_interfaces_constraints() -> None:
+    """The server decodes with the implementation's annotations: dropping the interface's constraints
+    there would stop enforcing them, so it does not match the interface."""
+
+    @interface(name="tests.ConstrainedAPI")
+    class ConstrainedAPI(Protocol):
+        async def reserve(self, qty: Annotated[int, msgspec.Meta(ge=0)]) -> int: ...
+
+    with pytest.raises(errors.RegistrationError, match=r"reserve\(\) does not match the interface: parameter 'qty'"):
+
+        @component(implements=ConstrainedAPI)
+        class Loose:
+            def reserve(self, qty: int) -> int:
+                return qty
+
+    @component(implements=ConstrainedAPI)
+    class Strict:
+        def reserve(self, qty: Annotated[int, msgspec.Meta(ge=0)]) -> int:
+            return qty
+
+    assert component_spec(Strict).methods["reserve"].args_from_payload(msgspec.msgpack.encode([5])) == (5,)
+    with pytest.raises(errors.InvalidArgument, match="invalid argument 'qty'"):
+        component_spec(Strict).methods["reserve"].args_from_payload(msgspec.msgpack.encode([-5]))
+
+
+# -- abandoned threads keep their token: handler_threads bounds the live threads ----------------------
+
+
+@pytest.mark.parametrize("intercepted", [False, True], ids=["plain", "intercepted"])
+@pytest.mark.parametrize(  # each backend on each side; a worker per case, so not every pair
+    ("anyio_backend", "server"), [("trio", "asyncio"), ("asyncio", "trio")], ids=["server=asyncio", "server=trio"]
+)
+async def test_timed_out_blocking_calls_do_not_pile_up_threads(server: str, intercepted: bool) -> None:
+    """Calls to a blocked plain def give up at their deadline, round after round: they are answered at
+    once, but their threads still run, so they still hold their tokens, and no more than
+    ``handler_threads`` threads ever run (anyio's abandon_on_cancel gave the token back on asyncio:
+    each round started ``limit`` more threads)."""
+    limit, rounds, per_round = 3, 5, 6
+    options: dict[str, object] = {"handler_threads": limit}
+    if intercepted:  # handlers wrapped by an interceptor chain run their threads from interceptors.py
+        options["interceptors"] = ["tests.gap_components:passing"]
+    worker = WorkerProcess("tcp://127.0.0.1:0", ["tests.gap_components:Blocking"], backend=server, options=options)
+    with worker, anyio.fail_after(30):
+        async with call.connect(str(worker.endpoint)) as client:
+            blocking = client.stub(BlockingAPI)
+            threads_before = (await blocking.stats())[3]
+            timed_out = 0
+
+            async def give_up() -> None:
+                nonlocal timed_out
+                with anyio.move_on_after(0.15):  # the deadline travels: the server cancels the call too
+                    try:
+                        await blocking.wait()
+                    except errors.DeadlineExceeded:
+                        pass  # the server's answer came before the client gave up
+                    else:
+                        return
+                timed_out += 1
+
+            for _ in range(rounds):
+                async with anyio.create_task_group() as tg:
+                    for _ in range(per_round):
+                        tg.start_soon(give_up)
+            running, most, started, threads = await blocking.stats()
+            assert timed_out == rounds * per_round
+            assert (running, most, started) == (limit, limit, limit), "handler threads beyond handler_threads"
+            assert threads <= threads_before + limit + 2  # (+2: a thread pool may keep an idle thread or two)
+            await blocking.open()  # the blocked threads return; their tokens come back as they do
+            assert await blocking.wait() == "done"
+            assert (await blocking.stats())[0] == 0
