@@ -204,6 +204,10 @@ class Replies(Generic[R]):
         self._options = options
         self._pick_timeout = pick_timeout
         self._scopes: list[anyio.CancelScope] = []
+        self._pending: dict[Endpoint, ManagedReplica] = {}  # the replicas whose record has not come yet
+        self._late: list[Reply[R]] = []  # records made when the end came, still to be yielded
+        self._end = math.inf
+        self._started = 0.0
         self._receive: MemoryObjectReceiveStream[Reply[R]] | None = None
         self._results = 0
         self._finished = False
@@ -216,24 +220,63 @@ class Replies(Generic[R]):
         return self
 
     async def __anext__(self) -> Reply[R]:
+        if self._late:
+            return self._late.pop(0)
         if self._finished:
             raise StopAsyncIteration
         receive = self._receive
         if receive is None:
             receive = self._start()
         try:
-            reply = await receive.receive()
-        except anyio.EndOfStream:
-            self._finish()
-            raise StopAsyncIteration from None
+            with anyio.move_on_at(self._end):
+                try:
+                    reply = await receive.receive()
+                except anyio.EndOfStream:
+                    self._finish()
+                    raise StopAsyncIteration from None
+                self._pending.pop(reply.endpoint, None)
+                self._count(reply)
+                return reply
         except BaseException:
             self._finish()  # cancelled (or the caller's deadline): the fan-out is over
             raise
+        # The end came: the records still to come are made here, in the caller's task, rather
+        # than waited for from the replicas' tasks, which a loaded loop may run late.
+        self._late = self._at_end(receive)
+        if not self._late:
+            raise StopAsyncIteration
+        return self._late.pop(0)
+
+    def _count(self, reply: Reply[R]) -> None:
         if reply.error is None:
             self._results += 1
             if self._expected is not None and self._results >= self._expected:
                 self._finish()  # enough: cancel the rest now, not when the caller asks again
-        return reply
+
+    def _at_end(self, receive: MemoryObjectReceiveStream[Reply[R]]) -> list[Reply[R]]:
+        """The records left when the fan-out's end comes: those already delivered, then the late replicas'."""
+        records: list[Reply[R]] = []
+        while not self._finished:
+            try:
+                reply = receive.receive_nowait()
+            except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+                break
+            self._pending.pop(reply.endpoint, None)
+            records.append(reply)
+            self._count(reply)
+        if not self._finished:
+            name, waited = self._method.full_name, self._end - self._started
+            for replica in self._pending.values():
+                error: Exception
+                if replica.state is ReplicaState.AVAILABLE:
+                    error = DeadlineExceeded(
+                        f"{name}: no reply from {replica.endpoint} within the fan-out's deadline ({waited:.3g} s)"
+                    )
+                else:
+                    error = NoReplicaInTime(f"{name}: {replica.endpoint} was {replica.state.value} at the deadline")
+                records.append(Reply(replica.endpoint, error=error))
+        self._finish()
+        return records
 
     async def aclose(self) -> None:
         """End the fan-out: outstanding requests are cancelled."""
@@ -271,16 +314,17 @@ class Replies(Generic[R]):
             raise replicas.unreachable(name)
         # The end, not the caller's deadline, travels: the replicas stop when we stop waiting.
         _, end = call_limits(self._effective_deadline, self._timeout)
+        self._end, self._started = end, anyio.current_time()
+        self._pending = {replica.endpoint: replica for replica in targets}
         trace = client_trace() if current_otel_context() else None
         # Room for every record: a task never waits to deliver one.
         send, receive = anyio.create_memory_object_stream[Reply[R]](len(targets))
         self._receive = receive
-        started = anyio.current_time()
         with send:
             for replica in targets:
                 scope = anyio.CancelScope()
                 self._scopes.append(scope)
-                self._task_group.start_soon(self._ask, replica, scope, send.clone(), end, trace, started)
+                self._task_group.start_soon(self._ask, replica, scope, send.clone(), end, trace, self._started)
         return receive
 
     async def _ask(
