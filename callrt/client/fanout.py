@@ -33,6 +33,7 @@ error is its record.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 from collections.abc import Callable
@@ -60,9 +61,19 @@ from ..protocol import TraceContext
 from ..tracing import client_trace, current_otel_context
 from .replicas import DEADLINE_MARGIN, ManagedReplica, ReplicaSet, ReplicaState
 
-__all__ = ("Multi", "Replies", "Reply", "call_limits", "call_replica", "check_multi_arguments", "session_of")
+__all__ = (
+    "Multi",
+    "Replies",
+    "Reply",
+    "call_limits",
+    "call_replica",
+    "check_multi_arguments",
+    "reply_of",
+    "session_of",
+)
 
 R = TypeVar("R")
+_NO_SCOPE = contextlib.nullcontext()  # instead of a cancel scope with no deadline (they cost per use)
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,8 +114,13 @@ async def call_replica(
     Cancelled while waiting, it gives the call up (the server gets a cancel, unless the
     deadline already passed: the server enforces that itself).
     """
+    request_id, waiter = session.start(method.key, payload, deadline, trace, options)
+    return await reply_of(session, method, request_id, waiter, deadline)
+
+
+async def reply_of(session: ClientSession, method: MethodSpec, request_id: int, waiter: Any, deadline: float) -> Any:
+    """The result of the request ``session.start`` sent as ``request_id``: :func:`call_replica`'s second half."""
     try:
-        request_id, waiter = session.start(method.key, payload, deadline, trace, options)
         try:
             raw = await waiter
         except BaseException:
@@ -228,7 +244,7 @@ class Replies(Generic[R]):
         if receive is None:
             receive = self._start()
         try:
-            with anyio.move_on_at(self._end):
+            with anyio.move_on_at(self._end) if self._end != math.inf else _NO_SCOPE:
                 try:
                     reply = await receive.receive()
                 except anyio.EndOfStream:
@@ -320,42 +336,58 @@ class Replies(Generic[R]):
         # Room for every record: a task never waits to deliver one.
         send, receive = anyio.create_memory_object_stream[Reply[R]](len(targets))
         self._receive = receive
+        method, payload, options = self._method, self._payload, self._options
         with send:
             for replica in targets:
+                # The requests to connected replicas leave now, from the caller's task; a task per
+                # replica only waits for its reply (or for the replica to connect, then calls).
+                sent: tuple[ClientSession, int, Any] | None = None
+                session = replica.session
+                if replica.state is ReplicaState.AVAILABLE and session is not None:
+                    try:
+                        sent = (session, *session.start(method.key, payload, end, trace, options))
+                    except Exception as exc:  # the connection just closed; a request over the peer's frame size
+                        self._pending.pop(replica.endpoint, None)
+                        send.send_nowait(Reply(replica.endpoint, error=exc))
+                        continue
                 scope = anyio.CancelScope()
                 self._scopes.append(scope)
-                self._task_group.start_soon(self._ask, replica, scope, send.clone(), end, trace, self._started)
+                self._task_group.start_soon(self._ask, replica, sent, scope, send.clone(), end, trace)
         return receive
 
     async def _ask(
         self,
         replica: ManagedReplica,
+        sent: tuple[ClientSession, int, Any] | None,
         scope: anyio.CancelScope,
         send: MemoryObjectSendStream[Reply[R]],
         end: float,
         trace: TraceContext | None,
-        started: float,
     ) -> None:
         with send, scope:
-            reply: Reply[R] = await self._reply_of(replica, end, trace, started)
+            reply: Reply[R] = await self._reply_of(replica, sent, end, trace)
+            self._scopes.remove(scope)  # nothing left to cancel here
             try:
                 send.send_nowait(reply)
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                 pass  # the caller stopped iterating
 
     async def _reply_of(
-        self, replica: ManagedReplica, end: float, trace: TraceContext | None, started: float
+        self,
+        replica: ManagedReplica,
+        sent: tuple[ClientSession, int, Any] | None,
+        end: float,
+        trace: TraceContext | None,
     ) -> Reply[R]:
-        method, endpoint = self._method, replica.endpoint
+        method, endpoint, started = self._method, replica.endpoint, self._started
         try:
-            with anyio.move_on_at(end):
-                session = replica.session
-                if replica.state is not ReplicaState.AVAILABLE or session is None:
-                    by_deadline = not math.isinf(end)  # without one, a replica is waited for pick_timeout
-                    limit = end if by_deadline else started + self._pick_timeout
-                    session = await session_of(
-                        self._replicas, replica, method.full_name, limit, by_deadline=by_deadline
-                    )
+            with anyio.move_on_at(end) if end != math.inf else _NO_SCOPE:
+                if sent is not None:
+                    session, request_id, waiter = sent
+                    return Reply(endpoint, await reply_of(session, method, request_id, waiter, end))
+                by_deadline = not math.isinf(end)  # without one, a replica is waited for pick_timeout
+                limit = end if by_deadline else started + self._pick_timeout
+                session = await session_of(self._replicas, replica, method.full_name, limit, by_deadline=by_deadline)
                 value = await call_replica(session, method, self._payload, end, trace, self._options)
                 return Reply(endpoint, value)
         except Exception as exc:
