@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 from typing import Protocol
 
+import anyio
+
 from callrt import component, inline, interface
 from callrt.health import set_health
 
@@ -15,6 +17,8 @@ class ReplicaAPI(Protocol):
     async def pid(self) -> int: ...
 
     async def set_serving(self, component: str, serving: bool) -> None: ...
+
+    async def hold(self, seconds: float) -> int: ...
 
 
 @component(implements=ReplicaAPI)
@@ -27,3 +31,8 @@ class Replica:
     def set_serving(self, component: str, serving: bool) -> None:
         """``component`` ("" for the whole server) answers SERVING or NOT_SERVING from now on."""
         set_health(component, serving=serving)
+
+    async def hold(self, seconds: float) -> int:
+        """A call in flight for ``seconds``; then which process served it."""
+        await anyio.sleep(seconds)
+        return os.getpid()

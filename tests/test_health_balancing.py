@@ -9,6 +9,8 @@ serve, and, when none serves, wait and then fail with an error that says NOT_SER
 from __future__ import annotations
 
 import logging
+import os
+import signal
 from collections import Counter
 from collections.abc import Callable, Iterator
 
@@ -55,8 +57,9 @@ def endpoint(worker: WorkerProcess) -> Endpoint:
     return worker.endpoint
 
 
-def state(client: Client, endpoint: Endpoint) -> ReplicaState:
-    return client.replicas[endpoint].state
+def state(client: Client, endpoint: Endpoint) -> ReplicaState | None:
+    replica = client.replicas.get(endpoint)  # None until the client has heard of it from the resolver
+    return None if replica is None else replica.state
 
 
 async def set_serving(endpoint: Endpoint, component: str, serving: bool) -> None:
@@ -167,3 +170,34 @@ async def test_a_server_that_refuses_health_checks_counts_as_serving(caplog: pyt
                 (replica,) = client.replicas.values()
                 assert replica.state is ReplicaState.AVAILABLE
                 assert isinstance(await stub.pid(), int)
+
+
+async def test_a_draining_server_is_draining_on_the_client_not_not_serving(
+    pair: tuple[WorkerProcess, WorkerProcess], caplog: pytest.LogCaptureFixture
+) -> None:
+    """SIGTERM: the server answers NOT_SERVING, but its goaway already took the replica out (DRAINING);
+    the call in flight on it finishes there, new calls go to the other."""
+    caplog.set_level(logging.INFO, logger="callrt.client")
+    a = pair[0]
+    ea = endpoint(a)
+    with WorkerProcess("tcp://127.0.0.1:0", ["tests.health_components:Replica"]) as c:
+        ec = endpoint(c)
+        resolver = ManualResolver([ec])
+        with anyio.fail_after(20):
+            async with call.connect(resolver, options=FAST) as client:
+                stub = client.stub(ReplicaAPI)
+                held: list[int] = []
+                async with anyio.create_task_group() as tg:
+
+                    async def hold() -> None:
+                        held.append(await stub.hold(1.0))
+
+                    tg.start_soon(hold)
+                    await until(lambda: client.replicas[ec].pending == 1, "the call in flight on c")
+                    resolver.set([ec, ea])
+                    await until(lambda: state(client, ea) is ReplicaState.AVAILABLE, "a up")
+                    os.kill(c.pid, signal.SIGTERM)  # drains: NOT_SERVING to health checks, and a goaway
+                    await until(lambda: state(client, ec) is ReplicaState.DRAINING, "c draining")
+                    assert await spread(stub, 20) == {a.pid: 20}
+                assert held == [c.pid]  # finished on c, through the drain
+    assert not [r for r in caplog.records if "reports NOT_SERVING" in r.getMessage()]

@@ -349,9 +349,16 @@ class ReplicaSet:
                 # An older server, or one whose access policy refuses us: serving, for as long as
                 # this connection lasts (its answer would not change); not asked again.
                 logger.debug("%s does not answer %s.check (%s): taken as serving", session.endpoint, HEALTH, exc.code)
+                if replica.session is session and replica.not_serving:
+                    replica.not_serving = ()
+                    if replica.state is ReplicaState.NOT_SERVING:
+                        replica.set_state(ReplicaState.AVAILABLE)
                 return
-            if said is None or replica.session is not session:
-                continue  # no answer this time (busy, lost, a failed check): what it said last stands
+            if said is None or replica.session is not session or session.goaway.is_set():
+                # No answer this time (busy, lost, a failed check): what it said last stands. After a
+                # goaway (a draining server also answers NOT_SERVING) the replica is DRAINING, or
+                # about to be: not NOT_SERVING on the way.
+                continue
             if said != replica.not_serving:
                 if said and not replica.not_serving:
                     names = ", ".join(repr(n) if n else "the server" for n in said)
