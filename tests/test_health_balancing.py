@@ -201,3 +201,26 @@ async def test_a_draining_server_is_draining_on_the_client_not_not_serving(
                     assert await spread(stub, 20) == {a.pid: 20}
                 assert held == [c.pid]  # finished on c, through the drain
     assert not [r for r in caplog.records if "reports NOT_SERVING" in r.getMessage()]
+
+
+async def test_set_health_reaches_running_servers_and_those_started_later() -> None:
+    from callrt import health
+
+    name = "tests.SetLater"
+    try:
+        with anyio.fail_after(10):
+            async with (
+                call.start_server("memory://health-set-1", Replica()),
+                call.connect("memory://health-set-1") as c,
+            ):
+                check = c.stub(health.HealthAPI).check
+                assert await check(name) == "SERVICE_UNKNOWN"
+                health.set_health(name, serving=False)
+                assert await check(name) == "NOT_SERVING"
+            async with (
+                call.start_server("memory://health-set-2", Replica()),
+                call.connect("memory://health-set-2") as c,
+            ):
+                assert await c.stub(health.HealthAPI).check(name) == "NOT_SERVING"
+    finally:
+        health._said.pop(name, None)  # the process's setting, which other tests' servers would inherit
