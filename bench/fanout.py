@@ -6,6 +6,8 @@ connection to each. One call at a time, 32-byte payloads, after a warm-up, it
 measures the latency of:
 
 * ``unary``: one ``echo`` call (round robin over the three replicas);
+* ``3 unary calls at once``: three stub calls in a task group, one per replica (round
+  robin): the fan-out's work done by hand, the baseline for its overhead;
 * ``fan-out``: ``client.multi(Echo).echo(payload)`` iterated to the end (all three replies);
 * ``fan-out, first``: the same with ``expected=1`` (ends at the first reply, cancels the rest);
 * ``affinity``: ``client.by_affinity(Echo).echo(payload)``: three claims, then the call to the winner.
@@ -84,8 +86,15 @@ async def _measure(
             async for reply in first.echo(PAYLOAD):
                 reply.result()
 
+        async def three_unary() -> None:
+            # The same work by hand: three unary calls at once (round robin: one per replica).
+            async with anyio.create_task_group() as tg:
+                for _ in range(3):
+                    tg.start_soon(unary.echo, PAYLOAD)
+
         shapes: dict[str, Callable[[], Awaitable[object]]] = {
             "unary": lambda: unary.echo(PAYLOAD),
+            "3 unary calls at once (task group)": three_unary,
             "fan-out (3 replies)": fan_out,
             "fan-out, expected=1": fan_out_first,
             "affinity (3 claims + call)": lambda: by_affinity.echo(PAYLOAD),

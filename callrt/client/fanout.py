@@ -310,7 +310,10 @@ class Replies(Generic[R]):
         # A ``break`` out of ``async for`` drops the last reference at once (CPython): cancel then.
         # Only on the loop's thread; a collection elsewhere leaves the requests to their deadline.
         if not self._finished and self._receive is not None and threading.get_ident() == self._thread:
-            self._finish()
+            try:
+                self._finish()
+            except Exception:
+                pass  # the loop is gone (interpreter shutdown): so are the requests
 
     def _finish(self) -> None:
         if self._finished:
