@@ -45,8 +45,18 @@ class Echo:
     def pid(self) -> int:
         return os.getpid()
 
+    @inline
+    def work(self, data: bytes, us: int) -> bytes:
+        """Echo after ``us`` microseconds of CPU on the server's loop: a handler that costs something."""
+        end = time.perf_counter() + us / 1e6
+        while time.perf_counter() < end:
+            pass
+        return data
 
-async def _client(url: str, inflight: int, connections: int, warmup: float, duration: float) -> dict[str, object]:
+
+async def _client(
+    url: str, inflight: int, connections: int, warmup: float, duration: float, work_us: int
+) -> dict[str, object]:
     payload = b"x" * 64
     completed = 0
     stop_at = time.perf_counter() + warmup + duration
@@ -62,7 +72,10 @@ async def _client(url: str, inflight: int, connections: int, warmup: float, dura
                 async def caller() -> None:
                     nonlocal completed
                     while time.perf_counter() < stop_at:
-                        await stub.echo(payload)  # type: ignore[misc]
+                        if work_us:
+                            await stub.work(payload, work_us)  # type: ignore[misc]
+                        else:
+                            await stub.echo(payload)  # type: ignore[misc]
                         completed += 1
 
                 async with anyio.create_task_group() as callers:
@@ -108,6 +121,8 @@ def _run(workers: int, args: argparse.Namespace) -> dict[str, object]:
             str(args.warmup),
             "--duration",
             str(args.duration),
+            "--work-us",
+            str(args.work_us),
         ]
         clients = [
             subprocess.Popen(client, stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT) for _ in range(args.clients)
@@ -151,13 +166,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--connections", type=int, default=4, help="connections per client process")
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--duration", type=float, default=3.0)
+    parser.add_argument("--work-us", type=int, default=0, help="CPU microseconds each call costs the server (0: echo)")
     parser.add_argument("--client", help=argparse.SUPPRESS)  # run as one client process against this URL
     args = parser.parse_args(argv)
     if args.client:
-        result = anyio.run(_client, args.client, args.inflight, args.connections, args.warmup, args.duration)
+        result = anyio.run(
+            _client, args.client, args.inflight, args.connections, args.warmup, args.duration, args.work_us
+        )
         print(json.dumps(result))
         return
-    print(f"cpus: {os.cpu_count()}, load average: {os.getloadavg()}", flush=True)
+    print(
+        f"cpus: {os.cpu_count()}, load average: {os.getloadavg()}, server work per call: {args.work_us} us", flush=True
+    )
     runs: dict[int, list[dict[str, object]]] = {n: [] for n in args.workers}
     for i in range(args.runs):  # interleaved: a drift in the machine's load hits every setting alike
         for n in args.workers:
