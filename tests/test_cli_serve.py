@@ -6,6 +6,7 @@ import os
 import re
 import select
 import signal
+import socket
 import subprocess
 import sys
 import urllib.request
@@ -88,15 +89,37 @@ def _count(page: str, metric: str, method: str) -> float:
     return total
 
 
-@pytest.mark.parametrize("workers", [1, 2])
-def test_serve_exposes_metrics_for_prometheus(workers: int) -> None:
+def _free_ports(n: int) -> int:
+    """A port P such that P .. P+n-1 are free now (bound and released: another process may take one later)."""
+    for _ in range(50):
+        with socket.socket() as first:
+            first.bind(("127.0.0.1", 0))
+            base = first.getsockname()[1]
+            others = [socket.socket() for _ in range(n - 1)]
+            try:
+                for i, other in enumerate(others, 1):
+                    other.bind(("127.0.0.1", base + i))
+                return base
+            except OSError:
+                continue
+            finally:
+                for other in others:
+                    other.close()
+    raise AssertionError(f"no {n} consecutive free ports")
+
+
+@pytest.mark.parametrize(("workers", "port"), [(1, "0"), (2, "0"), (2, "P")], ids=["1-any", "2-any", "2-P+i"])
+def test_serve_exposes_metrics_for_prometheus(workers: int, port: str) -> None:
     url = dead_tcp_endpoint()  # a free port, given explicitly (workers share it)
+    base = _free_ports(workers) if port == "P" else 0
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    cmd = [sys.executable, "-m", "callrt", "serve", "tests.components:Lab", "--listen", url, "--metrics-port", "0"]
-    cmd += ["--workers", str(workers)]
+    cmd = [sys.executable, "-m", "callrt", "serve", "tests.components:Lab", "--listen", url]
+    cmd += ["--metrics-port", str(base), "--workers", str(workers)]
     with serving(cmd, ROOT, env, 2 * workers) as lines:
         pages = [m.group(1) for line in lines if (m := re.fullmatch(r"metrics on (http://\S+/metrics)", line))]
         assert len(pages) == workers, lines  # each worker its own port
+        if base:  # worker i on base + i
+            assert sorted(pages) == [f"http://127.0.0.1:{base + i}/metrics" for i in range(workers)]
         assert lines.count(f"serving on {url}") == workers, lines
 
         async def calls() -> None:
