@@ -150,7 +150,8 @@ class Affinity:
         component_name, _, name = method.rpartition(".")
         if server.health.get(component_name) is False or server.health.get("") is False:
             return -1.0  # the application said it is not serving
-        policy, serving = server.options.access, current_call()
+        policy = server.options.access
+        serving = current_call() if policy is not None else None  # built on demand: only a policy needs it
         if policy is not None and serving is not None and not _allows(policy, serving.peer, component_name, name):
             raise PermissionDenied(f"{method}: the server's access policy does not allow this caller")
         return await claimable.affinity(claimable.spec.args_from_payload(args))

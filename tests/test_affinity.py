@@ -188,3 +188,60 @@ def test_an_affinity_function_must_take_the_methods_parameters() -> None:
 
     with pytest.raises(ValueError, match="timeout must be a positive number"):
         Selection(timeout=0)
+
+
+# -- in one process (memory:// endpoints): what the server's claim handler decides ---------------
+
+
+@component(name="tests.Keyed")
+class Keyed:
+    def __init__(self) -> None:
+        self.asked: list[tuple[str, int]] = []
+
+    async def _score(self, key: str, weight: int) -> float:
+        await anyio.lowlevel.checkpoint()  # an async affinity function
+        self.asked.append((key, weight))
+        return weight / 10
+
+    @affinity(_score)
+    async def pick(self, key: str, *, weight: int = 1) -> str:
+        return key
+
+
+async def test_the_affinity_function_gets_the_decoded_arguments_keyword_only_ones_by_name() -> None:
+    keyed = Keyed()
+    with anyio.fail_after(10):
+        async with call.start_server("memory://affinity-keyed", keyed):
+            async with call.connect("memory://affinity-keyed") as client:
+                assert await client.by_affinity(Keyed).pick("a", weight=7) == "a"
+                with pytest.raises(errors.NoClaim, match="claimed 0.2, below the minimum 0.5"):
+                    await client.by_affinity(Keyed, Selection(minimum=0.5)).pick("b", weight=2)
+    assert keyed.asked == [("a", 7), ("b", 2)]
+
+
+async def test_a_replica_not_serving_the_component_declines() -> None:
+    with anyio.fail_after(10):
+        async with call.start_server("memory://affinity-health", Keyed()) as server:
+            async with call.connect("memory://affinity-health") as client:
+                server.set_health("tests.Keyed", serving=False)
+                with pytest.raises(errors.NoClaim, match=r"declined \(-1\)"):
+                    await client.by_affinity(Keyed).pick("a")
+                server.set_health("tests.Keyed", serving=True)
+                assert await client.by_affinity(Keyed).pick("a") == "a"
+
+
+async def test_the_access_policy_covers_the_claimed_method() -> None:
+    options = call.ServerOptions(access=lambda peer, component, method: method != "pick")
+    with anyio.fail_after(10):
+        async with call.start_server("memory://affinity-access", Keyed(), options=options):
+            async with call.connect("memory://affinity-access") as client:
+                with pytest.raises(errors.NoClaim, match=r"failed: \[permission_denied\].*does not allow this caller"):
+                    await client.by_affinity(Keyed).pick("a")
+
+
+async def test_a_method_the_server_does_not_serve() -> None:
+    with anyio.fail_after(10):
+        async with call.start_server("memory://affinity-unknown", Keyed()):
+            async with call.connect("memory://affinity-unknown") as client:
+                with pytest.raises(errors.NoClaim, match=r"tests.Fleet.whoami: not served here"):
+                    await client.by_affinity(Fleet).whoami()
