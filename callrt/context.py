@@ -37,12 +37,15 @@ class CallOptions:
         provably never left the client); ``True`` retries even a not-retriable method.
     :ivar shard_key: routes the call with shard-aware balancers and travels in the request.
     :ivar fail_fast: fail at once with Unreachable when no replica is available.
+    :ivar compression: this call's codec (``"zstd"``, ``"lz4"``, ``"zlib"``) instead of the client's
+        ``ClientOptions.compression``; ``"none"``: not compressed. Used only when the server offers it.
     """
 
     retry: bool | None = None
     shard_key: int | None = None
     metadata: Mapping[str, str] | None = None
     fail_fast: bool | None = None
+    compression: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

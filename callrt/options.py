@@ -13,6 +13,7 @@ from typing import Literal
 
 from .access import AccessPolicy
 from .balancers import Balancer
+from .compression import codecs_named
 from .interceptors import ClientInterceptor, ServerInterceptor
 from .protocol import DEFAULT_MAX_FRAME_SIZE
 from .registry import Registrar
@@ -83,6 +84,10 @@ class ServerOptions:
     :ivar reflection: answer ``callrt.Reflection`` (what this server serves, with JSON Schemas; ``callrt list``).
     :ivar reuse_port: bind TCP endpoints with ``SO_REUSEPORT`` (Linux, BSD), so that several processes
         serve one port and the kernel spreads connections among them (``callrt serve --workers N``).
+    :ivar compression: the codecs callers may compress requests and stream items with, and so the
+        ones replies may use (``callrt.compression``: ``"zstd"``, ``"lz4"``, ``"zlib"``); ``None``:
+        every one installed; ``()``: none. Offered in the SETTINGS frame after the hello.
+    :ivar compression_threshold: replies and stream items smaller than this are never compressed.
     :ivar stream_window: how many of a caller's stream items the server holds for a handler that has
         not taken them yet; with ``stream_window_bytes`` (whichever is reached first), the most the
         caller may send ahead. The server grants more as the handler takes items.
@@ -116,6 +121,11 @@ class ServerOptions:
     interceptors: Sequence[ServerInterceptor] = ()
     stream_window: int = 256
     stream_window_bytes: int = 1 << 20
+    compression: Sequence[str] | None = None
+    compression_threshold: int = 1024
+
+    def __post_init__(self) -> None:
+        codecs_named(self.compression)  # a codec that is not installed fails here, not at the first call
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -163,6 +173,10 @@ class ClientOptions:
         for the server, ``""``, and for each component this client has a stub of); a replica that
         reports NOT_SERVING is left out of balancing until it reports SERVING again.
         ``None`` or 0: no checks (every connected replica is used).
+    :ivar compression: the codec (``"zstd"``, ``"lz4"`` or ``"zlib"``) this client compresses requests
+        and stream items with, and asks replies in, when the server offers it and the payload is at
+        least ``compression_threshold`` bytes; a payload that compression would not shrink goes as it
+        is. ``None``: no compression. ``CallOptions(compression=...)`` chooses per call.
     :ivar stream_window: how many of a server's stream items this client holds for a caller that
         has not taken them yet; with ``stream_window_bytes`` (whichever is reached first), the most
         the server may send ahead. The client grants more as the caller takes items.
@@ -190,3 +204,9 @@ class ClientOptions:
     health_interval: float | None = 5.0
     stream_window: int = 256
     stream_window_bytes: int = 1 << 20
+    compression: str | None = None
+    compression_threshold: int = 1024
+
+    def __post_init__(self) -> None:
+        if self.compression is not None:
+            codecs_named((self.compression,))

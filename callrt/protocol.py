@@ -32,7 +32,7 @@ from __future__ import annotations
 import enum
 import struct
 from collections.abc import Callable
-from typing import Final, TypeAlias
+from typing import Any, Final, TypeAlias
 
 import msgspec
 
@@ -50,6 +50,7 @@ __all__ = (
     "STREAM_VERSION",
     "SUPPORTED_VERSIONS",
     "Cancel",
+    "Compressed",
     "Credit",
     "End",
     "Error",
@@ -64,6 +65,7 @@ __all__ = (
     "Pong",
     "Request",
     "Response",
+    "Settings",
     "TraceContext",
     "choose_version",
     "decode_hello",
@@ -80,7 +82,8 @@ __all__ = (
 MAGIC: Final = b"CLRT"
 PROTOCOL_VERSION: Final = 3
 # Version 2 is version 1 plus an optional fifth element in ERROR bodies (a declared exception's args);
-# version 3 is version 2 plus streams (ITEM, END and CREDIT frames).
+# version 3 is version 2 plus streams (ITEM, END and CREDIT frames) and compression (SETTINGS frames,
+# a codec in a frame's kind byte, and the request header's accept field).
 SUPPORTED_VERSIONS: Final = range(1, 4)
 #: The first version with streams: a stream method's call needs a connection of at least this one.
 STREAM_VERSION: Final = 3
@@ -119,9 +122,14 @@ class FrameKind(enum.IntEnum):
     ITEM = 8  # version 3
     END = 9  # version 3
     CREDIT = 10  # version 3
+    SETTINGS = 11  # version 3
 
 
-_LAST_KIND = {1: 7, 2: 7, 3: 10}  # the last frame kind of each version
+_LAST_KIND = {1: 7, 2: 7, 3: 11}  # the last frame kind of each version
+# In version 3 the kind byte's high four bits are a compression codec's id (callrt.compression) for
+# REQUEST, RESPONSE and ITEM frames: their payload is compressed. Zero, and for every other kind: none.
+_CODEC_SHIFT: Final = 4
+_COMPRESSIBLE: Final = frozenset({1, 2, 8})
 
 # Request header flags: which optional fields follow the method key, in this order.
 _F_DEADLINE: Final = 0x01
@@ -129,7 +137,9 @@ _F_TRACE: Final = 0x02
 _F_METADATA: Final = 0x04
 _F_CALLER: Final = 0x08
 _F_SHARD: Final = 0x10
-_F_KNOWN: Final = 0x1F
+_F_ACCEPT: Final = 0x20  # version 3: one byte, the codec the caller accepts its reply (and items) in
+_F_KNOWN: Final = 0x1F  # versions 1 and 2
+_F_KNOWN_V3: Final = 0x3F
 
 
 class TraceContext(msgspec.Struct, frozen=True, gc=False):
@@ -176,6 +186,7 @@ class Request(msgspec.Struct, frozen=True, gc=False):
     metadata: tuple[tuple[str, str], ...] = ()
     caller: str = ""
     shard_key: int | None = None
+    accept: int = 0  # version 3: the codec id the caller accepts its reply in (0: uncompressed)
 
 
 class Response(msgspec.Struct, frozen=True, gc=False):
@@ -231,6 +242,27 @@ class Credit(msgspec.Struct, frozen=True, gc=False):
     size: int
 
 
+class Settings(msgspec.Struct, frozen=True, gc=False):
+    """What the server offers (version 3), sent once, right after its hello reply.
+
+    ``codecs``: the compression codecs it decompresses, by name (``callrt.compression``).
+    The body is a MessagePack map; a receiver ignores keys it does not know.
+    """
+
+    codecs: tuple[str, ...] = ()
+
+
+class Compressed(msgspec.Struct, frozen=True, gc=False):
+    """A REQUEST, RESPONSE or ITEM whose payload ``codec`` compressed (version 3), as received.
+
+    The decoder does not decompress: whoever handles the frame does, so that a payload that
+    does not decompress within its limit fails that call, not the connection.
+    """
+
+    frame: Request | Response | Item
+    codec: int
+
+
 class Cancel(msgspec.Struct, frozen=True, gc=False):
     """The caller gave up on request ``id``; the server cancels its handler."""
 
@@ -253,7 +285,22 @@ class GoAway(msgspec.Struct, frozen=True, gc=False):
     reason: str = ""
 
 
-Frame: TypeAlias = Hello | HelloReply | Request | Response | Error | Cancel | Ping | Pong | GoAway | Item | End | Credit
+Frame: TypeAlias = (
+    Hello
+    | HelloReply
+    | Request
+    | Response
+    | Error
+    | Cancel
+    | Ping
+    | Pong
+    | GoAway
+    | Item
+    | End
+    | Credit
+    | Settings
+    | Compressed
+)
 
 
 class _ErrorBody(msgspec.Struct, array_like=True, forbid_unknown_fields=True, gc=False):
@@ -266,6 +313,7 @@ class _ErrorBody(msgspec.Struct, array_like=True, forbid_unknown_fields=True, gc
 
 _error_body = msgspec.msgpack.Encoder()
 _error_body_decoder = msgspec.msgpack.Decoder(_ErrorBody)
+_settings_decoder = msgspec.msgpack.Decoder(dict[str, Any])
 
 
 # -- handshake ---------------------------------------------------------------
@@ -331,15 +379,28 @@ def encode_request_header(
     metadata: tuple[tuple[str, str], ...] = (),
     caller: str = "",
     shard_key: int | None = None,
+    accept: int = 0,
+    codec: int = 0,
 ) -> bytes:
     """Everything of a request frame but its payload, which the caller writes after it.
 
     Keeping the payload out lets the transport send a large payload without
-    copying it into the header's buffer (write flattening decides).
+    copying it into the header's buffer (write flattening decides). ``accept`` and
+    ``codec`` (version 3) are the codec the reply may use and the one the payload uses.
     """
     try:
         _check(len(method_key) == 16, "method key must be 16 bytes")
-        if deadline_us is None and trace is None and not metadata and not caller and shard_key is None:
+        _check(0 <= codec <= 15 and 0 <= accept <= 15, "codec id out of range")
+        kind = 1 | codec << _CODEC_SHIFT
+        if (
+            deadline_us is None
+            and trace is None
+            and not metadata
+            and not caller
+            and shard_key is None
+            and not accept
+            and not codec
+        ):
             # The common case, kept short: no optional fields.
             return _HEADER.pack(17 + payload_size, 1, request_id) + method_key + b"\x00"
         flags = 0
@@ -372,10 +433,13 @@ def encode_request_header(
             _check(0 <= shard_key <= _MAX_U64, "shard key out of range")
             flags |= _F_SHARD
             parts.append(_U64.pack(shard_key))
+        if accept:
+            flags |= _F_ACCEPT
+            parts.append(bytes((accept,)))
         parts[1] = bytes((flags,))
         body = b"".join(parts)
         _check(len(body) <= MAX_REQUEST_HEADER_SIZE, f"request header over {MAX_REQUEST_HEADER_SIZE} bytes")
-        return _HEADER.pack(len(body) + payload_size, 1, request_id) + body
+        return _HEADER.pack(len(body) + payload_size, kind, request_id) + body
     except struct.error as exc:  # request id or total length beyond the header's fields
         raise LocalProtocolError(f"request field out of range: {exc}") from None
     except UnicodeEncodeError as exc:  # a str with lone surrogates
@@ -432,6 +496,7 @@ def _encode_frame(frame: Frame) -> bytes:
                 frame.metadata,
                 frame.caller,
                 frame.shard_key,
+                frame.accept,
             )
             + frame.payload
         )
@@ -459,6 +524,13 @@ def _encode_frame(frame: Frame) -> bytes:
         return _HEADER.pack(len(error), 9, frame.id) + error
     if type(frame) is Credit:
         return _HEADER.pack(8, 10, frame.id) + _CREDIT.pack(frame.items, frame.size)
+    if type(frame) is Settings:
+        body = _error_body.encode({"codecs": list(frame.codecs)})
+        return _HEADER.pack(len(body), 11, 0) + body
+    if type(frame) is Compressed:
+        inner = _encode_frame(frame.frame)
+        _check(0 < frame.codec <= 15, "codec id out of range")
+        return inner[:4] + bytes((inner[4] | frame.codec << _CODEC_SHIFT,)) + inner[5:]
     if type(frame) is Hello:
         return encode_hello(frame)
     if type(frame) is HelloReply:
@@ -628,7 +700,7 @@ class FrameDecoder:
                 elif kind == 1 and plain_requests and size >= 17 and not copy and buf[start + 16] == 0:
                     # The same, with a payload shorter than a deadline field (no arguments, say).
                     out.append(Request(ident, buf[start : start + 16], buf[start + 17 : end]))  # type: ignore[arg-type]
-                elif kind == 8 and last_kind == 10:
+                elif kind == 8 and last_kind >= 10:
                     out.append(Item(ident, bytes(buf[start:end]) if copy else buf[start:end]))
                 elif kind > last_kind or kind == 0:
                     break  # unknown: next_frame() reports it
@@ -691,12 +763,13 @@ class FrameDecoder:
         end = start + size
         if size > self.max_frame_size:
             raise RemoteProtocolError(f"frame body of {size} bytes exceeds the maximum of {self.max_frame_size}")
-        if kind > _LAST_KIND.get(self.version, 7) or kind == 0:
-            if kind <= 10 and kind:
-                raise RemoteProtocolError(f"{FrameKind(kind).name} frames need protocol version 3, not {self.version}")
+        base = kind & 0x0F
+        if base == 0 or base > 11 or (kind > 0x0F and (base not in _COMPRESSIBLE or self.version < 3)):
             raise RemoteProtocolError(f"unknown frame kind {kind}")
+        if base > _LAST_KIND.get(self.version, 7):
+            raise RemoteProtocolError(f"{FrameKind(base).name} frames need protocol version 3, not {self.version}")
         if len(buf) < end:
-            if size >= _LARGE_BODY and (kind <= 2 or kind == 8):
+            if size >= _LARGE_BODY and base in _COMPRESSIBLE:
                 # Nothing from the header's length alone, unless this peer already delivered a
                 # body this large: then its buffer at once (see _keep).
                 self._large_held, self._large_head = 0, (kind, ident, size)
@@ -706,6 +779,8 @@ class FrameDecoder:
                 self._buf, self._pos = b"", 0
             return None
         self._pos = end
+        if kind > 0x0F:
+            return Compressed(self._frame(base, ident, buf, start, end), kind >> _CODEC_SHIFT)  # type: ignore[arg-type]
         return self._frame(kind, ident, buf, start, end)
 
     def _hello(self) -> Hello | HelloReply | None:
@@ -779,11 +854,14 @@ class FrameDecoder:
         self._large, self._large_held = None, 0
         if size > self._proven:
             self._proven = size
-        if kind == 2:
-            return Response(ident, body)  # the body's own buffer, handed over as it is
-        if kind == 8:
-            return Item(ident, body)
-        return self._request(ident, body, 0, size)
+        frame: Request | Response | Item
+        if kind & 0x0F == 2:
+            frame = Response(ident, body)  # the body's own buffer, handed over as it is
+        elif kind & 0x0F == 8:
+            frame = Item(ident, body)
+        else:
+            frame = self._request(ident, body, 0, size)
+        return frame if kind <= 0x0F else Compressed(frame, kind >> _CODEC_SHIFT)
 
     def _frame(self, kind: int, ident: int, buf: bytes | bytearray, start: int, end: int) -> Frame:
         """The frame of ``kind`` whose body is ``buf[start:end]``."""
@@ -813,6 +891,17 @@ class FrameDecoder:
                 raise RemoteProtocolError(f"CREDIT frame must have an {_CREDIT.size}-byte body")
             items, credit_bytes = _CREDIT.unpack_from(buf, start)
             return Credit(ident, items, credit_bytes)
+        if kind == 11:
+            if ident != 0:
+                raise RemoteProtocolError("settings frame must have id 0")
+            try:
+                fields = _settings_decoder.decode(buf[start:end])
+            except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+                raise RemoteProtocolError(f"malformed settings body: {exc}") from None
+            codecs = fields.get("codecs", [])
+            if not isinstance(codecs, list) or not all(isinstance(c, str) for c in codecs):
+                raise RemoteProtocolError("malformed settings body: codecs must be a list of names")
+            return Settings(tuple(codecs))
         if size != 0:
             raise RemoteProtocolError(f"{FrameKind(kind).name} frame must have an empty body")
         if kind == 4:
@@ -834,7 +923,7 @@ class FrameDecoder:
         if flags == _F_DEADLINE and end - p >= 8:  # the next most common: a deadline only
             (deadline_us,) = _U64.unpack_from(buf, p)
             return Request(ident, key, buf[p + 8 : end] if type(buf) is bytes else _copy(buf, p + 8, end), deadline_us)
-        if flags & ~_F_KNOWN:
+        if flags & ~(_F_KNOWN_V3 if self.version >= 3 else _F_KNOWN):
             raise RemoteProtocolError(f"unknown request flags {flags:#x}")
         deadline = trace = shard = None
         metadata: tuple[tuple[str, str], ...] = ()
@@ -878,7 +967,8 @@ class FrameDecoder:
             caller = _utf8(buf, s, p)
         if flags & _F_SHARD:
             (shard,) = _U64.unpack_from(buf, take(8))
-        return Request(ident, key, _copy(buf, p, end), deadline, trace, metadata, caller, shard)
+        accept = buf[take(1)] if flags & _F_ACCEPT else 0
+        return Request(ident, key, _copy(buf, p, end), deadline, trace, metadata, caller, shard, accept)
 
 
 def _copy(buf: bytes | bytearray, start: int, stop: int) -> bytes:

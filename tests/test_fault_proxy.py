@@ -28,6 +28,8 @@ from anyio.abc import ByteStream
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from callrt import call, errors
+from callrt.compression import CODECS
+from callrt.protocol import Settings, encode_frame
 from callrt.testing import FaultProxy, Faults, ProxyConnection, WorkerProcess
 from tests.components import Echo, Lab, events
 
@@ -36,6 +38,10 @@ pytestmark = pytest.mark.anyio
 COMPONENTS = ["tests.components:Echo", "tests.components:Lab"]
 HELLO = 12  # bytes of the client's hello and of the server's reply (docs/protocol.md, section 1)
 KIND = 4  # offset of a frame's kind byte (section 2)
+# The server's SETTINGS frame, which follows its hello reply (version 3; the worker has this venv's codecs).
+SETTINGS = len(encode_frame(Settings(tuple(sorted(CODECS)))))
+# Where the first frame after the handshake starts, in each direction.
+FIRST_FRAME = {"to_server": HELLO, "to_client": HELLO + SETTINGS}
 
 
 # -- the proxy between two sockets the test holds ---------------------------------------------------
@@ -487,7 +493,7 @@ async def test_corrupt_frame_closes_the_connection_and_the_call_is_retried(
     def corrupt_first(c: ProxyConnection) -> None:
         # The first connection's first frame after the hello gets an unknown kind.
         if c.number == 1:
-            c.set_faults(Faults(corrupt_at=[HELLO + KIND]), direction)  # type: ignore[arg-type]
+            c.set_faults(Faults(corrupt_at=[FIRST_FRAME[direction] + KIND]), direction)  # type: ignore[arg-type]
 
     with anyio.fail_after(10):
         async with proxied(worker, on_connect=corrupt_first) as (proxy, conn):
@@ -501,7 +507,7 @@ async def test_keepalive_drops_a_connection_whose_replies_no_longer_parse(worker
         # The first reply's length grows by 16 MiB in transit, under the 64 MiB limit: the
         # client's decoder waits for a body that never comes, and the server answers its pings.
         if c.number == 1:
-            c.set_faults(Faults(corrupt_at=[HELLO + 2]), "to_client")
+            c.set_faults(Faults(corrupt_at=[FIRST_FRAME["to_client"] + 2]), "to_client")
 
     options = {"keepalive_interval": 0.2, "keepalive_timeout": 0.2}
     with anyio.fail_after(1.5):

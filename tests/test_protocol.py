@@ -18,6 +18,7 @@ from callrt.protocol import (
     PROTOCOL_VERSION,
     SUPPORTED_VERSIONS,
     Cancel,
+    Compressed,
     Credit,
     End,
     Error,
@@ -32,6 +33,7 @@ from callrt.protocol import (
     Pong,
     Request,
     Response,
+    Settings,
     TraceContext,
     choose_version,
     decode_hello,
@@ -77,6 +79,7 @@ requests = st.builds(
     metadata=st.lists(st.tuples(text, text), max_size=4).map(tuple),
     caller=text,
     shard_key=st.none() | u64,
+    accept=st.integers(0, 15),
 )
 responses = st.builds(Response, id=u64, payload=payloads)
 errors = st.builds(
@@ -94,8 +97,17 @@ goaways = st.builds(GoAway, reason=text)
 items = st.builds(Item, id=u64, payload=payloads)
 ends = st.builds(End, id=u64, error=text)
 credits = st.builds(Credit, id=u64, items=st.integers(0, 2**32 - 1), size=st.integers(0, 2**32 - 1))
+settings_frames = st.builds(Settings, codecs=st.lists(text, max_size=3).map(tuple))
+compressed = st.builds(Compressed, frame=requests | responses | items, codec=st.integers(1, 15))
 
-frames = st.one_of(requests, responses, errors, cancels, pings, pongs, goaways, items, ends, credits)
+frames = st.one_of(
+    requests, responses, errors, cancels, pings, pongs, goaways, items, ends, credits, settings_frames, compressed
+)
+
+
+def version_3_only(frame: Frame) -> bool:
+    """Frames (and request fields) that versions 1 and 2 do not have."""
+    return type(frame) in (Item, End, Credit, Settings, Compressed) or (type(frame) is Request and frame.accept > 0)
 
 
 @st.composite
@@ -178,6 +190,7 @@ def test_request_header_plus_payload_is_the_frame(request: Request) -> None:
         request.metadata,
         request.caller,
         request.shard_key,
+        request.accept,
     )
     assert header + request.payload == encode_frame(request)
     size, kind, ident = HEADER.unpack_from(header)
@@ -245,6 +258,8 @@ def test_concatenated_frames(frame_list: list[Frame], data: st.DataObject) -> No
 @FAST
 @given(hellos(), st.lists(frames, max_size=5), st.data())
 def test_hello_then_frames(hello: Hello, frame_list: list[Frame], data: st.DataObject) -> None:
+    if 0 < choose_version(hello) < 3:
+        frame_list = [f for f in frame_list if not version_3_only(f)]
     blob = encode_hello(hello) + b"".join(encode_frame(f) for f in frame_list)
     cuts = data.draw(st.lists(st.integers(0, len(blob)), max_size=8))
     assert feed_in_pieces(blob, cuts, expect="hello") == [hello, *frame_list]
@@ -253,8 +268,8 @@ def test_hello_then_frames(hello: Hello, frame_list: list[Frame], data: st.DataO
 @FAST
 @given(acceptable_replies, st.lists(frames, max_size=5), st.data())
 def test_hello_reply_then_frames(reply: HelloReply, frame_list: list[Frame], data: st.DataObject) -> None:
-    if 0 < reply.version < 3:  # stream frames are version 3's
-        frame_list = [f for f in frame_list if type(f) not in (Item, End, Credit)]
+    if 0 < reply.version < 3:
+        frame_list = [f for f in frame_list if not version_3_only(f)]
     blob = encode_hello_reply(reply) + b"".join(encode_frame(f) for f in frame_list)
     cuts = data.draw(st.lists(st.integers(0, len(blob)), max_size=8))
     assert feed_in_pieces(blob, cuts, expect="hello_reply") == [reply, *frame_list]
@@ -404,10 +419,10 @@ def test_frames_is_next_frame_in_batches(data: bytes, max_size: int, expect: str
 
 def test_frames_returns_the_good_frames_before_an_error() -> None:
     decoder = FrameDecoder()
-    decoder.receive_data(encode_frame(Response(1, b"a")) + encode_frame(Ping(2)) + b"\x00\x00\x00\x00\x0b" + bytes(8))
+    decoder.receive_data(encode_frame(Response(1, b"a")) + encode_frame(Ping(2)) + b"\x00\x00\x00\x00\x0c" + bytes(8))
     assert decoder.frames() == [Response(1, b"a"), Ping(2)]
     assert decoder.more
-    with pytest.raises(RemoteProtocolError, match="unknown frame kind 11"):
+    with pytest.raises(RemoteProtocolError, match="unknown frame kind 12"):
         decoder.frames()
     with pytest.raises(RemoteProtocolError):  # the stream stays broken
         decoder.next_frame()
@@ -593,7 +608,7 @@ def test_max_frame_size_zero_allows_only_empty_bodies() -> None:
         decode_all(encode_frame(Response(2, b"x")), max_frame_size=0)
 
 
-@pytest.mark.parametrize("kind", [0, 11, 0x7F, 0xFF])
+@pytest.mark.parametrize("kind", [0, 12, 0x7F, 0xFF, 0x13, 0x84])
 def test_unknown_frame_kind(kind: int) -> None:
     decoder = FrameDecoder()
     decoder.receive_data(HEADER.pack(0, kind, 1))
@@ -670,10 +685,10 @@ def test_request_field_overruns_frame(flags: int, fields: bytes) -> None:
         decode_all(raw_frame(1, 1, request_body(flags, fields)))
 
 
-@pytest.mark.parametrize("flags", [0x20, 0x40, 0x80, 0xFF, 0x21])
-def test_unknown_request_flags(flags: int) -> None:
+@pytest.mark.parametrize(("flags", "version"), [(0x20, 2), (0x21, 1), (0x40, 3), (0x80, 3), (0xFF, 3), (0x41, 3)])
+def test_unknown_request_flags(flags: int, version: int) -> None:
     with pytest.raises(RemoteProtocolError, match="flags"):
-        decode_all(raw_frame(1, 1, request_body(flags, b"\x00" * 64)))
+        decode_all(raw_frame(1, 1, request_body(flags, b"\x00" * 64)), version=version)
 
 
 def test_request_payload_follows_header_fields() -> None:

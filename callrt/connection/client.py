@@ -16,15 +16,26 @@ from typing import Any, Protocol
 
 import anyio
 
+from ..compression import BY_ID as CODECS_BY_ID
+from ..compression import CODECS, CompressionError, compress, decompress
 from ..context import CallOptions
 from ..endpoints import Endpoint
-from ..errors import CommunicationError, ErrorCode, LocalProtocolError, RemoteProtocolError, SessionLost, remote_error
+from ..errors import (
+    CommunicationError,
+    ErrorCode,
+    LocalProtocolError,
+    RemoteError,
+    RemoteProtocolError,
+    SessionLost,
+    remote_error,
+)
 from ..options import ClientOptions
 from ..protocol import (
     HEADER_SIZE,
     REFUSED_BUSY,
     STREAM_VERSION,
     Cancel,
+    Compressed,
     Credit,
     End,
     Error,
@@ -34,7 +45,9 @@ from ..protocol import (
     Item,
     Ping,
     Pong,
+    Request,
     Response,
+    Settings,
     TraceContext,
     encode_frame,
     encode_plain_request_header,
@@ -106,6 +119,9 @@ class ClientSession:
         self.next_id = 1
         self.peer_max_frame = options.max_frame_size
         self.version = 0  # the protocol version the server chose
+        self.offered: frozenset[str] = frozenset()  # the codecs the server decompresses (its SETTINGS)
+        self.codec = 0  # the id of ClientOptions.compression when the server offers it, else 0
+        self.compress_above = options.compression_threshold
         self.flatten_limit = options.write_flatten_limit
         self.ready = anyio.Event()  # hello reply received
         self.lost = anyio.Event()  # socket gone
@@ -163,6 +179,12 @@ class ClientSession:
             elif stream is not None:
                 raise RemoteProtocolError(f"{kind.__name__} frame for call {frame.id}, which is not a stream")  # type: ignore[attr-defined]
             # else: a stream the caller gave up on; what was in flight for it is moot
+        elif kind is Compressed:
+            self._compressed(frame)  # type: ignore[arg-type]
+        elif kind is Settings:
+            self.offered = frozenset(frame.codecs)  # type: ignore[attr-defined]
+            self.codec = self.codec_for(self.options.compression)
+            self.ready.set()
         elif kind is Pong:
             self.pongs += 1
         elif kind is HelloReply:
@@ -182,7 +204,9 @@ class ClientSession:
             raise RemoteProtocolError("the server speaks no protocol version we do")
         self.peer_max_frame = reply.max_frame_size
         self.version = reply.version
-        self.ready.set()
+        if reply.version < STREAM_VERSION:
+            self.ready.set()
+        # else ready once the server's SETTINGS (which follow its hello reply at once) say what it offers
 
     def _call_done(self) -> None:
         if self._idle is not None and not self.calls:
@@ -244,10 +268,14 @@ class ClientSession:
             left = deadline - self.now()
             # -inf is a caller whose scope is already cancelled: the time left is none.
             deadline_us = int(left * 1e6) if 0 < left < _MAX_DEADLINE_S else 0 if left <= 0 else _MAX_DEADLINE_US
-        if trace is None and options is None and not self.caller:
+        codec = self.codec if options is None or options.compression is None else self.codec_for(options.compression)
+        if trace is None and options is None and not self.caller and not codec:
             header = encode_plain_request_header(request_id, key, size, deadline_us)
         else:
-            header = self._full_header(request_id, key, size, deadline_us, trace, options)
+            packed = compress(CODECS_BY_ID[codec], payload) if codec and size >= self.compress_above else None
+            if packed is not None:
+                payload, size = packed, len(packed)
+            header = self._full_header(request_id, key, size, deadline_us, trace, options, codec, packed is not None)
         if len(header) - HEADER_SIZE + size > self.peer_max_frame:
             raise LocalProtocolError(
                 f"request of {size} bytes exceeds the server's maximum frame of {self.peer_max_frame}"
@@ -258,8 +286,32 @@ class ClientSession:
             return request_id, waiter
         self.calls[request_id] = stream
         self.io.send(request_id, header, payload)
-        stream.opened(self, request_id)
+        stream.opened(self, request_id, codec)
         return request_id, stream
+
+    def codec_for(self, name: str | None) -> int:
+        """The id of codec ``name`` when both sides have it, else 0 (``None`` and ``"none"``: 0)."""
+        if name is None or name not in self.offered or name not in CODECS:
+            return 0
+        return CODECS[name].id
+
+    def _compressed(self, frame: Compressed) -> None:
+        """A compressed reply or stream item: decompressed for its call, or that call fails."""
+        inner = frame.frame
+        if type(inner) is Request:
+            raise RemoteProtocolError("a server may not send Request frames")
+        waiter = self.calls.get(inner.id)
+        if waiter is None:
+            return  # a call the caller gave up on
+        try:
+            payload = decompress(frame.codec, inner.payload, self.options.max_frame_size)
+        except CompressionError as exc:
+            self.calls.pop(inner.id, None)
+            if not waiter.done():
+                waiter.set_exception(RemoteError(f"the server's reply: {exc}", code=ErrorCode.MALFORMED_RESPONSE))
+            self._call_done()
+            return
+        self.frame_received(Response(inner.id, payload) if type(inner) is Response else Item(inner.id, payload))
 
     def _full_header(
         self,
@@ -269,13 +321,18 @@ class ClientSession:
         deadline_us: int | None,
         trace: TraceContext | None,
         options: CallOptions | None,
+        accept: int = 0,
+        compressed: bool = False,
     ) -> bytes:
         metadata: tuple[tuple[str, str], ...] = ()
         shard_key = None
         if options is not None:
             shard_key = options.shard_key
             metadata = tuple(options.metadata.items()) if options.metadata else ()
-        return encode_request_header(request_id, key, size, deadline_us, trace, metadata, self.caller, shard_key)
+        codec = accept if compressed else 0
+        return encode_request_header(
+            request_id, key, size, deadline_us, trace, metadata, self.caller, shard_key, accept, codec
+        )
 
     def give_up(self, request_id: int, deadline: float) -> None:
         """The caller stopped waiting (cancelled, or timed out here): tell the server if it matters."""
@@ -339,15 +396,19 @@ class ClientStream:
         self.window, self.window_bytes = window, window_bytes
         self.inbox: Inbox | None = None
         self.credit = SendCredit()
+        self.codec = 0  # the compression codec of the items this side sends
         self.received = 0  # items the caller took
         self.sent = 0  # items sent to the server
         self._finished = anyio.Event()
         self._result: Any = None
         self._error: BaseException | None = None
 
-    def opened(self, session: ClientSession, request_id: int) -> None:
-        """The request left with id ``request_id``: grant the server its window of items to send."""
-        self.session, self.id = session, request_id
+    def opened(self, session: ClientSession, request_id: int, codec: int = 0) -> None:
+        """The request left with id ``request_id``: grant the server its window of items to send.
+
+        ``codec``: the call's compression codec (0: none), for the items this side sends.
+        """
+        self.session, self.id, self.codec = session, request_id, codec
         if self.yields:
 
             def grant(items: int, size: int) -> None:
@@ -421,6 +482,12 @@ class ClientStream:
         if self.done() or session.is_lost:
             return False
         self.sent += 1
+        codec = self.codec
+        if codec and size >= session.compress_above:
+            packed = compress(CODECS_BY_ID[codec], item)
+            if packed is not None:
+                session.write(pack_frame_header(len(packed), _ITEM | codec << 4, self.id) + packed)
+                return True
         session.write(pack_frame_header(size, _ITEM, self.id) + item)
         return True
 

@@ -30,6 +30,7 @@ accepting, sends goaway on every connection, lets in-flight calls finish for
 from __future__ import annotations
 
 import contextvars
+import functools
 import logging
 import traceback
 import types
@@ -38,12 +39,15 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import anyio
+import msgspec
 from opentelemetry import context as otel_context
 
 from .. import context as _context
 from .. import telemetry
 from .._threads import run_in_thread
 from ..component import declared_error_args
+from ..compression import BY_ID as CODECS_BY_ID
+from ..compression import CompressionError, codecs_named, compress, decompress
 from ..context import UNKNOWN_PEER, SyncSlot, stream_var
 from ..endpoints import Endpoint
 from ..errors import (
@@ -63,6 +67,7 @@ from ..protocol import (
     REFUSED_BUSY,
     STREAM_VERSION,
     Cancel,
+    Compressed,
     Credit,
     End,
     Error,
@@ -75,6 +80,8 @@ from ..protocol import (
     Ping,
     Pong,
     Request,
+    Response,
+    Settings,
     choose_version,
     encode_frame,
     encode_hello_reply,
@@ -251,6 +258,8 @@ class ServerConnection:
         self.io = io
         self.close = io.close
         self.streams: dict[int, ServerStream] = {}  # stream calls in flight, by request id
+        self.codecs = server.codecs  # the ids of the codecs a caller may compress with
+        self.compress_above = server.options.compression_threshold
 
     def start_reading(self) -> contextvars.Token[Any]:
         """Shells call this before handling frames (and :meth:`stop_reading` after), in the same context."""
@@ -286,6 +295,8 @@ class ServerConnection:
         self.io.write(encode_hello_reply(HelloReply(version, self.server.options.max_frame_size)))
         if version == 0:
             raise RemoteProtocolError("no common protocol version")
+        if version >= STREAM_VERSION:  # what a version 3 client waits for before its first call
+            self.io.write(self.server.settings)
         self.handshake_done = True
 
     def protocol_error(self, exc: BaseException) -> None:
@@ -313,8 +324,32 @@ class ServerConnection:
                 stream.frame_received(frame)
         elif type(frame) is Pong:
             pass
+        elif type(frame) is Compressed:
+            self.compressed_received(frame)
         else:
             raise RemoteProtocolError(f"a client may not send {type(frame).__name__} frames")
+
+    def compressed_received(self, frame: Compressed) -> None:
+        """A compressed request or stream item: handled as its plain self, or that call fails (never the connection)."""
+        inner = frame.frame
+        if type(inner) is Response:
+            raise RemoteProtocolError("a client may not send Response frames")
+        try:
+            if frame.codec not in self.codecs:
+                raise CompressionError(f"codec {frame.codec} is not one this server offered")
+            payload = decompress(frame.codec, inner.payload, self.server.options.max_frame_size)
+        except CompressionError as exc:
+            if type(inner) is Request:
+                self.fail(inner.id, InvalidArgument(f"the request's payload: {exc}"))
+            else:
+                stream = self.streams.get(inner.id)
+                if stream is not None and stream.inbox is not None:
+                    stream.inbox.fail(InvalidArgument(f"a stream item: {exc}"))
+            return
+        if type(inner) is Request:
+            self.request_received(msgspec.structs.replace(inner, payload=payload))
+        else:
+            self.frame_received(Item(inner.id, payload))
 
     def request_received(self, request: Request) -> None:
         entry = self.find_handler(request.method_key)
@@ -346,7 +381,7 @@ class ServerConnection:
         except Exception as exc:
             self._handler_failed(request.id, entry.name, exc, otel)
         else:
-            self.reply(request.id, result)  # type: ignore[arg-type]
+            self.reply(request.id, result, request.accept)  # type: ignore[arg-type]
             if type(otel) is CallRecord:
                 otel.response_size = len(result)  # type: ignore[arg-type]
         finally:
@@ -365,13 +400,21 @@ class ServerConnection:
             return False
         if request.id in self.streams:
             raise RemoteProtocolError(f"request id {request.id} reused while its call is in flight")
-        self.streams[request.id] = ServerStream(self, request.id)
+        accept = request.accept if request.accept in self.codecs else 0
+        self.streams[request.id] = ServerStream(self, request.id, accept)
         return True
 
-    def reply(self, request_id: int, payload: bytes) -> None:
+    def reply(self, request_id: int, payload: bytes, accept: int = 0) -> None:
+        """Send a call's result; ``accept``: the codec the caller accepts it in (the request's), 0 for none."""
         if self.streams:
             self.streams.pop(request_id, None)  # a stream's last frame: later ones for it are moot
         size = len(payload)
+        if accept and size >= self.compress_above and accept in self.codecs:
+            packed = compress(CODECS_BY_ID[accept], payload)
+            if packed is not None and len(packed) <= self.peer_max_frame:
+                self.io.write(pack_frame_header(len(packed), _RESPONSE | accept << 4, request_id))
+                self.io.write(packed)
+                return
         if size <= self.flatten_limit and size <= self.peer_max_frame:  # the common reply first
             self.io.write(pack_frame_header(size, _RESPONSE, request_id) + payload)
         elif size > self.peer_max_frame:
@@ -422,7 +465,7 @@ class ServerConnection:
         except Exception as exc:
             self._handler_failed(request.id, entry.name, exc, otel)
         else:
-            self.reply(request.id, result)  # pyright: ignore[reportArgumentType]  # a plain def's bytes
+            self.reply(request.id, result, request.accept)  # pyright: ignore[reportArgumentType]  # a plain def's bytes
             if type(otel) is CallRecord:
                 otel.response_size = len(result)  # pyright: ignore[reportArgumentType]
         finally:
@@ -471,11 +514,12 @@ class ServerStream:
     grants when the handler first asks for them (``stream_window`` items, ``stream_window_bytes``).
     """
 
-    __slots__ = ("_early_error", "_ended_early", "conn", "credit", "id", "inbox")
+    __slots__ = ("_early_error", "_ended_early", "accept", "conn", "credit", "id", "inbox")
 
-    def __init__(self, conn: ServerConnection, request_id: int) -> None:
+    def __init__(self, conn: ServerConnection, request_id: int, accept: int = 0) -> None:
         self.conn = conn
         self.id = request_id
+        self.accept = accept  # the codec the caller accepts items in
         self.credit = SendCredit()
         self.inbox: Inbox | None = None  # made when the handler first asks for the caller's items
         self._ended_early = False  # the caller's END came before the handler asked for items
@@ -504,6 +548,12 @@ class ServerStream:
                 code=ErrorCode.RESOURCE_EXHAUSTED,
             )
         await self.credit.spend(size)
+        if self.accept and size >= conn.compress_above:
+            packed = compress(CODECS_BY_ID[self.accept], item)
+            if packed is not None:
+                conn.io.write(pack_frame_header(len(packed), _ITEM | self.accept << 4, self.id))
+                conn.io.write(packed)
+                return
         if size <= conn.flatten_limit:
             conn.io.write(pack_frame_header(size, _ITEM, self.id) + item)
         else:
@@ -635,6 +685,16 @@ class Server:
     health: dict[str, bool] = field(default_factory=dict)
     _stop: anyio.Event = field(default_factory=anyio.Event)
     _all_closed: anyio.Event | None = None
+
+    @functools.cached_property
+    def codecs(self) -> frozenset[int]:
+        """The ids of the compression codecs callers may use (``ServerOptions.compression``)."""
+        return frozenset(codec.id for codec in codecs_named(self.options.compression))
+
+    @functools.cached_property
+    def settings(self) -> bytes:
+        """The SETTINGS frame that follows the hello reply on version 3 connections: what the server offers."""
+        return encode_frame(Settings(tuple(sorted(CODECS_BY_ID[i].name for i in self.codecs))))
 
     def full(self) -> bool:
         """At ``max_connections``: a new connection is refused."""
