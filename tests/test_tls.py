@@ -311,3 +311,80 @@ async def test_no_common_tls_version_is_a_clear_error(shell: str, certs: Certs) 
         async with call.start_server("tcp://127.0.0.1:0", Whoami(), options=options) as server:
             error = await connect_error(server.endpoint, call.ClientOptions(tls=client_ctx, transport=shell))  # type: ignore[arg-type]
             assert "TLS version" in str(error)
+
+
+# -- TLS handshakes count in max_connections ---------------------------------------------------
+
+
+async def _closed_by_server(stream: anyio.abc.SocketStream, within: float) -> bool:
+    """Whether the server closes ``stream`` (a connection that sent nothing) within ``within`` seconds."""
+    with anyio.move_on_after(within):
+        try:
+            await stream.receive()
+        except (anyio.EndOfStream, anyio.BrokenResourceError, ConnectionError):
+            return True
+    return False
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+async def test_tls_handshakes_in_progress_count_in_max_connections(shell: str, certs: Certs) -> None:
+    """Connections that never finish their TLS handshake (they send nothing) count from accept: the
+    server holds ``max_connections`` of them, closes the others at once, before any TLS work, and
+    refuses a real client until they go; then it serves again."""
+    limit, extra = 4, 6
+    options = server_options(certs, shell, mutual=False, max_connections=limit, handshake_timeout=30.0)
+    with anyio.fail_after(20):
+        async with call.start_server("tcp://127.0.0.1:0", Whoami(), options=options) as server:
+            port = server.endpoint.port
+            half_open = [await anyio.connect_tcp("127.0.0.1", port) for _ in range(limit + extra)]
+            closed: list[bool] = [False] * len(half_open)
+            async with anyio.create_task_group() as tg:
+
+                async def watch(i: int) -> None:
+                    closed[i] = await _closed_by_server(half_open[i], within=1.0)
+
+                for i in range(len(half_open)):
+                    tg.start_soon(watch, i)
+            assert closed.count(True) == extra, closed  # (the handshake timeout is 30 s away)
+            assert server.handshaking == limit and not server.connections
+            error = await connect_error(server.endpoint, client_options(certs, shell))
+            assert "TLS" in str(error)  # closed before its handshake: it backs off and retries
+            for stream in half_open:
+                await stream.aclose()
+            while server.handshaking:  # noqa: ASYNC110  # the server's handshakes see the ends
+                await anyio.sleep(0.01)
+            async with call.connect(str(server.endpoint), options=client_options(certs, shell)) as client:
+                assert (await client.stub(Whoami).peer()).local
+            assert server.handshaking == 0
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+async def test_the_handshake_timeout_bounds_a_tls_handshake(shell: str, certs: Certs) -> None:
+    """A connection that never finishes its TLS handshake is closed after ``handshake_timeout``, and
+    its place under ``max_connections`` is free again."""
+    options = server_options(certs, shell, mutual=False, max_connections=2, handshake_timeout=0.3)
+    with anyio.fail_after(10):
+        async with call.start_server("tcp://127.0.0.1:0", Whoami(), options=options) as server:
+            silent = [await anyio.connect_tcp("127.0.0.1", server.endpoint.port) for _ in range(2)]
+            start = anyio.current_time()
+            for stream in silent:
+                assert await _closed_by_server(stream, within=3.0)
+                await stream.aclose()
+            assert 0.25 <= anyio.current_time() - start < 3.0
+            while server.handshaking:  # noqa: ASYNC110
+                await anyio.sleep(0.01)
+            async with call.connect(str(server.endpoint), options=client_options(certs, shell)) as client:
+                assert (await client.stub(Whoami).peer()).local
+
+
+async def test_the_memory_transport_refuses_tls(certs: Certs) -> None:
+    """memory:// has no TLS: asked for it, a server does not start (rather than serve plaintext
+    that a test of TLS would take for TLS), and a client cannot connect."""
+    with anyio.fail_after(10):
+        options = server_options(certs, "auto", mutual=False)
+        with pytest.raises(ValueError, match=r"memory://tls: the memory transport has no TLS \(ServerOptions.tls"):
+            async with call.start_server(["tcp://127.0.0.1:0", "memory://tls"], Whoami(), options=options):
+                pytest.fail("the server started")
+        async with call.start_server("memory://tls", Whoami()) as server:  # the name is free again
+            error = await connect_error(server.endpoint, client_options(certs, "auto"))
+            assert "the memory transport has no TLS (ClientOptions.tls is set)" in str(error)

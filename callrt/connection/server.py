@@ -673,6 +673,8 @@ class Server:
     thread_limiter: anyio.CapacityLimiter | None = None
     #: Async calls in flight over all connections (the shells count them, for ``max_calls``).
     calls: int = 0
+    #: Accepted connections still in their TLS handshake: they count in ``max_connections`` too.
+    handshaking: int = 0
     #: Bytes of partly received frame bodies over all connections (for ``max_partial_bodies``).
     partial_bodies: int = 0
     #: Shells that stopped reading because ``calls`` reached ``max_calls``: called when it drops.
@@ -697,8 +699,8 @@ class Server:
         return encode_frame(Settings(tuple(sorted(CODECS_BY_ID[i].name for i in self.codecs))))
 
     def full(self) -> bool:
-        """At ``max_connections``: a new connection is refused."""
-        return len(self.connections) >= self.options.max_connections
+        """At ``max_connections`` (TLS handshakes in progress included): a new connection is refused."""
+        return len(self.connections) + self.handshaking >= self.options.max_connections
 
     def call_finished(self) -> None:
         self.calls -= 1

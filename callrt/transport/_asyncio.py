@@ -31,7 +31,7 @@ from ..errors import CommunicationError, DeadlineExceeded, RemoteError, RemotePr
 from ..handlers import RegisteredHandler
 from ..options import ClientOptions
 from ..protocol import Frame, FrameDecoder, Hello, Request, Response
-from ._tls import BufferedFront
+from ._tls import BufferedFront, TLSAcceptor
 from .base import (
     Transport,
     UnixSocketFile,
@@ -524,17 +524,14 @@ class ProtocolTransport(Transport):
     async def listen(self, endpoint: Endpoint, server: Server, conn_tg: TaskGroup) -> AsyncIterator[Endpoint]:
         loop = asyncio.get_running_loop()
 
-        # TLS: the loop's SSL transport (uvloop's own when uvloop runs) does the handshake before
-        # connection_made; the handshake timeout bounds it. It reads into a BufferedFront (_tls).
+        # TLS: a TLSAcceptor (_tls) has each accepted connection until the loop's SSL transport
+        # (uvloop's own when uvloop runs) has done its handshake, counted in max_connections and
+        # bounded by the handshake timeout; the protocol then reads through a BufferedFront.
         tls = server.options.tls
 
         def factory() -> asyncio.BaseProtocol:
-            protocol = ServerProtocol(server)
-            return protocol if tls is None else BufferedFront(protocol)
+            return ServerProtocol(server) if tls is None else TLSAcceptor(server, tls, lambda: ServerProtocol(server))
 
-        ssl: dict[str, Any] = (
-            {} if tls is None else {"ssl": tls, "ssl_handshake_timeout": server.options.handshake_timeout}
-        )
         file: UnixSocketFile | None = None  # a Unix socket's, removed when we stop listening
         if endpoint.scheme == "tcp":
             srv = await loop.create_server(
@@ -544,7 +541,6 @@ class ProtocolTransport(Transport):
                 reuse_address=True,
                 reuse_port=server.options.reuse_port or None,
                 backlog=server.options.backlog,
-                **ssl,
             )
             sockname = srv.sockets[0].getsockname()
             host = f"[{sockname[0]}]" if ":" in sockname[0] else sockname[0]
@@ -553,7 +549,7 @@ class ProtocolTransport(Transport):
             # Bound by callrt, not by the loop, which would take over a path another server listens on.
             sock, file = bind_unix(endpoint, server.options.backlog)
             try:
-                srv = await loop.create_unix_server(factory, sock=sock, backlog=server.options.backlog, **ssl)
+                srv = await loop.create_unix_server(factory, sock=sock, backlog=server.options.backlog)
             except BaseException:
                 sock.close()
                 file.remove()

@@ -286,9 +286,16 @@ async def serve_tls_stream(server: Server, stream: ByteStream) -> None:
     """Serve one accepted connection over TLS (``ServerOptions.tls``): the TLS handshake, then :func:`serve_stream`.
 
     The handshake runs in the connection's own task, bounded by ``handshake_timeout``; one that
-    fails (a plaintext client, a certificate the context refuses) ends this connection only.
+    fails (a plaintext client, a certificate the context refuses) ends this connection only. It
+    counts in ``max_connections`` from accept; over the cap the connection is closed before any
+    TLS work (a refusal in the hello would need the handshake first).
     """
     assert server.options.tls is not None
+    if server.full():  # at max_connections, handshakes included: no TLS work for one over it
+        _log.debug("closed a connection from %s before TLS: at max_connections", _stream_peer(stream).address)
+        await anyio.aclose_forcefully(stream)
+        return
+    server.handshaking += 1  # counted from accept, so half-open handshakes cannot pass the cap
     try:
         with anyio.fail_after(server.options.handshake_timeout):
             # Not standard_compatible: callrt's frames are length-prefixed, so a truncation is
@@ -300,6 +307,8 @@ async def serve_tls_stream(server: Server, stream: ByteStream) -> None:
         _log.debug("TLS handshake with %s failed: %r", _stream_peer(stream).address, exc)
         await anyio.aclose_forcefully(stream)
         return
+    finally:
+        server.handshaking -= 1
     await serve_stream(server, tls)
 
 

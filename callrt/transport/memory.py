@@ -6,7 +6,8 @@ the client as over a socket (deadlines, cancellation, errors, goaway, drain);
 only the bytes never leave the process. It runs on every anyio backend, and
 on trio's ``MockClock``, since nothing in it waits on the operating system.
 Meant for tests (``callrt.testing`` documents it); a name is free again once
-its server stops.
+its server stops. It has no TLS: a server or client with ``tls`` set fails on it
+rather than run plaintext.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from ..connection.client import ClientSession
 from ..connection.server import Server
 from ..context import Peer
 from ..endpoints import Endpoint
+from ..errors import CommunicationError
 from ..options import ClientOptions
 from ._stream import client_over, serve_stream
 from .base import Transport, connect_errors
@@ -94,6 +96,11 @@ class MemoryTransport(Transport):
 
     @asynccontextmanager
     async def listen(self, endpoint: Endpoint, server: Server, conn_tg: TaskGroup) -> AsyncIterator[Endpoint]:
+        if server.options.tls is not None:  # not silently plaintext: a test of TLS must not pass without it
+            raise ValueError(
+                f"cannot serve TLS on {endpoint}: the memory transport has no TLS (ServerOptions.tls is set);"
+                " serve TLS on tcp:// or unix://, or leave tls unset for memory://"
+            )
         name = endpoint.address
         if name in _listeners:
             raise OSError(errno.EADDRINUSE, f"a server already listens on {endpoint}")
@@ -112,6 +119,10 @@ class MemoryTransport(Transport):
     @asynccontextmanager
     async def connect(self, endpoint: Endpoint, options: ClientOptions) -> AsyncIterator[ClientSession]:
         with connect_errors(endpoint, options):
+            if options.tls is not None:
+                raise CommunicationError(
+                    f"cannot connect to {endpoint}: the memory transport has no TLS (ClientOptions.tls is set)"
+                )
             accept = _listeners.get(endpoint.address)
             if accept is None:
                 raise ConnectionRefusedError(errno.ECONNREFUSED, f"no server listens on {endpoint}")
