@@ -968,6 +968,8 @@ class FrameDecoder:
         if flags & _F_SHARD:
             (shard,) = _U64.unpack_from(buf, take(8))
         accept = buf[take(1)] if flags & _F_ACCEPT else 0
+        if accept > 15:  # codec ids are the kind byte's four high bits
+            raise RemoteProtocolError(f"request accepts codec {accept}, beyond the 15 codec ids")
         return Request(ident, key, _copy(buf, p, end), deadline, trace, metadata, caller, shard, accept)
 
 

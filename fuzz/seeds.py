@@ -6,16 +6,23 @@ import struct
 
 from callrt.protocol import (
     Cancel,
+    Compressed,
+    Credit,
+    End,
     Error,
     Frame,
     GoAway,
+    Hello,
     HelloReply,
+    Item,
     Ping,
     Pong,
     Request,
     Response,
+    Settings,
     TraceContext,
     encode_frame,
+    encode_hello,
     encode_hello_reply,
 )
 
@@ -68,6 +75,23 @@ def decoder_server() -> list[bytes]:
     )
     # Small limits (options bit 2): max frame 0x040123 + 1, header limit 17 + 0x124, at most 1 entry.
     seeds.append(b"\x05\x23\x01\x04\x00" + stream)
+    # Protocol version 3 (the hello in the input, so that its version is chosen): streams and
+    # compression; the same frames after a version 1 hello are protocol errors.
+    v3: list[Frame] = [
+        Request(8, KEY, b"\x91\x03", accept=3),
+        Credit(8, 256, 1 << 20),
+        Item(8, b"\xa1x"),
+        Item(8, b""),
+        End(8),
+        End(9, "ValueError: no more"),
+        Compressed(Request(10, KEY, b"\x10\x00\x00\x00junk", deadline_us=9), 1),
+        Compressed(Item(8, b"\x05\x00\x00\x00xxxxx"), 3),
+        Cancel(8),
+    ]
+    v3_stream = b"".join(encode_frame(f) for f in v3)
+    seeds.append(_decoder_input(encode_hello(Hello(1, 3, 1 << 20)) + v3_stream, with_hello=False))
+    seeds.append(_decoder_input(encode_hello(Hello(1, 2, 1 << 20)) + v3_stream, with_hello=False))
+    seeds.append(_decoder_input(_HEADER.pack(9 * 4096, 0x18, 8), pad_reads=9, with_hello=False))  # large, compressed
     return seeds
 
 
@@ -99,6 +123,23 @@ def decoder_client() -> list[bytes]:
         ),
         _decoder_input(encode_frame(Error(7, "aborted", "Out", "none left", "", b"\x91\x01"))),
         _decoder_input(encode_hello_reply(HelloReply(1, 1 << 20)) + stream, with_hello=False, cuts=b"\x01\x01\x07"),
+        # Protocol version 3: the server's SETTINGS, stream items and credit, compressed replies.
+        _decoder_input(
+            encode_hello_reply(HelloReply(3, 1 << 20))
+            + b"".join(
+                encode_frame(f)
+                for f in [
+                    Settings(("lz4", "zlib", "zstd")),
+                    Item(4, b"\x01"),
+                    Credit(4, 128, 1 << 19),
+                    Compressed(Response(4, b"\x10\x00\x00\x00zz"), 2),
+                    Compressed(Item(4, b"\x10\x00\x00\x00zz"), 1),
+                    Response(5, b"\xc0"),
+                ]
+            ),
+            with_hello=False,
+            cuts=b"\x0c\x05",
+        ),
         *(_decoder_input(encode_frame(f)) for f in frames),
     ]
 

@@ -53,11 +53,14 @@ from callrt.errors import LocalProtocolError, RemoteProtocolError
 from callrt.protocol import (
     DEFAULT_MAX_FRAME_SIZE,
     Cancel,
+    Credit,
+    End,
     Frame,
     FrameDecoder,
     GoAway,
     Hello,
     HelloReply,
+    Item,
     Ping,
     Pong,
     Response,
@@ -85,7 +88,7 @@ HELLOS = {
     "hello": encode_hello(Hello(1, 1, DEFAULT_MAX_FRAME_SIZE)),
     "hello_reply": encode_hello_reply(HelloReply(1, DEFAULT_MAX_FRAME_SIZE)),
 }
-_CANONICAL = (Hello, HelloReply, Response, Cancel, Ping, Pong, GoAway)  # kinds with one encoding
+_CANONICAL = (Hello, HelloReply, Response, Cancel, Ping, Pong, GoAway, Item, End, Credit)  # one encoding each
 _FILLER = bytes(range(256)) * 16  # 4 KiB
 
 

@@ -952,3 +952,11 @@ def test_large_bodies_arrive_whole_in_any_pieces(sizes: list[int], cuts: list[in
             break
     assert got == frames
     assert decoder.buffered == 0
+
+
+def test_accept_is_a_codec_id() -> None:
+    """Found by fuzzing: an accept byte beyond the 15 codec ids was decoded, and could not be encoded again."""
+    body = request_body(0x20, bytes((16,))) + b"\x90"
+    with pytest.raises(RemoteProtocolError, match="accepts codec 16"):
+        decode_all(raw_frame(1, 1, body))
+    assert decode_one(raw_frame(1, 1, request_body(0x20, bytes((3,))) + b"\x90")).accept == 3  # type: ignore[union-attr]
