@@ -24,6 +24,7 @@ from typing import Any, Final
 __all__ = ("BY_ID", "CODECS", "Codec", "CompressionError", "codecs_named", "compress", "decompress")
 
 _SIZE = struct.Struct("<I")
+_PROBE: Final = 64 << 10
 _MAX_U32: Final = (1 << 32) - 1
 
 
@@ -111,7 +112,12 @@ def compress(codec: Codec, payload: bytes | bytearray | memoryview) -> bytes | N
     size = len(payload)
     if size > _MAX_U32:
         return None
-    packed = codec.pack(bytes(payload))
+    data = bytes(payload)
+    if size >= 4 * _PROBE and len(codec.pack(data[:_PROBE])) >= _PROBE * 0.9:
+        # A large payload whose first 64 KiB barely compress (random, or already compressed
+        # bytes): sent as it is, without paying to compress all of it (zlib: ~19 ms per MiB).
+        return None
+    packed = codec.pack(data)
     if len(packed) + _SIZE.size >= size:
         return None  # incompressible (random bytes, already compressed): sent as it is
     return _SIZE.pack(size) + packed
