@@ -8,9 +8,9 @@ measures the latency of:
 * ``unary``: one ``echo`` call (round robin over the three replicas);
 * ``3 unary calls at once``: three stub calls in a task group, one per replica (round
   robin): the fan-out's work done by hand, the baseline for its overhead;
-* ``fan-out``: ``client.multi(Echo).echo(payload)`` iterated to the end (all three replies);
+* ``fan-out``: ``client.multi(EchoAPI).echo(payload)`` iterated to the end (all three replies);
 * ``fan-out, first``: the same with ``expected=1`` (ends at the first reply, cancels the rest);
-* ``affinity``: ``client.by_affinity(Echo).echo(payload)``: three claims, then the call to the winner.
+* ``affinity``: ``client.by_affinity(EchoAPI).echo(payload)``: three claims, then the call to the winner.
 
 Each of ``--repeat`` runs measures every shape for ``--duration`` seconds, in
 turn (interleaved, so drifts hit all alike); the table shows the median over
@@ -28,19 +28,25 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Protocol
 
 import anyio
 
-from callrt import call, component, inline
+from callrt import call, component, inline, interface
 from callrt.testing import WorkerProcess
 
-__all__ = ("Echo", "main")
+__all__ = ("Echo", "EchoAPI", "main")
 
 ROOT = Path(__file__).resolve().parent.parent
 PAYLOAD = b"x" * 32
 
 
-@component(name="bench.FanoutEcho")
+@interface(name="bench.FanoutEcho")
+class EchoAPI(Protocol):
+    async def echo(self, data: bytes) -> bytes: ...
+
+
+@component(implements=EchoAPI)
 class Echo:
     @inline
     def echo(self, data: bytes) -> bytes:
@@ -71,10 +77,10 @@ async def _measure(
 ) -> dict[str, list[tuple[float, float, int]]]:
     results: dict[str, list[tuple[float, float, int]]] = {}
     async with call.connect(urls) as client:
-        unary = client.stub(Echo)
-        multi = client.multi(Echo)
-        first = client.multi(Echo, expected=1)
-        by_affinity = client.by_affinity(Echo)
+        unary = client.stub(EchoAPI)
+        multi = client.multi(EchoAPI)
+        first = client.multi(EchoAPI, expected=1)
+        by_affinity = client.by_affinity(EchoAPI)
         replicas = [reply async for reply in multi.echo(PAYLOAD)]  # waits for every replica to connect
         assert len(replicas) == 3 and all(r.ok for r in replicas), replicas
 
@@ -123,7 +129,7 @@ def _report(results: dict[str, list[tuple[float, float, int]]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.fanout", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.fanout", description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--repeat", type=int, default=5, help="runs (default 5); the table shows medians")
     parser.add_argument("--duration", type=float, default=2.0, help="seconds measured per shape per run")
     parser.add_argument("--warmup", type=float, default=0.3, help="seconds of calls before each measurement")

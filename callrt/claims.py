@@ -4,7 +4,10 @@ A method declares how much a replica wants a request with :func:`affinity`::
 
     @component
     class Rooms:
-        @affinity(lambda self, room, user: 1.0 if room in self.rooms else 0.1)
+        def _fit(self, room: str, user: str) -> float:
+            return 1.0 if room in self.rooms else 0.1
+
+        @affinity(_fit)
         async def join(self, room: str, user: str) -> str: ...
 
 The function gets the component instance and the call's decoded arguments and
@@ -24,7 +27,7 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Protocol, TypeVar
+from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
 from .component import MethodSpec, component, component_spec, interface
 from .connection.server import Server
@@ -41,25 +44,30 @@ DEFAULT_AFFINITY = 1.0
 AffinityFunction = Callable[..., float | Awaitable[float]]
 """``function(self, *args) -> float``: the component instance and the call's arguments; negative declines."""
 
-F = TypeVar("F", bound=Callable[..., Any])
+S = TypeVar("S")
+P = ParamSpec("P")
+R = TypeVar("R")
 _AFFINITY_ATTR = "__callrt_affinity__"
 
 
-def affinity(function: AffinityFunction) -> Callable[[F], F]:
-    """Declare how much a replica wants a call of the decorated method: ``@affinity(lambda self, *args: ...)``.
+def affinity(
+    function: Callable[Concatenate[S, P], float | Awaitable[float]],
+) -> Callable[[Callable[Concatenate[S, P], R]], Callable[Concatenate[S, P], R]]:
+    """Declare how much a replica wants a call of the decorated method: ``@affinity(fit)``.
 
     ``function`` takes the component instance and the method's arguments (decoded
     with the method's types, positional in parameter order, keyword-only ones by
     name) and returns a float: higher is a better fit, negative declines. It may be
-    ``async``. It runs on the server's event loop for every claim, so it must be
-    quick and must not block. Only calls through a stub made by
-    ``client.by_affinity(...)`` collect claims; a plain stub's calls go to the
-    replica the balancer picks, as always.
+    ``async``. A private method defined above the decorated one reads best
+    (``@affinity(_fit)``); type checkers then hold its parameters to the method's.
+    It runs on the server's event loop for every claim, so it must be quick and
+    must not block. Only calls through a stub made by ``client.by_affinity(...)``
+    collect claims; a plain stub's calls go to the replica the balancer picks, as always.
     """
     if not callable(function):
         raise RegistrationError(f"@affinity takes a function (self, *args) -> float, not {function!r}")
 
-    def mark(method: F) -> F:
+    def mark(method: Callable[Concatenate[S, P], R]) -> Callable[Concatenate[S, P], R]:
         label = getattr(method, "__qualname__", repr(method))
         try:
             wanted = list(inspect.signature(method).parameters.values())

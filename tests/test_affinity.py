@@ -182,7 +182,7 @@ def test_an_affinity_function_must_take_the_methods_parameters() -> None:
 
         @component(name="tests.BadAffinity")
         class BadAffinity:
-            @affinity(lambda self: 1.0)
+            @affinity(lambda self: 1.0)  # pyright: ignore[reportArgumentType]  (the mistake under test)
             async def pick(self, key: str) -> str:
                 return key
 
@@ -198,7 +198,7 @@ class Keyed:
     def __init__(self) -> None:
         self.asked: list[tuple[str, int]] = []
 
-    async def _score(self, key: str, weight: int) -> float:
+    async def _score(self, key: str, *, weight: int = 1) -> float:
         await anyio.lowlevel.checkpoint()  # an async affinity function
         self.asked.append((key, weight))
         return weight / 10

@@ -116,13 +116,23 @@ async def test_the_fan_out_deadline_reports_the_slow_replica(workers: dict[str, 
 
 
 async def test_the_callers_deadline_ends_the_fan_out_before_its_scope_does(workers: dict[str, WorkerProcess]) -> None:
-    """Under the caller's own deadline the iteration ends a moment early, reporting the late replica."""
-    roles, name = endpoints(workers), gate()
-    with anyio.fail_after(10):
+    """Under the caller's own deadline the iteration ends a moment early (0.2 s), reporting the late replica.
+
+    A stall of the whole process across both moments (seen once in a few dozen runs on the
+    2-vCPU machine under other sessions' load: the loop woke 1 s late) lets the caller's scope
+    expire first; such an attempt, recognisably late, is run again.
+    """
+    roles = endpoints(workers)
+    with anyio.fail_after(20):
         async with call.connect(list(roles)) as client:
-            with anyio.move_on_after(1.0) as scope:
-                replies = [reply async for reply in client.multi(Fleet).work(name)]
-            await wait_cancelled(workers["slow"], name)
+            for _ in range(3):
+                name, started = gate(), anyio.current_time()
+                replies: list[Reply[object]] = []
+                with anyio.move_on_after(2.0) as scope:
+                    replies = [reply async for reply in client.multi(Fleet).work(name)]
+                await wait_cancelled(workers["slow"], name)
+                if not (scope.cancelled_caught and anyio.current_time() - started > 2.5):
+                    break
     assert not scope.cancelled_caught  # the iteration ended by itself
     assert len(replies) == 3
     (late,) = [r for r in replies if role_of(roles, r) == "slow"]

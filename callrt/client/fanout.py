@@ -59,7 +59,7 @@ from ..errors import (
 )
 from ..protocol import TraceContext
 from ..tracing import client_trace, current_otel_context
-from .replicas import DEADLINE_MARGIN, ManagedReplica, ReplicaSet, ReplicaState
+from .replicas import ManagedReplica, ReplicaSet, ReplicaState
 
 __all__ = (
     "Multi",
@@ -73,6 +73,12 @@ __all__ = (
 )
 
 R = TypeVar("R")
+# How long before the caller's deadline a fan-out (or an affinity call's claim round) stops
+# waiting, at most: a unary call's wait for a replica stops up to 50 ms early (DEADLINE_MARGIN),
+# but here the caller's task must still wake, make the late replicas' records and finish its
+# loop before its own scope expires, and a loaded machine (tests on 2 vCPUs beside other work)
+# descheduled it for longer than 50 ms.
+END_MARGIN = 0.2
 _NO_SCOPE = contextlib.nullcontext()  # instead of a cancel scope with no deadline (they cost per use)
 
 
@@ -173,9 +179,9 @@ def call_limits(effective_deadline: Callable[[], float], timeout: float | None) 
     """``(deadline, end)`` for a call made now: the caller's deadline, and when waiting for replicas stops.
 
     ``end`` is the earlier of ``timeout`` from now and a moment before the caller's
-    deadline (a tenth of the time left, at most ``DEADLINE_MARGIN``, as a unary call's wait
-    for a replica), so that the caller learns which replicas were late before its own
-    scope expires. A call made from a handler inherits the handler's deadline.
+    deadline (a tenth of the time left, at most :data:`END_MARGIN`), so that the caller
+    learns which replicas were late before its own scope expires. A call made from a
+    handler inherits the handler's deadline.
     """
     deadline = effective_deadline()
     if serving_var.get() is not None:
@@ -185,7 +191,7 @@ def call_limits(effective_deadline: Callable[[], float], timeout: float | None) 
     now = anyio.current_time()
     end = math.inf if timeout is None else now + timeout
     if not math.isinf(deadline):
-        end = min(end, deadline - min(DEADLINE_MARGIN, max(deadline - now, 0.0) / 10))
+        end = min(end, deadline - min(END_MARGIN, max(deadline - now, 0.0) / 10))
     return deadline, end
 
 
