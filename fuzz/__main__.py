@@ -31,7 +31,7 @@ from pathlib import Path
 
 HERE = Path(os.path.abspath(__file__)).parent  # not resolved: a symlinked checkout runs its own code
 ROOT = HERE.parent
-TARGET_NAMES = ("decoder-server", "decoder-client", "tracestate")
+TARGET_NAMES = ("decoder-server", "decoder-client", "tracestate", "server-connection")
 GROUPS = {"decoder": ("decoder-server", "decoder-client"), "all": TARGET_NAMES}
 _STATUS = re.compile(r"^#(\d+)\s+(\w+)\s+cov: (\d+) ft: (\d+)(?: corp: (\S+))?.*?(?:exec/s: (\d+))?(?: rss: (\S+))?$")
 

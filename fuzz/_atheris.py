@@ -12,7 +12,12 @@ import sys
 
 import atheris  # type: ignore[import-untyped]
 
-with atheris.instrument_imports(include=["callrt.protocol", "callrt.tracing", "callrt.errors"]):
+# The codec's modules; for server-connection also the connection logic and what it calls per frame.
+_INSTRUMENTED = ["callrt.protocol", "callrt.tracing", "callrt.errors"]
+if sys.argv[1:2] == ["server-connection"]:
+    _INSTRUMENTED += ["callrt.connection", "callrt.component", "callrt.handlers", "callrt.access", "callrt.compression"]
+
+with atheris.instrument_imports(include=_INSTRUMENTED):
     from fuzz.targets import TARGETS
 
 

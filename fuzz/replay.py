@@ -20,9 +20,15 @@ def main(argv: list[str] | None = None) -> int:
     import coverage
 
     parser = argparse.ArgumentParser(prog="python -m fuzz coverage", description=__doc__.splitlines()[0])
-    parser.add_argument("targets", nargs="*", default=["decoder-server", "decoder-client", "tracestate"])
+    parser.add_argument(
+        "targets", nargs="*", default=["decoder-server", "decoder-client", "tracestate", "server-connection"]
+    )
     args = parser.parse_args(argv)
-    cov = coverage.Coverage(branch=True, data_file=None, include=["*/callrt/protocol.py", "*/callrt/tracing.py"])
+    cov = coverage.Coverage(
+        branch=True,
+        data_file=None,
+        include=["*/callrt/protocol.py", "*/callrt/tracing.py", "*/callrt/connection/server.py"],
+    )
     cov.start()
     from fuzz.targets import TARGETS
 

@@ -25,6 +25,7 @@ from callrt.protocol import (
     encode_hello,
     encode_hello_reply,
 )
+from fuzz.connection import server_connection_seeds
 
 KEY = bytes(range(16))
 _HEADER = struct.Struct("<IBQ")
@@ -155,4 +156,9 @@ def tracestate() -> list[bytes]:
     ]
 
 
-SEEDS = {"decoder-server": decoder_server, "decoder-client": decoder_client, "tracestate": tracestate}
+SEEDS = {
+    "decoder-server": decoder_server,
+    "decoder-client": decoder_client,
+    "tracestate": tracestate,
+    "server-connection": server_connection_seeds,
+}

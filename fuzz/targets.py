@@ -71,6 +71,7 @@ from callrt.protocol import (
     encode_hello_reply,
 )
 from callrt.tracing import MAX_TRACESTATE_LENGTH, MAX_TRACESTATE_MEMBERS, parse_tracestate
+from fuzz.connection import server_connection
 
 __all__ = ("TARGETS", "Finding", "decoder_client", "decoder_server", "tracestate")
 
@@ -284,4 +285,5 @@ TARGETS: dict[str, Callable[[bytes], None]] = {
     "decoder-server": decoder_server,
     "decoder-client": decoder_client,
     "tracestate": tracestate,
+    "server-connection": server_connection,  # fuzz/connection.py
 }

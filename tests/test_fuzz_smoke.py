@@ -50,3 +50,31 @@ def test_hypothesis_runs_every_target(name: str) -> None:
         target(data)
 
     run()
+
+
+def test_the_server_connection_target_finds_what_it_checks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The server-connection harness (fuzz/connection.py) on bugs planted in the connection logic:
+    a reply sent twice, and an exception other than a protocol error escaping."""
+    from callrt.connection.server import ServerConnection
+    from fuzz.connection import server_connection, server_connection_seeds
+
+    seed = server_connection_seeds()[0]
+    server_connection(seed)  # clean as it is
+    reply = ServerConnection.reply
+
+    def twice(self: ServerConnection, request_id: int, payload: bytes, accept: int = 0) -> None:
+        reply(self, request_id, payload, accept)
+        reply(self, request_id, payload, accept)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(ServerConnection, "reply", twice)
+        with pytest.raises(AssertionError, match=r"request 1: 2 replies to 1 requests"):
+            server_connection(seed)
+
+    def broken(self: ServerConnection, frame: object) -> None:
+        raise KeyError(frame)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(ServerConnection, "frame_received", broken)
+        with pytest.raises(AssertionError, match="KeyError escaped the connection"):
+            server_connection(seed)
