@@ -37,7 +37,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any, NoReturn
 
 import anyio
@@ -78,7 +78,10 @@ def main(ctx: click.Context, backend: str, timeout: float) -> None:
 @click.argument("args", default="[]")
 @click.pass_context
 def call_command(ctx: click.Context, url: str, method: str, args: str) -> None:
-    """Call COMPONENT.METHOD with ARGS (a JSON array, or an object by parameter name); print the result as JSON."""
+    """Call COMPONENT.METHOD with ARGS (a JSON array, or an object by parameter name); print the result as JSON.
+
+    A server stream's items are printed as they come, one JSON value per line.
+    """
     component, _, name = method.rpartition(".")
     if not component or not name:
         _usage(f"{method!r} is not Component.method")
@@ -89,7 +92,11 @@ def call_command(ctx: click.Context, url: str, method: str, args: str) -> None:
     if not isinstance(given, list | dict):
         _usage("the arguments are a JSON array (in parameter order) or an object (by parameter name)")
     result = _run(ctx, _call, url, component, name, given)
-    click.echo(msgspec.json.encode(result).decode())
+    if result is not _STREAMED:
+        click.echo(msgspec.json.encode(result).decode())
+
+
+_STREAMED = object()  # what _call returns once it has printed a stream's items
 
 
 async def _call(client: Client, component: str, name: str, given: list[Any] | dict[str, Any]) -> Any:
@@ -109,11 +116,18 @@ async def _call(client: Client, component: str, name: str, given: list[Any] | di
         values = given
         count, required, retriable = len(given), len(given), False
     else:
+        if method.stream in ("client", "bidirectional"):
+            _usage(f"{component}.{name} takes a stream of the caller's items: it cannot be called from here")
         values = _arguments(method, given, info.defs if info is not None else {})
         count = len(method.params)
         required = next((i for i in range(count, 0, -1) if method.params[i - 1].required), 0)
         retriable = method.retriable
-    stub = client.stub(_dynamic_interface(component, name, count, required, retriable))
+    streams = method is not None and method.stream == "server"
+    stub = client.stub(_dynamic_interface(component, name, count, required, retriable, streams=streams))
+    if streams:
+        async for item in getattr(stub, name)(*values):
+            click.echo(msgspec.json.encode(item).decode())
+        return _STREAMED
     return await getattr(stub, name)(*values)
 
 
@@ -210,10 +224,13 @@ def _json_type(value: Any) -> str:
     return "other"
 
 
-def _dynamic_interface(component: str, name: str, count: int, required: int, retriable: bool) -> type:
+def _dynamic_interface(
+    component: str, name: str, count: int, required: int, retriable: bool, *, streams: bool = False
+) -> type:
     """An ``@interface`` of one untyped method: ``count`` parameters, the last ``count - required`` optional.
 
-    Its stub sends the arguments as a MessagePack array and decodes the result as any value.
+    Its stub sends the arguments as a MessagePack array and decodes the result (or, when it
+    ``streams``, each item) as any value.
     """
 
     async def method(*args: Any) -> Any: ...
@@ -226,7 +243,7 @@ def _dynamic_interface(component: str, name: str, count: int, required: int, ret
         for i in range(count)
     ]
     method.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
-    method.__annotations__ = {}
+    method.__annotations__ = {"return": AsyncIterator[Any]} if streams else {}
     if not retriable:
         not_retriable(method)
     return interface(name=component)(type("Dynamic", (), {name: method}))

@@ -791,7 +791,8 @@ def _stream_types(
     """
     returned = hints.get("return")
     yielded: Any = None
-    if inspect.isasyncgenfunction(fn) or inspect.iscoroutinefunction(fn):
+    if not inspect.isgeneratorfunction(fn):
+        # An async generator; or a def or async def declared to return an async iterator (an interface's).
         yielded = _item_type(returned, _ASYNC_ITERATORS)
         if inspect.isasyncgenfunction(fn) and yielded is None:
             if returned is not None:
@@ -800,7 +801,7 @@ def _stream_types(
                     f"not {inspect.formatannotation(returned)}"
                 )
             yielded = Any
-    elif inspect.isgeneratorfunction(fn):
+    else:
         yielded = _item_type(returned, _ITERATORS)
         if yielded is None:
             if returned is not None:
@@ -823,7 +824,7 @@ def _stream_types(
             raise RegistrationError(
                 f"{label}: parameter {p.name!r} takes the caller's items: it must be positional, without a default"
             )
-        if not (inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn)):
+        if not (inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn) or yielded is not None):
             raise RegistrationError(f"{label}: a method that takes the caller's items must be async def")
     return takes, yielded, taken
 

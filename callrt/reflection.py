@@ -55,6 +55,10 @@ class MethodInfo(msgspec.Struct, frozen=True):
     result: dict[str, Any]
     retriable: bool = True
     signature: str = ""  # for people: "add(a: int, b: int) -> int"
+    # A stream method's shape ("server", "client", "bidirectional"), "" for a unary one. For one
+    # that yields items, ``result`` is the schema of an item; ``items`` is that of the caller's items.
+    stream: str = ""
+    items: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
 class ComponentInfo(msgspec.Struct, frozen=True):
@@ -113,6 +117,7 @@ def describe(handlers: HandlerMap) -> ServiceInfo:
     # Every type of every method, for one schema_components() call: one shared $defs.
     types: list[Any] = []
     hints: dict[tuple[str, str], tuple[list[Any], Any]] = {}
+    stream_hints: dict[tuple[str, str], dict[str, Any]] = {}  # a stream method's own hints, for its signature
     for name, methods in entries.items():
         for method, spec in methods:
             if spec is None or method not in spec.methods:
@@ -122,11 +127,21 @@ def describe(handlers: HandlerMap) -> ServiceInfo:
                 resolved = typing.get_type_hints(fn, include_extras=True)  # msgspec.Meta constraints
             except Exception:
                 continue  # described as untyped
-            params = [resolved.get(p, Any) for p in spec.methods[method].params]
+            mspec = spec.methods[method]
+            params = [resolved.get(p, Any) for p in mspec.params]
             result = resolved.get("return", Any)
+            items: Any = None
+            if mspec.stream is not None:
+                if mspec.stream.yields:
+                    result = stream_item_type(result)
+                if mspec.stream.takes is not None:
+                    items = stream_item_type(resolved.get(list(mspec.stream.signature.parameters)[mspec.stream.takes]))
             hints[name, method] = (params, None if result is type(None) else result)
             types.extend(params)
             types.append(hints[name, method][1])
+            if mspec.stream is not None:
+                types.append(items)
+                stream_hints[name, method] = resolved
     schemas, defs = _schemas(types)
     at = iter(schemas)
     components = []
@@ -150,12 +165,24 @@ def describe(handlers: HandlerMap) -> ServiceInfo:
                         pass
                 params.append(ParamInfo(p.name, next(at), p.default is p.empty, i >= mspec.positional, default))
             result = next(at)
+            if mspec.stream is None:
+                shown = ", ".join(
+                    f"{p.name}: {_type_name(t)}" + ("" if p.default is p.empty else f" = {p.default!r}")
+                    for p, t in zip(sig, param_types, strict=True)
+                )
+                signature = f"{method}({shown}) -> {_type_name(result_type)}"
+                infos.append(MethodInfo(method, params, result, mspec.retriable, signature))
+                continue
+            items_schema = next(at)
+            resolved = stream_hints[name, method]
             shown = ", ".join(
-                f"{p.name}: {_type_name(t)}" + ("" if p.default is p.empty else f" = {p.default!r}")
-                for p, t in zip(sig, param_types, strict=True)
+                f"{p.name}: {_type_name(resolved.get(p.name, Any))}"
+                + ("" if p.default is p.empty else f" = {p.default!r}")
+                for p in mspec.stream.signature.parameters.values()
             )
-            signature = f"{method}({shown}) -> {_type_name(result_type)}"
-            infos.append(MethodInfo(method, params, result, mspec.retriable, signature))
+            signature = f"{method}({shown}) -> {_type_name(resolved.get('return', Any))}"
+            stream = mspec.stream.shape
+            infos.append(MethodInfo(method, params, result, mspec.retriable, signature, stream, items_schema))
         components.append(ComponentInfo(name, infos))
     return ServiceInfo(components, defs)
 
@@ -178,7 +205,13 @@ def _schemas(types: list[Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     return out, all_defs
 
 
+def stream_item_type(annotation: object) -> Any:
+    """``T`` of ``AsyncIterator[T]``, ``Iterator[T]`` and their kin; ``Any`` when it has none."""
+    args = typing.get_args(annotation)
+    return args[0] if args else Any
+
+
 def _type_name(annotation: object) -> str:
     if annotation is None:
         return "None"
-    return inspect.formatannotation(annotation).replace("typing.", "")
+    return inspect.formatannotation(annotation).replace("typing.", "").replace("collections.abc.", "")

@@ -7,11 +7,12 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Protocol
 
 import anyio
 import msgspec
 
-from callrt import component
+from callrt import component, interface
 
 
 class Event(msgspec.Struct, frozen=True):
@@ -116,3 +117,22 @@ class Streams:
 
     async def pid(self) -> int:
         return os.getpid()
+
+
+@interface(name="tests.Feed")
+class FeedAPI(Protocol):
+    """What a client imports: a server stream declared as a plain def returning AsyncIterator (typed as one)."""
+
+    def count(self, n: int) -> AsyncIterator[int]: ...
+
+    async def total(self, numbers: AsyncIterator[int]) -> int: ...
+
+
+@component(implements=FeedAPI)
+class Feed:
+    async def count(self, n: int) -> AsyncIterator[int]:
+        for i in range(n):
+            yield i
+
+    async def total(self, numbers: AsyncIterator[int]) -> int:
+        return sum([n async for n in numbers])

@@ -6,6 +6,7 @@ backends. A generator's ``finally`` is observed through a file the worker writes
 
 from __future__ import annotations
 
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -30,8 +31,9 @@ from callrt.protocol import (
     encode_hello,
     encode_hello_reply,
 )
+from callrt.reflection import ReflectionAPI
 from callrt.testing import FaultProxy, WorkerProcess
-from tests.stream_components import Boom, Event, Streams
+from tests.stream_components import Boom, Event, FeedAPI, Streams
 
 pytestmark = pytest.mark.anyio
 
@@ -330,3 +332,35 @@ async def test_a_caller_without_streams_gets_a_clear_error_from_a_stream_method(
     assert type(error) is Error and error.code == "unimplemented"
     assert "stream method" in error.message and "caller speaks 2" in error.message
     assert len(frames) == 2  # then the CREDIT, unknown in version 2, closed the connection
+
+
+# -- interfaces, reflection, the command line -------------------------------------------------------
+
+
+async def test_an_interface_declares_streams() -> None:
+    with WorkerProcess("tcp://127.0.0.1:0", ["tests.stream_components:Feed"]) as worker, anyio.fail_after(10):
+        async with call.connect(worker.endpoint) as client:
+            feed = client.stub(FeedAPI)
+            assert [n async for n in feed.count(4)] == [0, 1, 2, 3]
+            assert await feed.total(range(5)) == 10  # type: ignore[arg-type]  # any iterable goes
+
+
+async def test_reflection_and_the_cli_know_stream_methods(worker: WorkerProcess) -> None:
+    with anyio.fail_after(20):
+        async with call.connect(worker.endpoint) as client:
+            info = await client.stub(ReflectionAPI).describe()
+        methods = {m.name: m for m in info.component("tests.Streams").methods}  # type: ignore[union-attr]
+        assert methods["count"].stream == "server" and methods["count"].result == {"$ref": "#/$defs/Event"}
+        assert methods["total"].stream == "client" and methods["total"].items == {"type": "integer"}
+        assert methods["echo"].stream == "bidirectional"
+        assert methods["total"].signature == "total(numbers: AsyncIterator[int]) -> int"
+        assert methods["pid"].stream == ""
+        printed = await anyio.run_process(
+            [sys.executable, "-m", "callrt", "call", str(worker.endpoint), "tests.Streams.count", '[3, "cli"]']
+        )
+        lines = printed.stdout.decode().splitlines()
+        assert [msgspec.json.decode(line) for line in lines] == [{"topic": "cli", "seq": i} for i in range(3)]
+        refused = await anyio.run_process(
+            [sys.executable, "-m", "callrt", "call", str(worker.endpoint), "tests.Streams.total", "[[1]]"], check=False
+        )
+        assert refused.returncode == 2 and b"takes a stream of the caller's items" in refused.stderr

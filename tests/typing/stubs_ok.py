@@ -11,6 +11,7 @@ component implements it with ``async def`` or a plain ``def``.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Protocol, assert_type
 
@@ -68,6 +69,28 @@ class Pricing(PricingAPI):
         return Decimal("0.40")
 
 
+@interface(name="typing.Feed")
+class FeedAPI(Protocol):
+    # A server stream: a plain def returning an async iterator, so `async for` over the call checks.
+    def watch(self, topic: str) -> AsyncIterator[Item]: ...
+
+    # A client stream: awaited for its result; the items are any async iterable.
+    async def upload(self, items: AsyncIterator[Item]) -> int: ...
+
+
+@component(implements=FeedAPI)
+class Feed:
+    async def watch(self, topic: str) -> AsyncIterator[Item]:
+        yield Item(topic, 1)
+
+    async def upload(self, items: AsyncIterator[Item]) -> int:
+        return sum([item.qty async for item in items])
+
+
+async def some_items() -> AsyncIterator[Item]:
+    yield Item("fig", 1)
+
+
 async def priced(pricing: PricingAPI, item: Item) -> Decimal:
     return await pricing.price(item.sku) * item.qty
 
@@ -95,6 +118,12 @@ async def client_side(client: call.Client, item: Item) -> None:
     pricing = client.stub(PricingAPI)
     assert_type(await priced(pricing, item), Decimal)
     assert_type(await priced(Pricing(), item), Decimal)
+
+    # Streams: items typed as the interface says.
+    feed = client.stub(FeedAPI)
+    async for got in feed.watch("news"):
+        assert_type(got, Item)
+    assert_type(await feed.upload(some_items()), int)
 
     # The stub of a component class (not an interface) still works, typed as the class.
     assert_type(client.stub(Pricing), Pricing)
