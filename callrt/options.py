@@ -59,7 +59,8 @@ class ServerOptions:
     :ivar backlog: the listen backlog (connections the kernel queues before accept).
     :ivar handle_signals: ``serve()`` on the main thread drains on SIGTERM and SIGINT and returns.
     :ivar handler_threads: worker threads that run plain ``def`` handlers (not ``@inline``) at once;
-        more calls wait for a thread.
+        more calls wait for a thread. A call whose deadline passes is answered at once, but its
+        thread counts until the method returns (a thread cannot be stopped).
     :ivar slow_inline_handler: an inline handler (``@inline``, or an ``async def`` before its first
         ``await``) that holds the event loop longer than this is logged (WARNING, ``callrt.server``).
     :ivar send_tracebacks: ``None`` sends handlers' tracebacks only to peers on this
