@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Awaitable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from contextlib import contextmanager
 
 import anyio
@@ -79,6 +79,11 @@ class Fleet:
 
     async def release(self, gate: str) -> None:
         self._gate(gate).set()
+
+    async def ticks(self, n: int) -> AsyncIterator[int]:
+        """A stream method: fan-out and affinity calls refuse it (they are unary)."""
+        for i in range(n):
+            yield i
 
     @affinity(_claim_of)
     async def assign(self, claims: dict[str, float], gate: str = "", fail: str = "") -> str:

@@ -201,3 +201,7 @@ async def test_misuse_fails_when_the_stub_is_made(workers: dict[str, WorkerProce
                 client.multi(Fleet).nothing()
             with pytest.raises(TypeError, match="missing a required argument: 'gate'"):
                 client.multi(Fleet).work()
+            with pytest.raises(TypeError, match="tests.Fleet.ticks is a stream method: fan-out sends unary calls only"):
+                client.multi(Fleet).ticks(3)
+            with pytest.raises(TypeError, match="tests.Fleet.ticks is a stream method: affinity calls are unary only"):
+                await client.by_affinity(Fleet).ticks(3)  # type: ignore[misc]

@@ -288,6 +288,8 @@ def _affinity_method(
     options: CallOptions | None,
 ) -> Callable[..., Coroutine[Any, Any, Any]]:
     async def call(*args: Any, **kwargs: Any) -> Any:
+        if method.stream is not None:
+            raise TypeError(f"{method.full_name} is a stream method: affinity calls are unary only")
         payload = method.payload_from_args(args, kwargs)
         deadline, end = call_limits(effective_deadline, None)
         trace = client_trace() if current_otel_context() else None

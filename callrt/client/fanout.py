@@ -435,6 +435,8 @@ def _fan_out_method(
     method: MethodSpec, make: Callable[[MethodSpec, bytes], Replies[Any]]
 ) -> Callable[..., Replies[Any]]:
     def fan_out(*args: Any, **kwargs: Any) -> Replies[Any]:
+        if method.stream is not None:
+            raise TypeError(f"{method.full_name} is a stream method: fan-out sends unary calls only")
         # Encoded now: a bad argument fails here, naming it, not in every replica's record.
         return make(method, method.payload_from_args(args, kwargs))
 
