@@ -17,6 +17,7 @@ import pytest
 from callrt import affinity, call, component, errors
 from callrt.call import Claim, Selection
 from callrt.endpoints import tcp
+from callrt.interceptors import ClientCall, ClientNext, ServerCall, ServerNext
 from callrt.testing import WorkerProcess
 from tests.fanout_components import Fleet, closed_port, endpoints, fleet
 
@@ -245,3 +246,29 @@ async def test_a_method_the_server_does_not_serve() -> None:
             async with call.connect("memory://affinity-unknown") as client:
                 with pytest.raises(errors.NoClaim, match=r"tests.Fleet.whoami: not served here"):
                     await client.by_affinity(Fleet).whoami()
+
+
+async def test_client_interceptors_wrap_affinity_calls_and_claims_carry_their_metadata() -> None:
+    seen_by_server: list[tuple[str, str]] = []
+    answered_by: list[str | None] = []
+
+    async def require_tenant(request: ServerCall, next: ServerNext) -> bytes:
+        tenant = request.metadata.get("tenant")
+        if tenant is None:
+            raise errors.PermissionDenied(f"{request.method}: no tenant")
+        seen_by_server.append((request.method, tenant))
+        return await next(request)
+
+    async def add_tenant(request: ClientCall, next: ClientNext) -> object:
+        result = await next(request.with_metadata({"tenant": "t1"}))
+        answered_by.append(request.replica)
+        return result
+
+    server_options = call.ServerOptions(interceptors=[require_tenant])
+    client_options = call.ClientOptions(interceptors=[add_tenant])
+    with anyio.fail_after(10):
+        async with call.start_server("memory://affinity-intercepted", Keyed(), options=server_options):
+            async with call.connect("memory://affinity-intercepted", options=client_options) as client:
+                assert await client.by_affinity(Keyed).pick("a") == "a"
+    assert seen_by_server == [("callrt.Affinity.claim", "t1"), ("tests.Keyed.pick", "t1")]
+    assert answered_by == ["memory://affinity-intercepted"]

@@ -136,7 +136,9 @@ class Client:
         Raises :class:`~callrt.errors.NoClaim` when no replica qualifies. Typed as ``cls``, like :meth:`stub`.
         """
         chosen = selection if selection is not None else Selection()
-        return make_affinity_stub(self.replica_set, self._calls.effective_deadline, cls, chosen, options)
+        return make_affinity_stub(
+            self.replica_set, self._calls.effective_deadline, cls, chosen, options, self.options.interceptors
+        )
 
     def update_endpoints(self, endpoints: Sequence[Endpoint]) -> None:
         self.replica_set.update(endpoints)

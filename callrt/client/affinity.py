@@ -37,6 +37,7 @@ from ..component import MethodSpec, component_spec
 from ..context import CallOptions
 from ..endpoints import Endpoint
 from ..errors import ClosedError, NoClaim
+from ..interceptors import ClientCall, ClientInterceptor, intercept_client
 from ..protocol import TraceContext
 from ..tracing import client_trace, current_otel_context
 from .fanout import call_limits, call_replica, session_of
@@ -194,13 +195,14 @@ async def _ask(
     claim_payload: bytes,
     end: float,
     trace: TraceContext | None,
+    options: CallOptions | None,
     send: MemoryObjectSendStream[tuple[ManagedReplica, _Outcome]],
 ) -> None:
     with send:
         outcome: _Outcome
         try:
             session = await session_of(replicas, replica, _CLAIM.full_name, end)
-            outcome = await call_replica(session, _CLAIM, claim_payload, end, trace, None)
+            outcome = await call_replica(session, _CLAIM, claim_payload, end, trace, options)
         except Exception as exc:
             outcome = exc
         try:
@@ -216,6 +218,7 @@ async def choose_replica(
     selection: Selection,
     end: float,
     trace: TraceContext | None,
+    options: CallOptions | None = None,
 ) -> ManagedReplica:
     """Ask every replica for its claim on a call of ``method`` with ``payload``; the winner, or NoClaim."""
     if replicas.closed:
@@ -232,7 +235,7 @@ async def choose_replica(
     async with anyio.create_task_group() as tg:
         with send:
             for replica in targets:
-                tg.start_soon(_ask, replicas, replica, claim_payload, limit, trace, send.clone())
+                tg.start_soon(_ask, replicas, replica, claim_payload, limit, trace, options, send.clone())
         with receive:
             while True:
                 arrived: tuple[ManagedReplica, _Outcome] | None = None
@@ -263,12 +266,14 @@ def make_affinity_stub(
     cls: Callable[..., T],
     selection: Selection,
     options: CallOptions | None,
+    interceptors: Sequence[ClientInterceptor] = (),
 ) -> T:
-    """A stub of ``cls`` whose every call goes to the replica the claims choose."""
+    """A stub of ``cls`` whose every call goes to the replica the claims choose, through ``interceptors``."""
     spec = component_spec(cls)
     stub = _AffinityStub(spec.name)
     for method in spec.methods.values():
-        setattr(stub, method.name, _affinity_method(replicas, effective_deadline, method, selection, options))
+        made = _affinity_method(replicas, effective_deadline, method, selection, options, interceptors)
+        setattr(stub, method.name, made)
     return stub  # type: ignore[return-value]
 
 
@@ -286,19 +291,37 @@ def _affinity_method(
     method: MethodSpec,
     selection: Selection,
     options: CallOptions | None,
+    interceptors: Sequence[ClientInterceptor],
 ) -> Callable[..., Coroutine[Any, Any, Any]]:
-    async def call(*args: Any, **kwargs: Any) -> Any:
+    async def run(
+        args: tuple[Any, ...], kwargs: dict[str, Any], options: CallOptions | None, observer: ClientCall | None
+    ) -> Any:
         if method.stream is not None:
             raise TypeError(f"{method.full_name} is a stream method: affinity calls are unary only")
         payload = method.payload_from_args(args, kwargs)
         deadline, end = call_limits(effective_deadline, None)
         trace = client_trace() if current_otel_context() else None
-        winner = await choose_replica(replicas, method, payload, selection, end, trace)
+        # The claims carry the call's options too: a server interceptor that checks metadata
+        # (a tenant, a token) sees them on callrt.Affinity.claim as on the call.
+        winner = await choose_replica(replicas, method, payload, selection, end, trace, options)
+        if observer is not None:
+            observer.replica = str(winner.endpoint)
         session = winner.session
         if session is None:
             session = await session_of(replicas, winner, method.full_name, end)  # lost an instant ago: says so
         return await call_replica(session, method, payload, deadline, trace, options)
 
+    async def call(*args: Any, **kwargs: Any) -> Any:
+        return await run(args, kwargs, options, None)
+
+    if interceptors:  # the client's chain, around the whole call: claims and the call to the winner
+        call = intercept_client(  # type: ignore[assignment]
+            interceptors,
+            method.full_name,
+            options,
+            effective_deadline,
+            lambda c: run(c.args, c.kwargs, c.options, c),
+        )
     call.__name__ = method.name
     call.__qualname__ = f"{method.full_name} (by affinity)"
     call.__signature__ = method.signature  # type: ignore[attr-defined]
