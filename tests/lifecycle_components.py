@@ -135,6 +135,7 @@ class FakeServer:
             Ping,
             Pong,
             Request,
+            Settings,
             encode_frame,
             encode_hello_reply,
         )
@@ -152,7 +153,10 @@ class FakeServer:
             if mode == "gated":
                 assert self.gate is not None
                 await self.gate.wait()
-            await stream.send(encode_hello_reply(HelloReply(PROTOCOL_VERSION, DEFAULT_MAX_FRAME_SIZE)))
+            # Version 3: the server's SETTINGS follow its hello reply at once (no codec offered here).
+            await stream.send(
+                encode_hello_reply(HelloReply(PROTOCOL_VERSION, DEFAULT_MAX_FRAME_SIZE)) + encode_frame(Settings())
+            )
             if mode == "hold":
                 with anyio.move_on_after(self.hold):
                     await stream.receive()

@@ -29,7 +29,7 @@ import pytest
 from callrt import call
 from callrt.connection._logs import BURST, LogLimiter, loggable
 from callrt.errors import NoReplicaInTime, RemoteError, SessionLost, UnknownMethod
-from callrt.protocol import SUPPORTED_VERSIONS, Cancel, HelloReply, encode_frame, encode_hello_reply
+from callrt.protocol import SUPPORTED_VERSIONS, Cancel, HelloReply, Settings, encode_frame, encode_hello_reply
 from callrt.transport.base import client_hello
 from tests.logging_components import Faulty, OutOfStock
 
@@ -185,7 +185,9 @@ async def test_a_server_breaking_the_protocol_is_a_client_warning(log: pytest.Lo
     async def misbehave(stream: anyio.abc.SocketStream) -> None:
         async with stream:
             await stream.receive()  # the client's hello
-            await stream.send(encode_hello_reply(HelloReply(SUPPORTED_VERSIONS[-1], 1 << 20)))
+            await stream.send(
+                encode_hello_reply(HelloReply(SUPPORTED_VERSIONS[-1], 1 << 20)) + encode_frame(Settings())
+            )
             await stream.receive()  # a request
             await stream.send(encode_frame(Cancel(1)))
             await stream.receive()  # until the client hangs up
