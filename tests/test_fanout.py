@@ -16,6 +16,7 @@ import pytest
 from callrt import call, errors
 from callrt.call import Reply
 from callrt.endpoints import Endpoint, tcp
+from callrt.interceptors import ClientCall, ClientNext, ServerCall, ServerNext
 from callrt.testing import WorkerProcess
 from tests.fanout_components import Fleet, Overloaded, closed_port, endpoints, fleet
 
@@ -205,3 +206,33 @@ async def test_misuse_fails_when_the_stub_is_made(workers: dict[str, WorkerProce
                 client.multi(Fleet).ticks(3)
             with pytest.raises(TypeError, match="tests.Fleet.ticks is a stream method: affinity calls are unary only"):
                 await client.by_affinity(Fleet).ticks(3)  # type: ignore[misc]
+
+
+async def test_client_interceptors_wrap_each_replicas_request() -> None:
+    """In one process (memory://): the chain runs once per replica, and its metadata reaches each."""
+    seen_by_servers: list[tuple[str, str]] = []
+    replicas_seen: list[str | None] = []
+
+    async def require_tenant(request: ServerCall, next: ServerNext) -> bytes:
+        tenant = request.metadata.get("tenant")
+        if tenant is None:
+            raise errors.PermissionDenied(f"{request.method}: no tenant")
+        seen_by_servers.append((request.method, tenant))
+        return await next(request)
+
+    async def add_tenant(request: ClientCall, next: ClientNext) -> object:
+        result = await next(request.with_metadata({"tenant": "t1"}))
+        replicas_seen.append(request.replica)
+        return result
+
+    server_options = call.ServerOptions(interceptors=[require_tenant])
+    client_options = call.ClientOptions(interceptors=[add_tenant])
+    urls = ["memory://fan-out-intercepted-a", "memory://fan-out-intercepted-b"]
+    with anyio.fail_after(10):
+        async with call.start_server(urls[0], Fleet(), options=server_options):
+            async with call.start_server(urls[1], Fleet(), options=server_options):
+                async with call.connect(urls, options=client_options) as client:
+                    replies = [reply async for reply in client.multi(Fleet).whoami()]
+    assert [r.result() for r in replies] == ["ok", "ok"]
+    assert seen_by_servers == [("tests.Fleet.whoami", "t1")] * 2
+    assert sorted(map(str, replicas_seen)) == urls

@@ -110,7 +110,9 @@ class Client:
         replicas, tg, pick_timeout = self.replica_set, self._task_group, self.options.pick_timeout
         effective_deadline = self._calls.effective_deadline
 
-        def replies(method: MethodSpec, payload: bytes) -> Replies[Any]:
+        interceptors = self.options.interceptors
+
+        def replies(method: MethodSpec, payload: bytes, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Replies[Any]:
             return Replies(
                 replicas,
                 tg,
@@ -121,6 +123,8 @@ class Client:
                 timeout=timeout,
                 options=options,
                 pick_timeout=pick_timeout,
+                interceptors=interceptors,
+                call_args=(args, kwargs),
             )
 
         return Multi(cls, replies)

@@ -36,7 +36,7 @@ from __future__ import annotations
 import contextlib
 import math
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Generic, TypeVar, cast
@@ -57,6 +57,7 @@ from ..errors import (
     RemoteError,
     Unreachable,
 )
+from ..interceptors import ClientCall, ClientInterceptor, intercept_client
 from ..protocol import TraceContext
 from ..tracing import client_trace, current_otel_context
 from .replicas import ManagedReplica, ReplicaSet, ReplicaState
@@ -73,6 +74,8 @@ __all__ = (
 )
 
 R = TypeVar("R")
+# How a fan-out stub's method makes its Replies: (method, payload, args, kwargs).
+_MakeReplies = Callable[[MethodSpec, bytes, tuple[Any, ...], dict[str, Any]], "Replies[Any]"]
 # How long before the caller's deadline a fan-out (or an affinity call's claim round) stops
 # waiting, at most: a unary call's wait for a replica stops up to 50 ms early (DEADLINE_MARGIN),
 # but here the caller's task must still wake, make the late replicas' records and finish its
@@ -215,6 +218,8 @@ class Replies(Generic[R]):
         timeout: float | None,
         options: CallOptions | None,
         pick_timeout: float,
+        interceptors: Sequence[ClientInterceptor] = (),
+        call_args: tuple[tuple[Any, ...], dict[str, Any]] = ((), {}),
     ) -> None:
         self._replicas = replicas
         self._task_group = task_group
@@ -225,6 +230,10 @@ class Replies(Generic[R]):
         self._timeout = timeout
         self._options = options
         self._pick_timeout = pick_timeout
+        # With client interceptors, each replica's request runs their chain (the caller's
+        # arguments are what the chain sees; the request is encoded from what it passes on).
+        self._interceptors = tuple(interceptors)
+        self._call_args = call_args
         self._scopes: list[anyio.CancelScope] = []
         self._pending: dict[Endpoint, ManagedReplica] = {}  # the replicas whose record has not come yet
         self._late: list[Reply[R]] = []  # records made when the end came, still to be yielded
@@ -352,7 +361,7 @@ class Replies(Generic[R]):
                 # replica only waits for its reply (or for the replica to connect, then calls).
                 sent: tuple[ClientSession, int, Any] | None = None
                 session = replica.session
-                if replica.state is ReplicaState.AVAILABLE and session is not None:
+                if replica.state is ReplicaState.AVAILABLE and session is not None and not self._interceptors:
                     try:
                         sent = (session, *session.start(method.key, payload, end, trace, options))
                     except Exception as exc:  # the connection just closed; a request over the peer's frame size
@@ -394,10 +403,17 @@ class Replies(Generic[R]):
                 if sent is not None:
                     session, request_id, waiter = sent
                     return Reply(endpoint, await reply_of(session, method, request_id, waiter, end))
-                by_deadline = not math.isinf(end)  # without one, a replica is waited for pick_timeout
-                limit = end if by_deadline else started + self._pick_timeout
-                session = await session_of(self._replicas, replica, method.full_name, limit, by_deadline=by_deadline)
-                value = await call_replica(session, method, self._payload, end, trace, self._options)
+                if self._interceptors:
+                    args, kwargs = self._call_args
+                    chain = intercept_client(
+                        self._interceptors,
+                        method.full_name,
+                        self._options,
+                        lambda: end,  # the chain's ClientCall.deadline: the fan-out's end
+                        lambda call: self._attempt(replica, end, trace, call),
+                    )
+                    return Reply(endpoint, await chain(*args, **kwargs))
+                value = await self._attempt(replica, end, trace, None)
                 return Reply(endpoint, value)
         except Exception as exc:
             return Reply(endpoint, error=exc)
@@ -409,6 +425,20 @@ class Replies(Generic[R]):
             ),
         )
 
+    async def _attempt(
+        self, replica: ManagedReplica, end: float, trace: TraceContext | None, call: ClientCall | None
+    ) -> Any:
+        """The request to ``replica`` (once it is connected), as the interceptors' chain passes it on, if any."""
+        method = self._method
+        by_deadline = not math.isinf(end)  # without one, a replica is waited for pick_timeout
+        limit = end if by_deadline else self._started + self._pick_timeout
+        session = await session_of(self._replicas, replica, method.full_name, limit, by_deadline=by_deadline)
+        if call is None:
+            return await call_replica(session, method, self._payload, end, trace, self._options)
+        call.replica = str(replica.endpoint)
+        payload = method.payload_from_args(call.args, call.kwargs)
+        return await call_replica(session, method, payload, end, trace, call.options)
+
 
 class Multi:
     """A fan-out stub: ``multi.method(*args)`` gives the :class:`Replies` of every replica.
@@ -417,7 +447,7 @@ class Multi:
     ``Replies[Any]``); each value is decoded with the method's return type at run time.
     """
 
-    def __init__(self, cls: Callable[..., Any], make: Callable[[MethodSpec, bytes], Replies[Any]]) -> None:
+    def __init__(self, cls: Callable[..., Any], make: _MakeReplies) -> None:
         spec = component_spec(cls)
         self._name = spec.name
         for method in spec.methods.values():
@@ -431,14 +461,12 @@ class Multi:
         raise AttributeError(f"{self._name} has no method {name!r}")
 
 
-def _fan_out_method(
-    method: MethodSpec, make: Callable[[MethodSpec, bytes], Replies[Any]]
-) -> Callable[..., Replies[Any]]:
+def _fan_out_method(method: MethodSpec, make: _MakeReplies) -> Callable[..., Replies[Any]]:
     def fan_out(*args: Any, **kwargs: Any) -> Replies[Any]:
         if method.stream is not None:
             raise TypeError(f"{method.full_name} is a stream method: fan-out sends unary calls only")
         # Encoded now: a bad argument fails here, naming it, not in every replica's record.
-        return make(method, method.payload_from_args(args, kwargs))
+        return make(method, method.payload_from_args(args, kwargs), args, kwargs)
 
     fan_out.__name__ = method.name
     fan_out.__qualname__ = f"{method.full_name} (fan-out)"
