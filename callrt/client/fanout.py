@@ -28,7 +28,7 @@ with each request, so the replicas stop working at it too. ``expected=N`` ends
 the iteration after N successful replies. Ending the iteration early (``break``,
 ``aclose()``, leaving ``async with``, cancellation, ``expected``) cancels the
 requests still outstanding. There are no retries: a replica's communication
-error is its record.
+error is its record. The client's interceptors run once per replica's request.
 """
 
 from __future__ import annotations
