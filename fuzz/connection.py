@@ -14,7 +14,8 @@ Input layout: an options byte, a schedule length ``n`` and ``n`` schedule bytes,
 then the byte stream. The options byte picks the server (plain, with an access
 policy, with compression, both), whether the peer is local (tracebacks in
 errors), a valid hello to put in front (protocol version 1, 2 or 3, or none: the
-input's own), and the peer's maximum frame (4 KiB or 1 MiB).
+input's own), the peer's maximum frame (4 KiB or 1 MiB), and whether the server
+is at ``max_connections`` when it accepts (then the hello is refused).
 
 Checked for every input:
 
@@ -308,7 +309,12 @@ def server_connection(data: bytes) -> None:
         stream = encode_hello(Hello(1, version, peer_max)) + stream
 
     io = FakeIO()
-    conn = io.conn = ServerConnection(server, io)
+    if options & 0x40:  # accepted at max_connections: the hello is answered with a refusal
+        server.handshaking = server.options.max_connections
+    try:
+        conn = io.conn = ServerConnection(server, io)
+    finally:
+        server.handshaking = 0
     conn.peer = Peer("tcp://203.0.113.9:4000", local=bool(options & 4), uri_sans=("spiffe://fuzz/client",))
     conn.now = io.now
     server.connection_opened(conn)
@@ -370,6 +376,8 @@ def server_connection(data: bytes) -> None:
     replies, pongs = _replies(bytes(io.out), peer_max)
     for request_id, n in replies.items():
         check(n <= requests[request_id], f"request {request_id}: {n} replies to {requests[request_id]} requests")
+    if conn.refuse_busy:
+        check(broken and not conn.handshake_done and not replies, "a refused connection went on")
     if not broken and conn.handshake_done:
         check(replies == +requests, f"not every request got its reply: {replies} for {requests}")
         check(pongs == pings, f"{pongs} pongs for {pings} pings")
@@ -386,8 +394,16 @@ def _args(*values: Any) -> bytes:
     return msgspec.msgpack.encode(values)
 
 
-def _input(frames: list[Any], *, version: int = 2, server: int = 0, peer_max: int = 1, schedule: bytes = b"") -> bytes:
-    options = server | 4 | version << 3 | peer_max << 5
+def _input(
+    frames: list[Any],
+    *,
+    version: int = 2,
+    server: int = 0,
+    peer_max: int = 1,
+    schedule: bytes = b"",
+    busy: bool = False,
+) -> bytes:
+    options = server | 4 | version << 3 | peer_max << 5 | busy << 6
     return bytes((options, len(schedule))) + schedule + b"".join(encode_frame(f) for f in frames)
 
 
@@ -425,6 +441,7 @@ def server_connection_seeds() -> list[bytes]:
         _input(calls, version=1, server=1, schedule=bytes([0, 64, 130, 0, 200, 65, 255])),
         _input(calls, version=3, server=2, peer_max=0, schedule=bytes([70, 140, 66])),
         _input(calls, version=3, server=3),
+        _input(calls, busy=True),  # accepted at max_connections: refused
         # A duplicate id while the first call is parked: a protocol error.
         _input([Request(1, park, _args(1)), Request(1, park, _args(2))]),
         # An id reused after its call ended is fine.
