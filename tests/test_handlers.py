@@ -249,8 +249,10 @@ async def test_timed_out_blocking_calls_do_not_pile_up_threads(server: str, inte
                         tg.start_soon(give_up)
             running, most, started, threads = await blocking.stats()
             assert timed_out == rounds * per_round
-            assert (running, most, started) == (limit, limit, limit), "handler threads beyond handler_threads"
+            assert 0 < started <= limit and most <= limit, f"{started} handler threads for handler_threads={limit}"
+            assert running == started  # all still blocked: none was let go when its call timed out
             assert threads <= threads_before + limit + 2  # (+2: a thread pool may keep an idle thread or two)
             await blocking.open()  # the blocked threads return; their tokens come back as they do
             assert await blocking.wait() == "done"
-            assert (await blocking.stats())[0] == 0
+            while (await blocking.stats())[0]:  # noqa: ASYNC110  # threads in another process: no event to wait on
+                await anyio.sleep(0.01)  # (the woken ones finish in their own time)
