@@ -39,6 +39,16 @@ class Handlers:
         await anyio.sleep(pause)
         return current.deadline, before, anyio.current_effective_deadline()
 
+    async def whose(self, pause: float) -> tuple[str, str]:
+        """The caller's tag (metadata) before and after a suspension: other calls run inline meanwhile."""
+        current = call.current_call()
+        assert current is not None
+        if pause:
+            await anyio.sleep(pause)
+        after = call.current_call()
+        assert after is not None
+        return current.metadata["tag"], after.metadata["tag"]
+
     @not_retriable
     async def slow(self, seconds: float) -> str:
         await anyio.sleep(seconds)

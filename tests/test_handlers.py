@@ -3,13 +3,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Protocol
+from typing import Annotated, Any, Protocol
 
 import anyio
 import msgspec
@@ -141,6 +142,35 @@ async def _assert_clean_exit(proc: anyio.abc.Process) -> None:
 
 
 # -- msgspec constraints on parameters (Annotated[int, msgspec.Meta(ge=0)]) -----------------------
+
+
+@pytest.mark.timeout(20)  # bounded here, not by a cancel scope: one would give the calls a deadline
+@pytest.mark.parametrize("deadline", [False, True], ids=["no deadline", "deadline"])
+async def test_each_async_call_sees_its_own_call_across_suspensions(worker: WorkerProcess, deadline: bool) -> None:
+    """Async handlers that do not suspend run on the reading task, which shares one slot for the call
+    being served; one that suspends keeps its own, while many others run inline meanwhile.
+
+    Calls without a deadline take the shell's fast path (no coroutine of ours around the handler);
+    calls with one run inside the deadline's cancel scope.
+    """
+    with anyio.fail_after(10) if deadline else contextlib.nullcontext():
+        async with call.connect(str(worker.endpoint)) as conn:
+            handlers = conn.stub(Handlers)
+
+            def tagged(tag: str) -> Any:
+                return call.with_options(handlers.whose, call.CallOptions(metadata={"tag": tag}))
+
+            results: dict[str, tuple[str, str]] = {}
+
+            async def run(tag: str, pause: float) -> None:
+                results[tag] = await tagged(tag)(pause)
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(run, "slow", 0.2)
+                for i in range(200):
+                    tg.start_soon(run, f"fast{i}", 0.0)
+                tg.start_soon(run, "slow2", 0.05)
+    assert results == {tag: (tag, tag) for tag in results} and len(results) == 202
 
 
 @pytest.fixture(scope="module", params=["asyncio", "trio"], ids=["server=asyncio", "server=trio"])

@@ -34,9 +34,9 @@ import functools
 import logging
 import traceback
 import types
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 import anyio
 import msgspec
@@ -96,12 +96,14 @@ from ._flow import Inbox, SendCredit
 from ._logs import LogLimiter, handler_failed, protocol_error
 
 __all__ = (
+    "SLOW_PATH",
     "ConnectionWatchdog",
     "Server",
     "ServerConnection",
     "ServerIO",
     "ServerStream",
     "error_frame",
+    "resume",
     "run_watched",
 )
 
@@ -113,6 +115,9 @@ _ITEM = int(FrameKind.ITEM)
 # calls (set, reset) on a global assigned here, not on one bound by an import statement.
 serving_var = _context.serving_var
 
+
+#: :meth:`ServerConnection.start_inline`'s answer for a call it leaves to :meth:`ServerConnection.call_async`.
+SLOW_PATH: Final[tuple[Any, Any]] = (None, None)
 
 # Errors callrt raises itself when it turns a call away: their message says everything, and
 # formatting a traceback for each would let a flood of bad calls cost the server ~50 µs apiece.
@@ -192,6 +197,11 @@ def run_watched(coro: Coroutine[Any, Any, Any], on_block: Callable[[], None]) ->
     except StopIteration as done:
         return done.value
     on_block()
+    return (yield from _rest_of(coro, yielded))
+
+
+def _rest_of(coro: Coroutine[Any, Any, Any], yielded: Any) -> Generator[Any, Any, Any]:
+    """Drive ``coro``, which has suspended once (yielding ``yielded``), to its end: ``yield from`` it."""
     while True:
         try:
             sent = yield yielded
@@ -208,6 +218,10 @@ def run_watched(coro: Coroutine[Any, Any, Any], on_block: Callable[[], None]) ->
                 yielded = coro.send(sent)
             except StopIteration as done:
                 return done.value
+
+
+#: ``await resume(coro, yielded)``: the rest of ``coro``, which suspended once (yielding ``yielded``), in this task.
+resume: Callable[[Coroutine[Any, Any, Any], Any], Awaitable[Any]] = types.coroutine(_rest_of)
 
 
 class ServerIO(Protocol):
@@ -379,7 +393,7 @@ class ServerConnection:
         try:
             result = entry.handler(request.payload)
         except Exception as exc:
-            self._handler_failed(request.id, entry.name, exc, otel)
+            self.call_failed(request.id, entry.name, exc, otel)
         else:
             self.reply(request.id, result, request.accept)  # type: ignore[arg-type]
             if type(otel) is CallRecord:
@@ -463,7 +477,7 @@ class ServerConnection:
                 # Cancelled, the call is answered at once; its thread keeps its token until it returns.
                 result = await run_in_thread(entry.handler, request.payload, self.server.thread_limiter)
         except Exception as exc:
-            self._handler_failed(request.id, entry.name, exc, otel)
+            self.call_failed(request.id, entry.name, exc, otel)
         else:
             self.reply(request.id, result, request.accept)  # pyright: ignore[reportArgumentType]  # a plain def's bytes
             if type(otel) is CallRecord:
@@ -477,6 +491,42 @@ class ServerConnection:
             if otel is not None:
                 _finish(otel)
 
+    def start_inline(self, request: Request, entry: RegisteredHandler) -> tuple[Coroutine[Any, Any, bytes], Any] | None:
+        """Run the async handler of a call without a deadline on the current task, until it ends or suspends.
+
+        The shell's fast path for the common call (no deadline, no trace context, no SDK, not a
+        stream): no coroutine of ours around the handler, no context variable set per call (the
+        task's ``serving_var`` is the connection's slot, as on the reading path). Returns ``None``
+        once the call is answered; ``(coro, yielded)`` when the handler suspended, for the shell to
+        finish on this task (:func:`resume`; the task's ``serving_var`` is then the call's own);
+        :data:`SLOW_PATH` for any other call (the shell runs it with :meth:`call_async`).
+        """
+        if (
+            entry.stream
+            or request.trace is not None
+            or trace_api._TRACER_PROVIDER is not None
+            or metrics_api._METER_PROVIDER is not None
+        ):
+            return SLOW_PATH
+        slot = self._sync_slot
+        slot.call = serving = (request, entry.name, None, self.peer)
+        coro: Coroutine[Any, Any, bytes] = entry.handler(request.payload)  # type: ignore[assignment]
+        try:
+            yielded = coro.send(None)
+        except StopIteration as done:
+            slot.call = None
+            self.reply(request.id, done.value, request.accept)
+            return None
+        except Exception as exc:
+            slot.call = None
+            self.call_failed(request.id, entry.name, exc, None)
+            return None
+        except BaseException:
+            slot.call = None
+            raise
+        serving_var.set(serving)  # this task is the handler's now: the slot goes on to other calls
+        return coro, yielded
+
     def _observe(self, request: Request, name: str) -> object:
         """The call's span and measurements once an SDK is configured; else the caller's trace context."""
         if trace_api._TRACER_PROVIDER is not None or metrics_api._METER_PROVIDER is not None:
@@ -484,7 +534,8 @@ class ServerConnection:
         assert request.trace is not None
         return server_context(request.trace)
 
-    def _handler_failed(self, request_id: int, name: str, exc: Exception, otel: object) -> None:
+    def call_failed(self, request_id: int, name: str, exc: Exception, otel: object = None) -> None:
+        """A handler raised ``exc``: log it (rate-limited), record it, answer the call with it."""
         handler_failed(self.server.log_limiter, name, exc, self.peer.address)
         if type(otel) is CallRecord:
             otel.failed(exc)

@@ -25,7 +25,7 @@ from anyio.abc import TaskGroup
 
 from .._writes import joined
 from ..connection.client import ClientSession
-from ..connection.server import ConnectionWatchdog, Server, ServerConnection
+from ..connection.server import SLOW_PATH, ConnectionWatchdog, Server, ServerConnection, resume
 from ..endpoints import Endpoint
 from ..errors import CommunicationError, DeadlineExceeded, RemoteError, RemoteProtocolError
 from ..handlers import RegisteredHandler
@@ -325,7 +325,8 @@ class ServerProtocol(_Writer):
 
     async def _dispatch(self) -> None:
         task = asyncio.current_task()
-        queue = self._queue
+        queue, conn = self._queue, self.conn
+        conn.start_reading()  # in this task, current_call() reads the connection's slot, as inline calls fill it
         while True:
             if self._dispatcher is not task:
                 if self._dispatcher is not None:
@@ -336,7 +337,40 @@ class ServerProtocol(_Writer):
                 self._parked = parked = self.loop.create_future()
                 await parked
                 continue
-            await self._run_one(queue.popleft())
+            call = queue.popleft()
+            if call.deadline is not None or call.reason is not None or not call.entry.is_async:
+                await self._run_one(call)
+                continue
+            started = conn.start_inline(call.request, call.entry)
+            if started is None:  # answered without suspending: the common async call
+                self._call_finished(call.request.id)
+            elif started is SLOW_PATH:
+                await self._run_one(call)
+            else:
+                await self._finish_blocked(call, *started)
+                conn.start_reading()  # the call's own serving_var is done with: back to the slot
+
+    async def _finish_blocked(self, call: _AsyncCall, coro: Any, yielded: Any) -> None:
+        """Finish, on this task, the handler that :meth:`ServerConnection.start_inline` saw suspend."""
+        request, conn = call.request, self.conn
+        self._current = call
+        self._on_block()
+        try:
+            result = await resume(coro, yielded)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            assert task is not None
+            if call.reason is None or task.uncancel() > 0:
+                raise  # not ours: the connection or the server is going away
+            conn.fail(request.id, call.reason)
+        except Exception as exc:
+            conn.call_failed(request.id, call.entry.name, exc)
+        else:
+            conn.reply(request.id, result, request.accept)
+        finally:
+            self._call_finished(request.id)
+            for timer in call.timers:
+                timer.cancel()
 
     async def _run_one(self, call: _AsyncCall) -> None:
         request = call.request
