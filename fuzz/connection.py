@@ -117,7 +117,12 @@ class Calc:
             raise ValueError("an unexpected failure")
         if kind == 1:
             raise OutOfStock("sku-1", kind)
-        raise RemoteError("no such thing", code=ErrorCode.NOT_FOUND)
+        if kind == 2:
+            raise RemoteError("no such thing", code=ErrorCode.NOT_FOUND)
+        # Messages longer than a small peer's maximum frame: the error must be cut to fit it.
+        if kind == 3:
+            raise ValueError("a long story " * 800)
+        raise OutOfStock("\u00e9" * 3000, kind)
 
     @inline
     def big(self, size: Annotated[int, msgspec.Meta(ge=0, le=1 << 17)]) -> bytes:
@@ -420,6 +425,8 @@ def server_connection_seeds() -> list[bytes]:
         Request(4, fail, _args(0)),
         Request(5, fail, _args(1)),
         Request(6, fail, _args(2)),
+        Request(19, fail, _args(3)),
+        Request(20, fail, _args(4)),
         Request(7, upper, _args("abc"), metadata=(("tenant", "t1"),), caller="fuzz", shard_key=3),
         Request(8, park, _args(8)),
         Request(9, park, _args(9, True), deadline_us=20_000),
