@@ -380,7 +380,9 @@ class MethodSpec:
                 result = await result
             try:
                 async for item in result:
-                    await channel.send(encoded(item))
+                    data = encoded(item)
+                    if not channel.try_send(data):  # no credit left (or a large item): wait for it
+                        await channel.send(data)
             finally:
                 aclose = getattr(result, "aclose", None)
                 if aclose is not None:  # the generator's finally runs now, cancelled or not

@@ -138,6 +138,10 @@ class StreamChannel(Protocol):
     async def send(self, item: bytes) -> None:
         """Send one encoded item, once the caller's credit allows it."""
 
+    def try_send(self, item: bytes) -> bool:
+        """Send one encoded item now if the caller's credit allows it; False: :meth:`send` it instead."""
+        ...
+
     def items(self) -> AsyncIterator[bytes]:
         """The caller's items, encoded, until it sends its last; granting credit as they are taken."""
         ...

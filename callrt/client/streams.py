@@ -198,8 +198,9 @@ class StreamCall:
         return self
 
     async def __anext__(self) -> Any:
-        spec = self._method.stream
-        assert spec is not None
+        stream = self._stream
+        if stream is not None and (data := stream.take_nowait()) is not None:
+            return self._decode(data)  # an item already here: no coroutine of ours to wait in
         attempt = 1
         if self._stream is None:
             if self._finished:
@@ -227,14 +228,19 @@ class StreamCall:
                 if self._caller_error is not None:
                     raise self._caller_error
                 raise StopAsyncIteration
-            try:
-                return spec.decode_item(data)
-            except Exception as exc:  # msgspec.ValidationError/DecodeError
-                self._close()
-                raise RemoteError(
-                    f"{self._method.full_name}: an item does not match the stream's item type: {exc}",
-                    code=ErrorCode.MALFORMED_RESPONSE,
-                ) from None
+            return self._decode(data)
+
+    def _decode(self, data: bytes) -> Any:
+        spec = self._method.stream
+        assert spec is not None
+        try:
+            return spec.decode_item(data)
+        except Exception as exc:  # msgspec.ValidationError/DecodeError
+            self._close()
+            raise RemoteError(
+                f"{self._method.full_name}: an item does not match the stream's item type: {exc}",
+                code=ErrorCode.MALFORMED_RESPONSE,
+            ) from None
 
     async def result(self) -> Any:
         """A client stream's result: the method's return value, once the server has it."""

@@ -106,7 +106,13 @@ class Inbox:
             if self._event is None:
                 self._event = anyio.Event()
             await self._event.wait()
-        item = self._items.popleft()
+        return self._took(self._items.popleft())
+
+    def take_nowait(self) -> bytes | None:
+        """The next item if one is here already; ``None``: await :meth:`take` (it waits, ends or raises)."""
+        return self._took(self._items.popleft()) if self._items else None
+
+    def _took(self, item: bytes) -> bytes:
         self._taken += 1
         self._taken_bytes += len(item)
         if self._taken * 2 >= self.window or self._taken_bytes * 2 >= self.window_bytes:
@@ -144,6 +150,14 @@ class SendCredit:
         if self._event is not None:
             self._event.set()
             self._event = None
+
+    def try_spend(self, size: int) -> bool:
+        """Take one item of ``size`` bytes from the credit if there is some, without waiting."""
+        if self.left > 0 and self.left_bytes > 0 and self._error is None:
+            self.left -= 1
+            self.left_bytes -= size
+            return True
+        return False
 
     async def spend(self, size: int) -> None:
         """Take one item of ``size`` bytes from the credit, waiting until there is some."""

@@ -466,6 +466,14 @@ class ClientStream:
             self.received += 1
         return item
 
+    def take_nowait(self) -> bytes | None:
+        """The next item from the server if one is here already; ``None``: await :meth:`take`."""
+        assert self.inbox is not None
+        item = self.inbox.take_nowait()
+        if item is not None:
+            self.received += 1
+        return item
+
     async def send(self, item: bytes) -> bool:
         """Send one encoded item once the server's credit allows it; False if the call has ended."""
         session = self.session

@@ -598,7 +598,8 @@ class ServerStream:
                 f"a stream item of {size} bytes exceeds the caller's maximum frame of {conn.peer_max_frame}",
                 code=ErrorCode.RESOURCE_EXHAUSTED,
             )
-        await self.credit.spend(size)
+        if not self.credit.try_spend(size):
+            await self.credit.spend(size)
         if self.accept and size >= conn.compress_above:
             packed = compress(CODECS_BY_ID[self.accept], item)
             if packed is not None:
@@ -610,6 +611,18 @@ class ServerStream:
         else:
             conn.io.write(pack_frame_header(size, _ITEM, self.id))
             conn.io.write(item)
+
+    def try_send(self, item: bytes) -> bool:
+        conn, size = self.conn, len(item)
+        if (
+            size > conn.flatten_limit
+            or size > conn.peer_max_frame
+            or (self.accept and size >= conn.compress_above)
+            or not self.credit.try_spend(size)
+        ):
+            return False  # large, compressed, too large for the caller, or no credit: send() does it
+        conn.io.write(pack_frame_header(size, _ITEM, self.id) + item)
+        return True
 
     async def items(self) -> AsyncIterator[bytes]:
         if self.inbox is not None:
