@@ -55,7 +55,7 @@ def test_list(worker: str) -> None:
     done = callrt("list", "--json", worker)
     assert done.returncode == 0, done.stderr
     info = msgspec.json.decode(done.stdout, type=ServiceInfo)
-    assert [c.name for c in info.components] == ["callrt.Health", "tests.Echo", "tests.Lab"]
+    assert [c.name for c in info.components] == ["callrt.Affinity", "callrt.Health", "tests.Echo", "tests.Lab"]
     assert "Bag" in info.defs
 
 

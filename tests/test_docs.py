@@ -246,7 +246,8 @@ class _Constrained:
     def take(self, n: Annotated[int, msgspec.Meta(ge=0)]) -> None: ...
 
 
-def test_constraints_on_parameters_are_dropped_as_types_says() -> None:
+def test_constraints_on_parameters_are_checked_as_types_says() -> None:
     spec = component_spec(_Constrained).methods["take"]
-    decoded = spec.args_from_payload(spec.payload_from_args((-1,), {}))
-    assert decoded == (-1,), "Meta constraints on parameters are checked now: update types.md ('Not supported')"
+    assert spec.args_from_payload(spec.payload_from_args((0,), {})) == (0,)
+    with pytest.raises(errors.InvalidArgument, match="invalid argument 'n'"):
+        spec.args_from_payload(spec.payload_from_args((-1,), {}))

@@ -63,7 +63,7 @@ async def test_components_methods_and_schemas() -> None:
     with anyio.fail_after(10):
         info = await _describe(Shop())
     # Not callrt.Reflection itself; the built-in health component is served, so it is listed.
-    assert [c.name for c in info.components] == ["callrt.Health", "test.Shop"]
+    assert [c.name for c in info.components] == ["callrt.Affinity", "callrt.Health", "test.Shop"]
     health = info.component("callrt.Health")
     assert health is not None
     (check,) = health.methods
