@@ -12,7 +12,7 @@ from typing import Protocol
 import anyio
 import msgspec
 
-from callrt import component, interface
+from callrt import component, interface, not_retriable
 
 
 class Event(msgspec.Struct, frozen=True):
@@ -83,6 +83,11 @@ class Streams:
                 await anyio.sleep(0.01)
         finally:
             _mark(mark)
+
+    @not_retriable
+    async def once(self, n: int) -> AsyncIterator[int]:
+        for i in range(n):
+            yield i
 
     async def fail_after(self, n: int) -> AsyncIterator[int]:
         for i in range(n):

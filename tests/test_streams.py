@@ -16,6 +16,7 @@ import pytest
 
 from callrt import call
 from callrt.call import make_method_key
+from callrt.compression import CODECS
 from callrt.errors import CommunicationError, DeadlineExceeded, LocalProtocolError, UnknownMethod
 from callrt.options import ClientOptions
 from callrt.protocol import (
@@ -26,13 +27,14 @@ from callrt.protocol import (
     Hello,
     HelloReply,
     Request,
+    Settings,
     decode_hello,
     encode_frame,
     encode_hello,
     encode_hello_reply,
 )
 from callrt.reflection import ReflectionAPI
-from callrt.testing import FaultProxy, WorkerProcess
+from callrt.testing import FaultProxy, Faults, ProxyConnection, WorkerProcess
 from tests.stream_components import Boom, Event, FeedAPI, Streams
 
 pytestmark = pytest.mark.anyio
@@ -234,6 +236,35 @@ async def test_a_lost_connection_fails_the_stream_and_runs_the_remote_finally(
             await wait_for_mark(marks, mark)
     # Items had arrived, so the stream was not retried: no item twice, none after the loss.
     assert seen == list(range(len(seen))) and len(seen) >= 4
+
+
+@pytest.mark.parametrize("method", ["count", "once"])
+async def test_a_stream_lost_before_its_first_item_is_retried_unless_not_retriable(
+    worker: WorkerProcess, method: str
+) -> None:
+    """The first connection is reset as the server's first item comes: nothing of the stream was used,
+    so a retriable stream starts again on a new connection; a @not_retriable one had left: it fails."""
+    assert worker.endpoint is not None
+    first_item_at = HELLO_SIZE + len(encode_frame(Settings(tuple(sorted(CODECS)))))
+
+    def reset_first(connection: ProxyConnection) -> None:
+        if connection.number == 1:
+            connection.set_faults(Faults(reset_after=first_item_at + 1), "to_client")  # at its first byte
+
+    with anyio.fail_after(10):
+        async with FaultProxy(str(worker.endpoint)) as proxy:
+            proxy.on_connect = reset_first
+            async with call.connect(proxy.endpoint) as client:
+                streams = client.stub(Streams)
+                if method == "count":
+                    assert [e.seq async for e in streams.count(5)] == [0, 1, 2, 3, 4]
+                    assert client.retry_counts["retries"] == 1
+                else:
+                    with pytest.raises(CommunicationError):
+                        async for _ in streams.once(5):
+                            pass
+                    assert client.retry_counts["retries"] == 0
+            assert proxy.accepted >= 1 + (method == "count")
 
 
 async def test_an_error_mid_stream_comes_after_the_items_before_it(worker: WorkerProcess) -> None:
