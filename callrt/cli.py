@@ -304,6 +304,12 @@ async def _check(client: Client, component: str) -> str:
 @click.option("--listen", "listen", multiple=True, required=True, help="An endpoint URL; repeat for more.")
 @click.option("--insecure", is_flag=True, help="Allow plaintext on a non-loopback TCP address.")
 @click.option("--etcd", help="Register each endpoint in etcd while serving: etcd://host:port/prefix/.")
+@click.option(
+    "--advertise",
+    metavar="HOST",
+    help="With --etcd: the host name or IP address clients reach this server at, registered with each "
+    "TCP endpoint's port (default: the address listened on; this machine's address for 0.0.0.0).",
+)
 @click.option("--no-reflection", is_flag=True, help="Do not answer callrt.Reflection.")
 @click.option(
     "--workers",
@@ -327,6 +333,7 @@ def serve_command(
     listen: tuple[str, ...],
     insecure: bool,
     etcd: str | None,
+    advertise: str | None,
     no_reflection: bool,
     workers: int,
     reuse_port: bool,
@@ -339,6 +346,8 @@ def serve_command(
     cwd = os.getcwd()
     if cwd not in sys.path:
         sys.path.insert(0, cwd)
+    if advertise is not None and not etcd:
+        _usage("--advertise is what --etcd registers: give --etcd too")
     if workers > 1:
         try:
             endpoints = [parse_endpoint(url) for url in listen]
@@ -352,6 +361,7 @@ def serve_command(
             )
         flags = ["--reuse-port"] + ["--insecure"] * insecure + ["--no-reflection"] * no_reflection
         flags += [f"--etcd={etcd}"] if etcd else []
+        flags += [f"--advertise={advertise}"] if advertise is not None else []
         flags += [f"--metrics-host={metrics_host}"] if metrics_port is not None else []
         args = [*components, *(f"--listen={url}" for url in listen), *flags]
 
@@ -373,7 +383,10 @@ def serve_command(
         url, prefix = _etcd(etcd)
         from .resolvers.etcd import EtcdRegistrar  # needs httpx: the etcd extra
 
-        registrars.append(EtcdRegistrar(url, prefix))
+        try:
+            registrars.append(EtcdRegistrar(url, prefix, advertise=advertise))
+        except ValueError as exc:
+            _usage(str(exc))
     options = call.ServerOptions(
         insecure=insecure, reflection=not no_reflection, reuse_port=reuse_port, registrars=registrars
     )

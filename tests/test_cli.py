@@ -246,13 +246,18 @@ def test_a_unix_socket_directory_as_the_target(sockdir: Path) -> None:
 
 
 @pytest.mark.etcd
-def test_serve_registers_in_etcd_and_call_finds_it_there() -> None:
+@pytest.mark.parametrize(
+    "listen",
+    [["tcp://127.0.0.1:0"], ["tcp://0.0.0.0:0", "--insecure", "--advertise", "127.0.0.1"]],
+    ids=["bound", "advertised"],
+)
+def test_serve_registers_in_etcd_and_call_finds_it_there(listen: list[str]) -> None:
     if shutil.which("etcd") is None:
         pytest.fail("etcd is not installed: run scripts/setup-etcd.sh", pytrace=False)
     with running_etcd() as etcd:
         target = f"etcd://{etcd.url.removeprefix('http://')}/callrt-cli/{uuid.uuid4().hex}/"
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-        cmd = [sys.executable, "-m", "callrt", "serve", "tests.components:Lab", "--listen", "tcp://127.0.0.1:0"]
+        cmd = [sys.executable, "-m", "callrt", "serve", "tests.components:Lab", "--listen", *listen]
         proc = subprocess.Popen([*cmd, "--etcd", target], stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
         try:
             assert proc.stderr is not None
@@ -269,3 +274,15 @@ def test_serve_registers_in_etcd_and_call_finds_it_there() -> None:
                 proc.wait()
             if proc.stderr is not None:
                 proc.stderr.close()
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--advertise", "10.0.0.5"], "--advertise is what --etcd registers: give --etcd too"),
+        (["--etcd", "etcd://127.0.0.1:2379/x/", "--advertise", "10.0.0.5:9000"], "without a port"),
+    ],
+)
+def test_serve_checks_advertise(flags: list[str], message: str) -> None:
+    done = callrt("serve", "tests.components:Lab", "--listen", "tcp://127.0.0.1:0", *flags)
+    assert done.returncode == 2 and message in done.stderr, done.stderr
