@@ -17,9 +17,10 @@ Code without the ``Server`` at hand (a component served by ``callrt serve``, say
 components it has stubs of, and leaves a replica that reports NOT_SERVING out of
 its balancing until it reports SERVING again (``callrt.client.replicas``).
 
-*Watching.* Streams are not implemented yet, so there is no streaming ``Watch``
-as in gRPC: a client polls. :func:`watch` does it, yielding each status when it
-changes; ``callrt health URL [Component]`` asks once.
+*Watching.* ``callrt.Health.watch(component)`` is a server stream, as gRPC's
+``Watch``: the status at once, then each change, until the server drains (its
+last item is then NOT_SERVING). :func:`watch` follows it, and polls a server
+older than streams; ``callrt health URL [Component]`` asks once.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import anyio
 
 from .component import component, inline, interface
 from .connection.server import Server
+from .errors import LocalProtocolError, UnknownMethod
 
 __all__ = ("HEALTH", "Health", "HealthAPI", "Status", "add_health", "set_health", "watch")
 
@@ -44,6 +46,10 @@ class HealthAPI(Protocol):
     """The health component's interface: a client's ``stub(HealthAPI)``."""
 
     async def check(self, component: str) -> Status: ...
+
+    def watch(self, component: str) -> AsyncIterator[Status]:
+        """The status of ``component`` now, then each time it changes; the stream ends when the server drains."""
+        ...
 
 
 @component(implements=HealthAPI)
@@ -65,6 +71,19 @@ class Health:
         if component == "" or component in self._names():
             return "SERVING"
         return "SERVICE_UNKNOWN"
+
+    async def watch(self, component: str) -> AsyncIterator[Status]:
+        server = self._server
+        last: Status | None = None
+        while True:
+            version = server.health_version
+            status = self.check(component)
+            if status != last:
+                last = status
+                yield status
+            if server.draining:
+                return  # its connection is closing: a watch must not hold it open through the drain
+            await server.health_change(version)
 
     def _names(self) -> frozenset[str]:
         handlers = self._server.handlers
@@ -100,11 +119,19 @@ def set_health(component: str, *, serving: bool) -> None:
 
 
 async def watch(health: HealthAPI, component: str = "", *, interval: float = 1.0) -> AsyncIterator[Status]:
-    """Poll ``health.check(component)`` every ``interval`` seconds; yield the first status and each change.
+    """Yield the status of ``component`` and each change: ``callrt.Health.watch``'s stream.
 
-    ``health`` is a stub (``client.stub(HealthAPI)``). A failing call (the server gone, a deadline)
-    raises out of the iteration: the caller decides whether to watch again.
+    ``health`` is a stub (``client.stub(HealthAPI)``). A server older than streams is polled
+    (``check`` every ``interval`` seconds) instead. The iteration ends when the server drains
+    (after NOT_SERVING); a failing call (the server gone, a deadline) raises out of it: the
+    caller decides whether to watch again.
     """
+    try:
+        async for status in health.watch(component):
+            yield status
+        return
+    except (LocalProtocolError, UnknownMethod):  # a server before streams, or before watch
+        pass
     last: Status | None = None
     while True:
         status = await health.check(component)

@@ -10,6 +10,8 @@ from callrt import call, component
 from callrt.connection.server import Server
 from callrt.health import HEALTH, HealthAPI, Status, watch
 from callrt.keys import make_method_key
+from callrt.testing import WorkerProcess
+from tests.health_components import ReplicaAPI
 
 pytestmark = pytest.mark.anyio
 
@@ -87,18 +89,37 @@ async def test_a_draining_server_is_not_serving() -> None:
                 await done.wait()  # the call in flight finished through the drain
 
 
-async def test_watch_polls_and_yields_changes() -> None:
+async def test_watch_streams_each_change_and_ends_when_the_server_drains() -> None:
     with anyio.fail_after(10):
         async with call.start_server("memory://health-watch", Gate()) as server:
-            async with call.connect("memory://health-watch") as client:
+            async with call.connect("memory://health-watch") as client, anyio.create_task_group() as tg:
                 seen: list[Status] = []
-                async for status in watch(client.stub(HealthAPI), "test.Gate", interval=0.01):
-                    seen.append(status)
-                    if status == "SERVING" and len(seen) == 1:
+                async for status in watch(client.stub(HealthAPI), "test.Gate", interval=60):
+                    seen.append(status)  # interval=60: a poll would not see the changes in time
+                    if len(seen) == 1:
                         server.set_health("test.Gate", serving=False)
+                    elif len(seen) == 2:
+                        server.set_health("test.Gate", serving=True)
+                    elif len(seen) == 3:
+                        server.set_health("test.Gate", serving=True)  # no change: nothing sent
+                        server.set_health("", serving=False)  # another component: nothing sent
+                        tg.start_soon(server.drain)  # NOT_SERVING, then the stream ends
+                assert seen == ["SERVING", "NOT_SERVING", "SERVING", "NOT_SERVING"]
+
+
+async def test_watch_of_a_worker_sees_what_its_application_sets() -> None:
+    with WorkerProcess("tcp://127.0.0.1:0", ["tests.health_components:Replica"]) as worker, anyio.fail_after(10):
+        async with call.connect(worker.endpoint) as client:
+            replica, seen = client.stub(ReplicaAPI), []
+            async with client.stub(HealthAPI).watch("tests.Replica") as statuses:
+                async for status in statuses:
+                    seen.append(status)
+                    if len(seen) == 1:
+                        await replica.set_serving("tests.Replica", False)
                     else:
                         break
-                assert seen == ["SERVING", "NOT_SERVING"]
+            assert seen == ["SERVING", "NOT_SERVING"]
+            await replica.set_serving("tests.Replica", True)
 
 
 async def test_health_without_reflection() -> None:

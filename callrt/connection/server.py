@@ -749,6 +749,9 @@ class Server:
     draining: bool = False
     #: What the application said of its components' health (:meth:`set_health`); ``""`` is the server.
     health: dict[str, bool] = field(default_factory=dict)
+    #: Counts what :meth:`set_health` and :meth:`drain` changed, for ``callrt.Health.watch``.
+    health_version: int = 0
+    _health_event: anyio.Event | None = None
     _stop: anyio.Event = field(default_factory=anyio.Event)
     _all_closed: anyio.Event | None = None
 
@@ -784,6 +787,21 @@ class Server:
         A draining server answers NOT_SERVING for everything, whatever was set.
         """
         self.health[component] = serving
+        self.health_changed()
+
+    def health_changed(self) -> None:
+        """What ``callrt.Health`` answers may have changed: wake its watchers (:meth:`health_change`)."""
+        self.health_version += 1
+        if self._health_event is not None:
+            self._health_event.set()
+            self._health_event = None
+
+    async def health_change(self, version: int) -> None:
+        """Return once :attr:`health_version` is no longer ``version``."""
+        while self.health_version == version:
+            if self._health_event is None:
+                self._health_event = anyio.Event()
+            await self._health_event.wait()
 
     def stop(self) -> None:
         """Ask :func:`serve` to drain and return."""
@@ -810,6 +828,7 @@ class Server:
         zero calls in flight would lose.
         """
         self.draining = True  # first: health checks answer NOT_SERVING from now on
+        self.health_changed()
         self._all_closed = anyio.Event()
         if self.connections:
             logger.info(
