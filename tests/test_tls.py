@@ -388,3 +388,28 @@ async def test_the_memory_transport_refuses_tls(certs: Certs) -> None:
         async with call.start_server("memory://tls", Whoami()) as server:  # the name is free again
             error = await connect_error(server.endpoint, client_options(certs, "auto"))
             assert "the memory transport has no TLS (ClientOptions.tls is set)" in str(error)
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+async def test_a_tls_client_that_sends_its_hello_and_goes_leaves_nothing_behind(shell: str, certs: Certs) -> None:
+    """A client's hello comes with the end of the TLS handshake (the server's protocol is attached
+    after it); one that sends it and closes at once is answered or not, but leaves no connection
+    and no handshake counted."""
+    from anyio.streams.tls import TLSStream
+
+    from callrt.protocol import DEFAULT_MAX_FRAME_SIZE, Hello, encode_hello
+
+    options = server_options(certs, shell, mutual=False)
+    with anyio.fail_after(10):
+        async with call.start_server("tcp://127.0.0.1:0", Whoami(), options=options) as server:
+            for _ in range(5):
+                raw = await anyio.connect_tcp("127.0.0.1", server.endpoint.port)
+                stream = await TLSStream.wrap(
+                    raw, hostname="localhost", ssl_context=certs.client_context(), standard_compatible=False
+                )
+                await stream.send(encode_hello(Hello(1, 2, DEFAULT_MAX_FRAME_SIZE)))
+                await stream.aclose()
+            while server.connections or server.handshaking:  # noqa: ASYNC110  # the server sees the ends
+                await anyio.sleep(0.01)
+            async with call.connect(str(server.endpoint), options=client_options(certs, shell)) as client:
+                assert (await client.stub(Whoami).peer()).local
