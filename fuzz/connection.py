@@ -7,8 +7,12 @@ it, without sockets or an event loop: a :class:`FakeIO` is its
 :class:`~callrt.connection.server.ServerIO`, frames come from a
 :class:`~callrt.protocol.FrameDecoder` over the input, async handlers run as
 coroutines stepped by the harness (each in a context of its own, as a task
-would), and a schedule in the input says, between frames, when parked handlers
-resume, when time passes (deadlines), and when every call is run to its end.
+would), the stream arrives in 1 KiB reads with the shells'
+:class:`~callrt.connection.server.ConnectionWatchdog` (handshake, idle and body
+timers, the server's budget of partial bodies), and a schedule in the input
+says, after each frame and while waiting for bytes, when parked handlers
+resume, when time passes (deadlines; the watchdog's tick), and when every
+call is run to its end.
 
 Input layout: an options byte, a schedule length ``n`` and ``n`` schedule bytes,
 then the byte stream. The options byte picks the server (plain, with an access
@@ -22,6 +26,9 @@ Checked for every input:
 - only :class:`~callrt.errors.RemoteProtocolError` leaves the connection's
   methods (the shell then closes the connection, and ``protocol_error`` logs it
   without raising); no exception escapes a handler's call either;
+- the server's count of partial bodies is this connection's, is the decoder's,
+  and is back to 0 once the connection is gone, however it ended (a timer,
+  the budget, a protocol error, the end of the input);
 - calls in flight stay bounded: a frame starts at most one call, and with the
   shells' backpressure (no frame is read while ``max_calls_per_connection``
   calls are in flight) there are never more; the connection's per-call state
@@ -49,7 +56,7 @@ import msgspec
 from callrt import component, inline
 from callrt.access import AllowList
 from callrt.component import component_spec
-from callrt.connection.server import Server, ServerConnection
+from callrt.connection.server import ConnectionWatchdog, Server, ServerConnection
 from callrt.context import Peer
 from callrt.errors import DeadlineExceeded, ErrorCode, RemoteError, RemoteProtocolError
 from callrt.handlers import HandlerMap, RegisteredHandler
@@ -152,6 +159,7 @@ class Store:
 
 
 MAX_CALLS = 6  # max_calls_per_connection of the servers under test: small, so backpressure is reached
+READ_SIZE = 1024  # bytes per read of the stream, as a socket would deliver them
 PEER_MAX_FRAMES = (4096, 1 << 20)
 
 
@@ -164,6 +172,11 @@ def _servers() -> list[Server]:
             options = ServerOptions(
                 max_calls_per_connection=MAX_CALLS,
                 max_frame_size=1 << 16,
+                # Small enough for a schedule to reach: handshake 2 s, body 1 s, idle 3 s, partial bodies 24 KiB.
+                handshake_timeout=2.0,
+                body_timeout=1.0,
+                idle_timeout=3.0,
+                max_partial_bodies=24 << 10,
                 access=AllowList({"fuzz.Calc": ["*"], "fuzz.Store.get": ["*"], "callrt.Health": ["*"]})
                 if variant & 1
                 else None,
@@ -299,6 +312,22 @@ def _replies(out: bytes, peer_max: int) -> tuple[Counter[int], int]:
     return replies, pongs
 
 
+def _act(action: int, io: FakeIO, watchdog: ConnectionWatchdog) -> bool:
+    """One schedule byte: resume a parked call, let time pass (then the shell's tick), or run every
+    call to its end; whether the connection is still open."""
+    if 64 <= action < 128 and io.calls:
+        io.step(list(io.calls)[action % len(io.calls)])
+    elif 128 <= action < 192:
+        io.clock += (action - 127) * 0.05
+        io.expire()
+        # The shells' first tick comes handshake_timeout after accept, then one per interval.
+        return io.clock < watchdog.conn.server.options.handshake_timeout or not watchdog.expired()
+    elif action >= 192:
+        for request_id in list(io.calls):
+            io.finish(request_id)
+    return True
+
+
 def server_connection(data: bytes) -> None:
     """Arbitrary frames, after a valid hello, to a server's connection logic; see the module docstring."""
     if len(data) < 2:
@@ -324,10 +353,13 @@ def server_connection(data: bytes) -> None:
     conn.now = io.now
     server.connection_opened(conn)
     decoder = FrameDecoder(server.options.max_frame_size, expect="hello")
-    decoder.receive_data(stream)
+    # The shells' timers (handshake, idle, body) and the server-wide budget of partial bodies.
+    watchdog = ConnectionWatchdog(conn, decoder, io.now, lambda: bool(io.calls))
     requests: Counter[int] = Counter()
     pings = 0
     broken = False
+    ended = ""  # why the shell's watchdog closed the connection
+    received = 0
     actions = iter(schedule)
     token = conn.start_reading()
     try:
@@ -335,8 +367,28 @@ def server_connection(data: bytes) -> None:
             if len(io.calls) >= MAX_CALLS:  # backpressure: the shells read nothing more until one ends
                 io.finish(next(iter(io.calls)))
             frame = decoder.next_frame()
-            if frame is None:
-                break
+            if frame is None:  # waiting for bytes: time may pass (a body that trickles, a silent peer)
+                action = next(actions, None)
+                if action is None and received >= len(stream):
+                    break
+                if action is not None and not _act(action, io, watchdog):
+                    ended = "a timer"
+                    break
+                if received >= len(stream):
+                    continue
+                decoder.receive_data(stream[received : received + READ_SIZE])  # the shells read in chunks
+                received += READ_SIZE
+                watchdog.heard = True
+                if (decoder.partial_body_bytes or watchdog.partial) and watchdog.account_partial():
+                    ended = "over max_partial_bodies"
+                    break
+                check(
+                    server.partial_bodies == watchdog.partial == decoder.partial_body_bytes,
+                    f"partial bodies: server {server.partial_bodies}, connection {watchdog.partial},"
+                    f" decoder {decoder.partial_body_bytes}",
+                )
+                continue
+            watchdog.frames += 1
             inner = frame.frame if type(frame) is Compressed else frame
             if type(inner) is Request:
                 requests[inner.id] += 1
@@ -350,15 +402,9 @@ def server_connection(data: bytes) -> None:
             check(len(io.calls) <= in_flight + 1, "one frame started more than one call")
             check(len(io.calls) <= MAX_CALLS, f"{len(io.calls)} calls in flight, over {MAX_CALLS}")
             check(set(conn.streams) <= set(io.calls), "per-call state held for a call not in flight")
-            action = next(actions, 0)
-            if 64 <= action < 128 and io.calls:
-                io.step(list(io.calls)[action % len(io.calls)])
-            elif 128 <= action < 192:
-                io.clock += (action - 127) * 0.01
-                io.expire()
-            elif action >= 192:
-                for request_id in list(io.calls):
-                    io.finish(request_id)
+            if not _act(next(actions, 0), io, watchdog):
+                ended = "a timer"
+                break
     except RemoteProtocolError as exc:
         broken = True
         conn.protocol_error(exc)  # logs; must not raise
@@ -368,9 +414,13 @@ def server_connection(data: bytes) -> None:
         raise Finding(f"{type(exc).__name__} escaped the connection: {exc}") from exc
     finally:
         conn.stop_reading(token)
-        if broken or io.closed:
+        if broken or ended or io.closed:
             io.abandon()
+        watchdog.release()
         server.connection_closed(conn)
+    check(server.partial_bodies == 0, f"{server.partial_bodies} bytes of partial bodies left on the server")
+    if ended:
+        broken = True  # closed by the shell: calls in flight get no reply, as after a protocol error
     if not broken:
         for request_id in list(io.calls):
             io.finish(request_id)
@@ -464,6 +514,12 @@ def server_connection_seeds() -> list[bytes]:
             version=3,
             server=2,
         ),
+        # A body that trickles: its header and part of it, then time passes (the body timeout).
+        _input([Request(1, echo, _args(b"z" * 8000))], schedule=bytes([0, 0, 191, 191, 191]))[:-3000],
+        # Partial bodies over the server's budget (24 KiB): a 40 KiB body, 30 KiB of it sent.
+        _input([Request(1, echo, _args(b"y" * 40000))])[:-10000],
+        # A silent peer after the hello: idle, then closed by the idle timer.
+        _input([Ping(1)], schedule=bytes([0, 0, 0] + [191] * 6)),
         # No hello in front: the input's own (a hello with no common version).
         bytes((0, 0)) + encode_hello(Hello(7, 9, 4096)) + encode_frame(Ping(1)),
     ]
