@@ -17,9 +17,9 @@ the server's handler, whose generator's ``finally`` then runs.
 from __future__ import annotations
 
 import threading
-from collections.abc import AsyncIterable, Callable, Iterable
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 
@@ -33,6 +33,8 @@ if TYPE_CHECKING:
     from .stubs import CallPath
 
 __all__ = ("StreamCall", "stream_method")
+
+T = TypeVar("T")
 
 
 def stream_method(path: CallPath, method: MethodSpec, options: CallOptions | None = None) -> Callable[..., Any]:
@@ -201,34 +203,19 @@ class StreamCall:
         stream = self._stream
         if stream is not None and (data := stream.take_nowait()) is not None:
             return self._decode(data)  # an item already here: no coroutine of ours to wait in
-        attempt = 1
-        if self._stream is None:
-            if self._finished:
-                raise StopAsyncIteration
-            await self._open()
-        while True:
-            stream = self._stream
-            assert stream is not None
-            try:
-                data = await stream.take()
-            except CommunicationError as exc:
-                attempt += 1
-                if await self._reopen_after(exc, attempt):
-                    continue
-                self._close()
-                raise
-            except RemoteError as exc:
-                self._close()
-                raise self._caller_error or caller_error(self._method, exc) from None
-            except BaseException:
-                self._close()  # cancelled, or its deadline: the server's handler is cancelled too
-                raise
-            if data is None:
-                self._close()
-                if self._caller_error is not None:
-                    raise self._caller_error
-                raise StopAsyncIteration
-            return self._decode(data)
+        if stream is None and self._finished:
+            raise StopAsyncIteration
+        try:
+            data = await self._until(ClientStream.take)
+        except BaseException:
+            self._close()  # an error, cancelled, or its deadline: the server's handler is cancelled too
+            raise
+        if data is None:
+            self._close()
+            if self._caller_error is not None:
+                raise self._caller_error
+            raise StopAsyncIteration
+        return self._decode(data)
 
     def _decode(self, data: bytes) -> Any:
         spec = self._method.stream
@@ -244,6 +231,20 @@ class StreamCall:
 
     async def result(self) -> Any:
         """A client stream's result: the method's return value, once the server has it."""
+        try:
+            payload = await self._until(ClientStream.result)
+        finally:
+            if self._stream is not None and self._stream.done():
+                self._finished = True
+        if self._caller_error is not None:
+            raise self._caller_error
+        return self._method.decode_result(payload)
+
+    async def _until(self, wait: Callable[[ClientStream], Awaitable[T]]) -> T:
+        """``await wait(stream)``, the stream opened first and opened again after a failure it may retry.
+
+        A remote error is raised as the caller's own, when its iterable failed, or as its declared type.
+        """
         attempt = 1
         if self._stream is None:
             await self._open()
@@ -251,20 +252,13 @@ class StreamCall:
             stream = self._stream
             assert stream is not None
             try:
-                payload = await stream.result()
+                return await wait(stream)
             except CommunicationError as exc:
                 attempt += 1
-                if await self._reopen_after(exc, attempt):
-                    continue
-                raise
+                if not await self._reopen_after(exc, attempt):
+                    raise
             except RemoteError as exc:
                 raise self._caller_error or caller_error(self._method, exc) from None
-            finally:
-                if stream.done():
-                    self._finished = True
-            if self._caller_error is not None:
-                raise self._caller_error
-            return self._method.decode_result(payload)
 
     # -- closing --------------------------------------------------------------------------------
 
