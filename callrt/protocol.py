@@ -20,6 +20,12 @@ one connection; responses, errors and cancels refer to a request's id. The
 body length is checked against the receiver's maximum *before* anything is
 buffered for it, so a peer cannot make us allocate from a length it chose.
 
+Version 3 adds streams (ITEM, END and CREDIT frames on a request's id: items
+each way within the credit the receiver granted) and compression (the server's
+SETTINGS after its hello reply list its codecs; a codec id in the kind byte's
+high bits marks a compressed payload, which the decoder hands on as
+:class:`Compressed` for the connection to decompress within its limit).
+
 The decoder raises :class:`~callrt.errors.RemoteProtocolError` for anything
 that is not valid protocol and never anything else; after that the connection
 must be closed, since framing is lost. The encoder raises
@@ -311,7 +317,7 @@ class _ErrorBody(msgspec.Struct, array_like=True, forbid_unknown_fields=True, gc
     args: bytes | None = None  # version 2 only
 
 
-_error_body = msgspec.msgpack.Encoder()
+_msgpack = msgspec.msgpack.Encoder()  # error and settings bodies
 _error_body_decoder = msgspec.msgpack.Decoder(_ErrorBody)
 _settings_decoder = msgspec.msgpack.Decoder(dict[str, Any])
 
@@ -504,9 +510,9 @@ def _encode_frame(frame: Frame) -> bytes:
         return _HEADER.pack(len(frame.payload), 2, frame.id) + frame.payload
     if type(frame) is Error:
         if frame.args is None:
-            body = _error_body.encode((frame.code, frame.remote_type, frame.message, frame.traceback))
+            body = _msgpack.encode((frame.code, frame.remote_type, frame.message, frame.traceback))
         else:
-            body = _error_body.encode((frame.code, frame.remote_type, frame.message, frame.traceback, frame.args))
+            body = _msgpack.encode((frame.code, frame.remote_type, frame.message, frame.traceback, frame.args))
         return _HEADER.pack(len(body), 3, frame.id) + body
     if type(frame) is Cancel:
         return _HEADER.pack(0, 4, frame.id)
@@ -525,7 +531,7 @@ def _encode_frame(frame: Frame) -> bytes:
     if type(frame) is Credit:
         return _HEADER.pack(8, 10, frame.id) + _CREDIT.pack(frame.items, frame.size)
     if type(frame) is Settings:
-        body = _error_body.encode({"codecs": list(frame.codecs)})
+        body = _msgpack.encode({"codecs": list(frame.codecs)})
         return _HEADER.pack(len(body), 11, 0) + body
     if type(frame) is Compressed:
         inner = _encode_frame(frame.frame)
