@@ -11,12 +11,14 @@ own (``[tool.importlinter]`` in pyproject.toml checks it), top to bottom:
 ``cli``, ``testing``              the ``callrt`` command; the kit for tests:
                                   worker processes, fault proxy
 ``call``                          the public namespace (``from callrt import call``)
-``server``, ``client/``           ``serve()``; ``connect()``, replicas, retries, stubs
+``server``, ``client/``           ``serve()``; ``connect()``, replicas, retries, stubs,
+                                  streams, fan-out, affinity
 ``health``, ``reflection``,       built-in components every server answers
 ``claims``                        (``claims``: ``@affinity`` and ``callrt.Affinity``)
 ``transport/``                    the I/O shells: asyncio Protocol, anyio streams,
                                   in-memory; one ``Transport`` interface
-``connection/``                   one connection's protocol logic, no sockets
+``connection/``                   one connection's protocol logic, no sockets;
+                                  streams' flow control
 ``options``                       server and client settings
 ``interceptors``                  chains of async wrappers around calls
 ``balancers/``, ``resolvers/``    picking a replica; finding endpoints
@@ -25,8 +27,9 @@ own (``[tool.importlinter]`` in pyproject.toml checks it), top to bottom:
 ``component``                     ``@component``, method specs and codecs
 ``access``                        access policies: who may call which method
 ``context``, ``tracing``          per-call values; W3C trace context
-``protocol``, ``keys``,           the sans-IO wire codec, method keys, addresses,
-``endpoints``, ``tls``, ...       TLS contexts from certificate files
+``protocol``, ``compression``,    the sans-IO wire codec, payload codecs (zlib, lz4,
+``keys``, ``endpoints``,          zstd), method keys, addresses, TLS contexts
+``tls``, ...                      from certificate files
 ``errors``                        the error tree
 ================================  ================================================
 """
