@@ -18,8 +18,11 @@ Input layout: an options byte, a schedule length ``n`` and ``n`` schedule bytes,
 then the byte stream. The options byte picks the server (plain, with an access
 policy, with compression, both), whether the peer is local (tracebacks in
 errors), a valid hello to put in front (protocol version 1, 2 or 3, or none: the
-input's own), the peer's maximum frame (4 KiB or 1 MiB), and whether the server
-is at ``max_connections`` when it accepts (then the hello is refused).
+input's own), the peer's maximum frame (4 KiB or 1 MiB), whether the server
+is at ``max_connections`` when it accepts (then the hello is refused), and
+which shell to act as: the stream shell (every async call through
+``call_async``) or the asyncio shell (``start_inline`` first for a call
+without a deadline, ``resume`` for one that suspended).
 
 Checked for every input:
 
@@ -56,7 +59,7 @@ import msgspec
 from callrt import component, inline
 from callrt.access import AllowList
 from callrt.component import component_spec
-from callrt.connection.server import ConnectionWatchdog, Server, ServerConnection
+from callrt.connection.server import SLOW_PATH, ConnectionWatchdog, Server, ServerConnection, resume
 from callrt.context import Peer
 from callrt.errors import DeadlineExceeded, ErrorCode, RemoteError, RemoteProtocolError
 from callrt.handlers import HandlerMap, RegisteredHandler
@@ -217,7 +220,8 @@ class _Call:
 class FakeIO:
     """A :class:`~callrt.connection.server.ServerIO` in memory: writes are kept, async calls are stepped by hand."""
 
-    def __init__(self) -> None:
+    def __init__(self, fast_path: bool = False) -> None:
+        self.fast_path = fast_path  # as the asyncio shell: ServerConnection.start_inline first
         self.out = bytearray()
         self.calls: dict[int, _Call] = {}
         self.closed = False
@@ -232,10 +236,36 @@ class FakeIO:
     def run_async(self, request: Request, entry: RegisteredHandler, deadline: float | None) -> None:
         if request.id in self.calls:  # the shells' contract (ServerIO.run_async)
             raise RemoteProtocolError(f"request id {request.id} reused while its call is in flight")
-        assert self.conn is not None
-        call = _Call(self.conn.call_async(request, entry, deadline, self.conn.left_the_loop), deadline, entry.name)
+        conn = self.conn
+        assert conn is not None
+        if self.fast_path and deadline is None and entry.is_async:
+            started = conn.start_inline(request, entry)
+            if started is None:
+                return  # answered without suspending
+            if started is not SLOW_PATH:  # suspended: the shell finishes it on this task
+                coro, yielded = started
+                blocked = _Call(self._finish_blocked(request, entry, coro, yielded), None, entry.name)
+                conn.start_reading()  # the reading path's own serving_var again (the call took the task's)
+                self.calls[request.id] = blocked
+                self.step(request.id)
+                return
+        call = _Call(conn.call_async(request, entry, deadline, conn.left_the_loop), deadline, entry.name)
         self.calls[request.id] = call
         self.step(request.id)
+
+    async def _finish_blocked(
+        self, request: Request, entry: RegisteredHandler, coro: Coroutine[Any, Any, Any], yielded: Any
+    ) -> None:
+        """What the asyncio shell's ``_finish_blocked`` does with a call ``start_inline`` saw suspend."""
+        conn = self.conn
+        assert conn is not None
+        conn.left_the_loop()
+        try:
+            result = await resume(coro, yielded)
+        except Exception as exc:
+            conn.call_failed(request.id, entry.name, exc)
+        else:
+            conn.reply(request.id, result, request.accept)
 
     def cancel_running(self, request_id: int, reason: RemoteError) -> None:
         if request_id in self.calls:
@@ -342,7 +372,7 @@ def server_connection(data: bytes) -> None:
     if version:
         stream = encode_hello(Hello(1, version, peer_max)) + stream
 
-    io = FakeIO()
+    io = FakeIO(fast_path=bool(options & 0x80))
     if options & 0x40:  # accepted at max_connections: the hello is answered with a refusal
         server.handshaking = server.options.max_connections
     try:
@@ -457,8 +487,9 @@ def _input(
     peer_max: int = 1,
     schedule: bytes = b"",
     busy: bool = False,
+    fast_path: bool = False,
 ) -> bytes:
-    options = server | 4 | version << 3 | peer_max << 5 | busy << 6
+    options = server | 4 | version << 3 | peer_max << 5 | busy << 6 | fast_path << 7
     return bytes((options, len(schedule))) + schedule + b"".join(encode_frame(f) for f in frames)
 
 
@@ -499,6 +530,8 @@ def server_connection_seeds() -> list[bytes]:
         _input(calls, version=3, server=2, peer_max=0, schedule=bytes([70, 140, 66])),
         _input(calls, version=3, server=3),
         _input(calls, busy=True),  # accepted at max_connections: refused
+        _input(calls, fast_path=True, schedule=bytes([0, 64, 0, 65, 140, 0, 200])),  # as the asyncio shell
+        _input([Request(i, put, _args("k", b"v")) for i in range(1, 9)] + [Cancel(2)], fast_path=True),
         # A duplicate id while the first call is parked: a protocol error.
         _input([Request(1, park, _args(1)), Request(1, park, _args(2))]),
         # An id reused after its call ended is fine.
