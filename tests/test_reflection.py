@@ -66,10 +66,11 @@ async def test_components_methods_and_schemas() -> None:
     assert [c.name for c in info.components] == ["callrt.Affinity", "callrt.Health", "test.Shop"]
     health = info.component("callrt.Health")
     assert health is not None
-    (check,) = health.methods
+    check, watch = health.methods
     assert check.params is not None
     assert check.params[0].schema == {"type": "string"}
     assert check.result == {"enum": ["NOT_SERVING", "SERVICE_UNKNOWN", "SERVING"]}
+    assert (watch.name, watch.stream, watch.result) == ("watch", "server", check.result)  # a stream of statuses
     shop = info.component("test.Shop")
     assert shop is not None
     methods = {m.name: m for m in shop.methods}
