@@ -1,10 +1,13 @@
-"""What several test modules share: backend parameters and short scratch directories."""
+"""What several test modules share: backend parameters, short scratch directories, a child's stderr lines."""
 
 from __future__ import annotations
 
 import os
+import queue
 import shutil
+import subprocess
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,3 +35,22 @@ def rss_kib(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     raise AssertionError("no VmRSS")
+
+
+def stderr_lines(proc: subprocess.Popen[str], count: int, timeout: float = 20) -> list[str]:
+    """The first ``count`` lines ``proc`` writes on stderr (a text pipe), each within ``timeout`` seconds.
+
+    A thread reads them: ``select`` on the pipe, then ``readline``, misses a second line that
+    arrived with the first (the text wrapper has already read it from the pipe).
+    """
+    stream = proc.stderr
+    assert stream is not None
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in iter(stream.readline, "")], daemon=True).start()
+    got: list[str] = []
+    for _ in range(count):
+        try:
+            got.append(lines.get(timeout=timeout).rstrip("\n"))
+        except queue.Empty:
+            raise AssertionError(f"no line on stderr within {timeout}s, after {got}; exit code {proc.poll()}") from None
+    return got

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import select
 import shutil
 import signal
 import subprocess
@@ -22,6 +21,7 @@ from callrt.reflection import ServiceInfo
 from callrt.testing import WorkerProcess
 from tests.components import Bag, Color, Item, Lab, Mixed, Point
 from tests.etcd_server import running_etcd
+from tests.support import stderr_lines
 from tests.test_integration import dead_tcp_endpoint, sample_bag
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -164,9 +164,7 @@ def test_serve_calls_and_drains_on_sigterm(tmp_path: Path, backend: str) -> None
     cmd += ["tests.components:Echo", "--listen", f"unix://{sock}", "--listen", "tcp://127.0.0.1:0"]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
     try:
-        assert proc.stderr is not None
-        ready, _, _ = select.select([proc.stderr], [], [], 20)
-        line = proc.stderr.readline() if ready else ""
+        (line,) = stderr_lines(proc, 1)
         assert line.startswith("serving on unix://"), line
         tcp = line.strip().split(", ")[1]
         for url in (f"unix://{sock}", tcp):
@@ -204,11 +202,7 @@ def test_serve_workers_share_a_port_and_drain_on_sigterm(backend: str) -> None:
     cmd += ["--listen", url, "--workers", "2"]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
     try:
-        assert proc.stderr is not None
-        for _ in range(2):
-            ready, _, _ = select.select([proc.stderr], [], [], 20)
-            line = proc.stderr.readline() if ready else ""
-            assert line == f"serving on {url}\n", line
+        assert stderr_lines(proc, 2) == [f"serving on {url}"] * 2
 
         async def pids() -> set[int]:
             seen: set[int] = set()
@@ -260,9 +254,7 @@ def test_serve_registers_in_etcd_and_call_finds_it_there(listen: list[str]) -> N
         cmd = [sys.executable, "-m", "callrt", "serve", "tests.components:Lab", "--listen", *listen]
         proc = subprocess.Popen([*cmd, "--etcd", target], stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
         try:
-            assert proc.stderr is not None
-            ready, _, _ = select.select([proc.stderr], [], [], 20)
-            line = proc.stderr.readline() if ready else ""
+            (line,) = stderr_lines(proc, 1)
             assert line.startswith("serving on tcp://"), line
             done = callrt("call", target, "tests.Lab.add", "[7, 8]")
             assert (done.returncode, done.stdout) == (0, "15\n"), done.stderr

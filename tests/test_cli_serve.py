@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import select
 import signal
 import socket
 import subprocess
@@ -19,6 +18,7 @@ import pytest
 
 from callrt import call
 from tests.components import Lab
+from tests.support import stderr_lines
 from tests.test_integration import dead_tcp_endpoint
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,14 +30,7 @@ def serving(cmd: list[str], cwd: Path, env: dict[str, str], lines: int) -> Itera
     """Run ``cmd``; yield the first ``lines`` lines it writes on stderr; SIGTERM it and expect exit code 0."""
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd)
     try:
-        assert proc.stderr is not None
-        got: list[str] = []
-        for _ in range(lines):
-            ready, _, _ = select.select([proc.stderr], [], [], 20)
-            line = proc.stderr.readline() if ready else ""
-            assert line, f"no line on stderr, after {got}; exit code {proc.poll()}"
-            got.append(line.rstrip("\n"))
-        yield got
+        yield stderr_lines(proc, lines)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(20) == 0
     finally:
