@@ -23,6 +23,7 @@ import anyio
 
 from callrt import affinity, component
 from callrt.endpoints import Endpoint
+from callrt.health import set_health
 from callrt.testing import WorkerProcess
 
 
@@ -79,6 +80,10 @@ class Fleet:
 
     async def release(self, gate: str) -> None:
         self._gate(gate).set()
+
+    def set_serving(self, serving: bool) -> None:
+        """What ``callrt.Health`` answers for this replica's server from now on."""
+        set_health("", serving=serving)
 
     async def ticks(self, n: int) -> AsyncIterator[int]:
         """A stream method: fan-out and affinity calls refuse it (they are unary)."""

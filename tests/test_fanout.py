@@ -15,6 +15,7 @@ import pytest
 
 from callrt import call, errors
 from callrt.call import Reply
+from callrt.client.replicas import ReplicaState
 from callrt.endpoints import Endpoint, tcp
 from callrt.interceptors import ClientCall, ClientNext, ServerCall, ServerNext
 from callrt.testing import WorkerProcess
@@ -200,6 +201,34 @@ async def test_a_dead_replica_is_reported_not_waited_for(workers: dict[str, Work
     assert isinstance(refused.error, errors.Unreachable)
     assert str(dead) in str(refused.error) and "unavailable" in str(refused.error)
     assert sorted(r.value for r in replies if r.ok) == sorted(roles.values())  # type: ignore[type-var]
+
+
+async def test_a_replica_whose_health_says_not_serving_is_reported_not_waited_for(
+    workers: dict[str, WorkerProcess],
+) -> None:
+    roles = endpoints(workers)
+    ok = workers["ok"]
+    assert ok.endpoint is not None
+    options = call.ClientOptions(health_interval=0.05)
+    with anyio.fail_after(10):
+        async with call.connect(list(roles), options=options) as client:
+            await connect_all(client)
+            async with call.connect(ok.endpoint) as direct:
+                await direct.stub(Fleet).set_serving(False)
+            try:
+                replica = client.replicas[ok.endpoint]
+                while replica.state is not ReplicaState.NOT_SERVING:  # noqa: ASYNC110 (the client's health poll)
+                    await anyio.sleep(0.01)
+                started = anyio.current_time()
+                replies = [reply async for reply in client.multi(Fleet, timeout=8).whoami()]
+                took = anyio.current_time() - started
+            finally:
+                async with call.connect(ok.endpoint) as direct:
+                    await direct.stub(Fleet).set_serving(True)
+    (skipped,) = [r for r in replies if r.endpoint == ok.endpoint]
+    assert isinstance(skipped.error, errors.Unreachable) and "NOT_SERVING" in str(skipped.error)
+    assert took < 4, f"the fan-out waited {took:.1f}s for a replica that serves nothing"
+    assert len(replies) == 3
 
 
 async def test_misuse_fails_when_the_stub_is_made(workers: dict[str, WorkerProcess]) -> None:

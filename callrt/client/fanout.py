@@ -153,7 +153,7 @@ async def session_of(
 ) -> ClientSession:
     """``replica``'s session once it is AVAILABLE, waiting while it is CONNECTING until ``limit``.
 
-    :raises Unreachable: it is UNAVAILABLE or DRAINING, or stopped connecting without success;
+    :raises Unreachable: it is UNAVAILABLE, NOT_SERVING or DRAINING, or stopped connecting without success;
         or, when ``limit`` is not a deadline (``by_deadline=False``: ``pick_timeout``), still connecting at it.
     :raises NoReplicaInTime: it was still connecting at ``limit``, a deadline.
     """
@@ -163,9 +163,13 @@ async def session_of(
             return session
         if replicas.closed:
             raise ClosedError("the connection is closed")
-        if state is ReplicaState.DRAINING or (state is ReplicaState.UNAVAILABLE and replica.last_error is not None):
-            # Skipped, not waited for: it is leaving, or its last connection attempt failed (it backs
-            # off before the next). UNAVAILABLE without an error is a replica not tried yet, or one
+        if (
+            state is ReplicaState.DRAINING
+            or state is ReplicaState.NOT_SERVING
+            or (state is ReplicaState.UNAVAILABLE and replica.last_error is not None)
+        ):
+            # Skipped, not waited for: it is leaving, its health check says it serves nothing now, or
+            # its last connection attempt failed (it backs off before the next). UNAVAILABLE without an error is a replica not tried yet, or one
             # whose connection was lost and that is about to reconnect: waited for, like CONNECTING.
             raise Unreachable(f"{method}: {replica.endpoint} is {state.value}{replica.why()}")
         # Every state change of every replica sets this event (ReplicaSet.changed), then replaces it.
