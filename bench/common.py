@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 import anyio
 
 __all__ = (
     "LOOPS",
+    "PINS",
     "Address",
     "Loop",
     "cpu_seconds",
@@ -20,10 +23,19 @@ __all__ = (
     "probe",
     "read_rss_kib",
     "run_on_loop",
+    "stop_process",
+    "wait_ready",
 )
 
 Loop = Literal["uvloop", "asyncio", "trio"]
 LOOPS: tuple[Loop, ...] = get_args(Loop)
+
+#: ``--pin``: the CPUs of the server and of the client process (None: wherever the scheduler likes).
+PINS: dict[str, tuple[set[int] | None, set[int] | None]] = {
+    "none": (None, None),
+    "same": ({0}, {0}),
+    "split": ({0}, {1}),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,3 +126,24 @@ def run_on_loop(main: Callable[[], Awaitable[object]], loop: Loop) -> None:
         anyio.run(main, backend="trio")
     else:
         anyio.run(main, backend="asyncio", backend_options={"use_uvloop": loop == "uvloop"})
+
+
+def wait_ready(server: subprocess.Popen[str], address: Address, timeout: float) -> bool:
+    """Whether ``server`` accepts connections on ``address`` within ``timeout`` seconds (False once it exited)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and server.poll() is None:
+        if probe(address):
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def stop_process(process: subprocess.Popen[Any], grace: float = 5) -> None:
+    """SIGTERM ``process`` if it still runs; SIGKILL it after ``grace`` seconds."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

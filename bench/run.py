@@ -30,7 +30,7 @@ from importlib import metadata
 from typing import IO, Any
 
 from bench import report
-from bench.common import LOOPS, Address, Loop, free_tcp_port, probe
+from bench.common import LOOPS, PINS, Address, Loop, free_tcp_port, stop_process, wait_ready
 from bench.profiles import PROFILES, TLS_DIR, Job, Profile, Variant, parse_variant
 from bench.steps import MemoryStep, encode_steps, step_to_dict
 from bench.systems import MODULES, load
@@ -42,12 +42,6 @@ RESULTS = REPO / "bench" / "results"
 _READY_TIMEOUT = 20.0
 _START_COST = 1.5  # seconds of process start-up per job, for the estimate
 _CLIENT_GRACE = 60.0  # plus 20 s per step (a client gives up on a step after 15 s)
-# --pin: CPUs of (server, client); None leaves placement to the scheduler.
-_PINS: dict[str, tuple[set[int] | None, set[int] | None]] = {
-    "none": (None, None),
-    "same": ({0}, {0}),
-    "split": ({0}, {1}),
-}
 
 
 class Runner:
@@ -89,12 +83,12 @@ class Runner:
 
     def _run_pair(self, job: Job, address: Address, log: IO[str]) -> tuple[list[str], str | None]:
         command = self._command("bench.server", job, address)
-        with self._process(command, log, cpus=_PINS[self._pin][0]) as server:
-            if not _wait_ready(server, address):
+        with self._process(command, log, cpus=PINS[self._pin][0]) as server:
+            if not wait_ready(server, address, _READY_TIMEOUT):
                 return [], f"server did not accept connections within {_READY_TIMEOUT:.0f}s"
             extra = ("--server-pid", str(server.pid), "--steps", encode_steps(list(job.steps)))
             command = self._command("bench.client", job, address, *extra)
-            cpus = _PINS[self._pin][1]
+            cpus = PINS[self._pin][1]
             with self._process(command, log, cpus=cpus, stdout=subprocess.PIPE) as client:
                 timeout = job.budget + _CLIENT_GRACE + 20 * len(job.steps)
                 try:
@@ -133,32 +127,13 @@ class Runner:
         try:
             yield process
         finally:
-            _stop(process)
+            stop_process(process, grace=3)
             self._live.remove(process)
 
     def close(self) -> None:
         for process in self._live:
-            _stop(process)
+            stop_process(process, grace=3)
         self._live.clear()
-
-
-def _wait_ready(server: subprocess.Popen[str], address: Address) -> bool:
-    deadline = time.monotonic() + _READY_TIMEOUT
-    while time.monotonic() < deadline and server.poll() is None:
-        if probe(address):
-            return True
-        time.sleep(0.02)
-    return False
-
-
-def _stop(process: subprocess.Popen[Any]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=3)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def _indent(text: str) -> str:
@@ -193,7 +168,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--memory", action=argparse.BooleanOptionalAction, help="measure server memory")
     parser.add_argument(
         "--pin",
-        choices=sorted(_PINS),
+        choices=sorted(PINS),
         default="none",
         help="CPU placement: none (default; the scheduler decides), same (both on CPU 0), "
         "split (server CPU 0, client CPU 1)",

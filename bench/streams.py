@@ -52,7 +52,7 @@ from typing import IO, Any
 import anyio
 
 from bench import measure
-from bench.common import LOOPS, Address, free_tcp_port, probe, read_rss_kib, run_on_loop
+from bench.common import LOOPS, PINS, Address, free_tcp_port, read_rss_kib, run_on_loop, stop_process, wait_ready
 from bench.systems import Client
 from bench.systems.streams_base import STREAM_MODULES, StreamClient, StreamSystem, Tally, load_stream_system
 
@@ -64,11 +64,6 @@ _READY_TIMEOUT = 20.0
 _SAMPLE_PERIOD = 0.02  # seconds between placement samples under load
 _SLOWDOWN = 1000  # the memory figure's consumer is this much slower than the producer
 # --pin: CPUs of (server, client), as in bench.run; None leaves placement to the scheduler.
-_PINS: dict[str, tuple[set[int] | None, set[int] | None]] = {
-    "none": (None, None),
-    "same": ({0}, {0}),
-    "split": ({0}, {1}),
-}
 
 Result = dict[str, Any]
 
@@ -364,9 +359,9 @@ class Runner:
 
     def _pair(self, job: Job, address: Address, log: IO[str]) -> tuple[dict[str, Any] | None, str | None]:
         common = [job.system, "--address", address.url, *job.argv]
-        server_cpus, client_cpus = _PINS[self.pin]
+        server_cpus, client_cpus = PINS[self.pin]
         with self._process(self._command("_serve", job, common), log, server_cpus) as server:
-            if not _wait_ready(server, address):
+            if not wait_ready(server, address, _READY_TIMEOUT):
                 return None, f"server did not accept connections within {_READY_TIMEOUT:.0f}s"
             extra = ["--server-pid", str(server.pid), "--task", json.dumps(job.task)]
             command = self._command("_client", job, [*common, *extra])
@@ -405,32 +400,13 @@ class Runner:
         try:
             yield process
         finally:
-            _stop(process)
+            stop_process(process)
             self.live.remove(process)
 
     def close(self) -> None:
         for process in self.live:
-            _stop(process)
+            stop_process(process)
         self.live.clear()
-
-
-def _wait_ready(server: subprocess.Popen[str], address: Address) -> bool:
-    deadline = time.monotonic() + _READY_TIMEOUT
-    while time.monotonic() < deadline and server.poll() is None:
-        if probe(address):
-            return True
-        time.sleep(0.02)
-    return False
-
-
-def _stop(process: subprocess.Popen[str]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def _rounds(runner: Runner, jobs: list[Job], repeat: int, runs: list[Run]) -> None:
@@ -737,7 +713,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--pin",
-        choices=sorted(_PINS),
+        choices=sorted(PINS),
         default="none",
         help="CPU placement: none (default; the scheduler decides), same (both on CPU 0), "
         "split (server CPU 0, client CPU 1)",
