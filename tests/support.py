@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 import queue
 import shutil
+import signal
 import subprocess
 import tempfile
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -54,3 +56,19 @@ def stderr_lines(proc: subprocess.Popen[str], count: int, timeout: float = 20) -
         except queue.Empty:
             raise AssertionError(f"no line on stderr within {timeout}s, after {got}; exit code {proc.poll()}") from None
     return got
+
+
+@contextmanager
+def serving(cmd: list[str], cwd: Path, env: dict[str, str], lines: int) -> Iterator[list[str]]:
+    """Run ``cmd``; yield the first ``lines`` lines it writes on stderr; then SIGTERM it and expect exit code 0."""
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd)
+    try:
+        yield stderr_lines(proc, lines)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0, "it did not drain and exit 0 on SIGTERM"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stderr is not None:
+            proc.stderr.close()

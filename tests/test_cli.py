@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import uuid
@@ -21,7 +20,7 @@ from callrt.reflection import ServiceInfo
 from callrt.testing import WorkerProcess
 from tests.components import Bag, Color, Item, Lab, Mixed, Point
 from tests.etcd_server import running_etcd
-from tests.support import stderr_lines
+from tests.support import serving
 from tests.test_integration import dead_tcp_endpoint, sample_bag
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -162,9 +161,7 @@ def test_serve_calls_and_drains_on_sigterm(tmp_path: Path, backend: str) -> None
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     cmd = [sys.executable, "-m", "callrt", "--backend", backend, "serve", "tests.components:Lab"]
     cmd += ["tests.components:Echo", "--listen", f"unix://{sock}", "--listen", "tcp://127.0.0.1:0"]
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
-    try:
-        (line,) = stderr_lines(proc, 1)
+    with serving(cmd, ROOT, env, 1) as (line,):
         assert line.startswith("serving on unix://"), line
         tcp = line.strip().split(", ")[1]
         for url in (f"unix://{sock}", tcp):
@@ -172,14 +169,6 @@ def test_serve_calls_and_drains_on_sigterm(tmp_path: Path, backend: str) -> None
             assert (done.returncode, done.stdout) == (0, "3\n"), done.stderr
         done = callrt("health", tcp, "tests.Echo")
         assert (done.returncode, done.stdout) == (0, "SERVING\n"), done.stderr
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(20) == 0  # drained and returned
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        if proc.stderr is not None:
-            proc.stderr.close()
 
 
 def test_usage_errors() -> None:
@@ -200,9 +189,8 @@ def test_serve_workers_share_a_port_and_drain_on_sigterm(backend: str) -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     cmd = [sys.executable, "-m", "callrt", "--backend", backend, "serve", "tests.components:Lab"]
     cmd += ["--listen", url, "--workers", "2"]
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
-    try:
-        assert stderr_lines(proc, 2) == [f"serving on {url}"] * 2
+    with serving(cmd, ROOT, env, 2) as lines:
+        assert lines == [f"serving on {url}"] * 2
 
         async def pids() -> set[int]:
             seen: set[int] = set()
@@ -215,14 +203,6 @@ def test_serve_workers_share_a_port_and_drain_on_sigterm(backend: str) -> None:
             return seen
 
         assert len(anyio.run(pids)) == 2
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(20) == 0  # both drained and exited 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        if proc.stderr is not None:
-            proc.stderr.close()
 
 
 def test_serve_workers_need_tcp_ports() -> None:
@@ -252,20 +232,10 @@ def test_serve_registers_in_etcd_and_call_finds_it_there(listen: list[str]) -> N
         target = f"etcd://{etcd.url.removeprefix('http://')}/callrt-cli/{uuid.uuid4().hex}/"
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
         cmd = [sys.executable, "-m", "callrt", "serve", "tests.components:Lab", "--listen", *listen]
-        proc = subprocess.Popen([*cmd, "--etcd", target], stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
-        try:
-            (line,) = stderr_lines(proc, 1)
+        with serving([*cmd, "--etcd", target], ROOT, env, 1) as (line,):
             assert line.startswith("serving on tcp://"), line
             done = callrt("call", target, "tests.Lab.add", "[7, 8]")
             assert (done.returncode, done.stdout) == (0, "15\n"), done.stderr
-            proc.send_signal(signal.SIGTERM)
-            assert proc.wait(20) == 0  # deregistered and drained
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-            if proc.stderr is not None:
-                proc.stderr.close()
 
 
 @pytest.mark.parametrize(

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
 import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import anyio
@@ -18,27 +15,11 @@ import pytest
 
 from callrt import call
 from tests.components import Lab
-from tests.support import stderr_lines
+from tests.support import serving
 from tests.test_integration import dead_tcp_endpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = Path(sys.executable).parent / "callrt"  # the console script pip installed beside the venv's python
-
-
-@contextmanager
-def serving(cmd: list[str], cwd: Path, env: dict[str, str], lines: int) -> Iterator[list[str]]:
-    """Run ``cmd``; yield the first ``lines`` lines it writes on stderr; SIGTERM it and expect exit code 0."""
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd)
-    try:
-        yield stderr_lines(proc, lines)
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(20) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        if proc.stderr is not None:
-            proc.stderr.close()
 
 
 def test_the_console_script_imports_modules_from_the_current_directory(tmp_path: Path) -> None:
