@@ -361,10 +361,17 @@ def _b64(data: bytes) -> str:
 
 
 async def test_a_server_on_every_interface_registers_an_address_clients_reach(etcd: EtcdServer, prefix: str) -> None:
-    """``tcp://0.0.0.0:PORT`` is no address to connect to: this machine's address is registered instead."""
-    if registry._machine_address(socket.AF_INET) is None:
-        pytest.skip("this machine has no IPv4 address but loopback")
+    """``tcp://0.0.0.0:PORT`` is no address to connect to: this machine's address is registered instead.
+
+    A machine with no IPv4 address but loopback has none to register: there the server must refuse
+    to start, as test_no_address_to_register_says_to_pass_advertise shows with the address patched away.
+    """
     options = call.ServerOptions(insecure=True, registrars=[EtcdRegistrar(etcd.url, prefix, ttl=TTL)])
+    if registry._machine_address(socket.AF_INET) is None:
+        with anyio.fail_after(10), pytest.raises(ValueError, match="advertise="):
+            async with call.start_server("tcp://0.0.0.0:0", Greeter("any"), options=options):
+                pytest.fail("the server started with no address to register")
+        return
     with anyio.fail_after(10):
         async with (
             call.start_server("tcp://0.0.0.0:0", Greeter("any"), options=options) as server,
