@@ -398,7 +398,6 @@ class ClientStream:
         self.credit = SendCredit()
         self.codec = 0  # the compression codec of the items this side sends
         self.received = 0  # items the caller took
-        self.sent = 0  # items sent to the server
         self._finished = anyio.Event()
         self._result: Any = None
         self._error: BaseException | None = None
@@ -489,7 +488,6 @@ class ClientStream:
             return False
         if self.done() or session.is_lost:
             return False
-        self.sent += 1
         codec = self.codec
         if codec and size >= session.compress_above:
             packed = compress(CODECS_BY_ID[codec], item)
