@@ -29,6 +29,7 @@ from .errors import Internal, InvalidArgument, RegistrationError, RemoteError, U
 from .keys import MethodKey, make_method_key
 
 __all__ = (
+    "AwaitableMethod",
     "ComponentSpec",
     "DeclaredError",
     "MethodSpec",
@@ -79,6 +80,37 @@ def inline(method: F) -> F:
         )
     setattr(method, _INLINE_ATTR, True)
     return method
+
+
+@dataclass(frozen=True, slots=True)
+class AwaitableMethod:
+    """An async method of a component instance, in the parts its handler is made of.
+
+    A server that awaits ``method`` itself, instead of the handler's coroutine around
+    it, lets an async method that does not suspend cost little more than a sync one.
+    The steps are the handler's: ``decode(payload)``, or when that raises a msgspec
+    error ``decode_again(payload, exc)`` (fewer arguments, or the InvalidArgument);
+    ``await method(*args)``; ``encode(result)``, whose TypeError, ValueError or
+    OverflowError ``result_error`` turns into the call's error.
+    """
+
+    decode: Callable[[bytes], tuple[Any, ...]]
+    decode_again: Callable[[bytes, msgspec.ValidationError | msgspec.DecodeError], tuple[Any, ...]]
+    method: Callable[..., Awaitable[Any]]
+    encode: Callable[[Any], bytes]
+    result_error: Callable[[Exception], Exception]
+
+    async def run(self, payload: bytes) -> bytes:
+        """The method's handler: its steps, in order."""
+        try:
+            args = self.decode(payload)
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            args = self.decode_again(payload, exc)  # fewer arguments (defaults), or the InvalidArgument
+        result = await self.method(*args)
+        try:
+            return self.encode(result)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise self.result_error(exc) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,36 +316,36 @@ class MethodSpec:
             return f"{self.full_name}: invalid argument {param!r}: {message}"
         return f"{self.full_name}: invalid arguments: {message}"
 
+    def _bound(self, instance: object) -> Callable[..., Any]:
+        """This method of ``instance``, taking its arguments in parameter order."""
+        method: Callable[..., Any] = getattr(instance, self.name)
+        keyword_only = self.params[self.positional :]
+        if not keyword_only:
+            return method
+        # Arguments travel in parameter order; keyword-only ones are passed back by name.
+        positional, plain = self.positional, method
+
+        def by_name(*args: Any) -> Any:
+            return plain(*args[:positional], **dict(zip(keyword_only, args[positional:], strict=True)))
+
+        return by_name
+
+    def awaitable(self, instance: object) -> AwaitableMethod:
+        """This async method of ``instance`` in parts, for a server that awaits the method itself."""
+        return AwaitableMethod(
+            self.decode_args, self.decode_other_length, self._bound(instance), self.encode_result, self._result_error
+        )
+
     def handler(self, instance: object) -> Callable[[bytes], bytes] | Callable[[bytes], Awaitable[bytes]]:
         """A bytes-in, bytes-out handler calling this method on ``instance``."""
-        method = getattr(instance, self.name)
-        decode, encode = self.decode_args, self.encode_result
-        decode_again, result_error = self.decode_other_length, self._result_error
-        keyword_only = self.params[self.positional :]
-        if keyword_only:
-            # Arguments travel in parameter order; keyword-only ones are passed back by name.
-            positional, plain = self.positional, method
-
-            def method(*args: Any) -> Any:
-                return plain(*args[:positional], **dict(zip(keyword_only, args[positional:], strict=True)))
-
         if self.stream is not None:
-            return self._stream_handler(method)
+            return self._stream_handler(self._bound(instance))
         # Each handler is one Python frame around the method: it runs once per call.
         if self.is_async:
-
-            async def async_handler(payload: bytes) -> bytes:
-                try:
-                    args = decode(payload)
-                except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-                    args = decode_again(payload, exc)  # fewer arguments (defaults), or the InvalidArgument
-                result = await method(*args)
-                try:
-                    return encode(result)
-                except (TypeError, ValueError, OverflowError) as exc:
-                    raise result_error(exc) from None
-
-            return async_handler
+            return self.awaitable(instance).run
+        method = self._bound(instance)
+        decode, encode = self.decode_args, self.encode_result
+        decode_again, result_error = self.decode_other_length, self._result_error
 
         def sync_handler(payload: bytes) -> bytes:
             try:

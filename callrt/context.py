@@ -93,8 +93,9 @@ class SyncSlot:
 
     A ContextVar's set and reset cost ~15% of serving a small sync call, so the
     reading path sets the variable to its connection's slot once per batch of
-    frames, and each sync call only fills the slot. (An async handler, which
-    interleaves with others, sets the variable itself, in its own task.)
+    frames, and each sync call only fills the slot. So does a plain async call
+    until it first suspends; from then on, as for any async handler that
+    interleaves with others, the variable is the call's own, in its task.
     """
 
     __slots__ = ("call",)

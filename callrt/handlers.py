@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
 from . import keys
-from .component import ComponentSpec, component_spec
+from .component import AwaitableMethod, ComponentSpec, component_spec
 from .errors import RegistrationError
 from .keys import MethodKey
 
@@ -29,6 +29,9 @@ class RegisteredHandler:
     component: ComponentSpec | None = None
     # A stream method's handler: the connection gives it a StreamChannel (protocol version 3).
     stream: bool = False
+    # An async unary component method in parts, for a shell that awaits the method itself
+    # instead of ``handler``'s coroutine around it.
+    awaitable: AwaitableMethod | None = None
 
 
 class HandlerMap:
@@ -49,12 +52,14 @@ class HandlerMap:
         inline: bool = False,
         spec: ComponentSpec | None = None,
         stream: bool = False,
+        awaitable: AwaitableMethod | None = None,
     ) -> MethodKey:
         """Register one handler; returns its key.
 
         A sync ``handler`` runs in a worker thread, or on the event loop with ``inline=True``
         (for small functions that never block). ``spec``, the ``@component`` that ``method``
-        belongs to, lets reflection describe the method's types.
+        belongs to, lets reflection describe the method's types. ``awaitable`` is an
+        async ``handler``'s method in parts (:meth:`~callrt.component.MethodSpec.awaitable`).
         """
         key = keys.make_method_key(component, method)  # through the module: a test may make keys collide
         name = f"{component}.{method}"
@@ -63,7 +68,9 @@ class HandlerMap:
             what = "registered twice" if existing.name == name else f"collides with {existing.name!r}"
             raise RegistrationError(f"method key of {name!r} {what}")
         is_async = inspect.iscoroutinefunction(handler)
-        self._handlers[key] = RegisteredHandler(name, handler, is_async, inline and not is_async, spec, stream)
+        self._handlers[key] = RegisteredHandler(
+            name, handler, is_async, inline and not is_async, spec, stream, awaitable
+        )
         return key
 
     def add_handlers(self, name: str | None, impl: object) -> None:
@@ -73,9 +80,15 @@ class HandlerMap:
         """
         spec = component_spec(impl)
         for method in spec.methods.values():
-            handler = method.handler(impl)
+            awaitable = method.awaitable(impl) if method.is_async and not method.stream else None
             self.set(
-                name or spec.name, method.name, handler, inline=method.inline, spec=spec, stream=bool(method.stream)
+                name or spec.name,
+                method.name,
+                method.handler(impl) if awaitable is None else awaitable.run,
+                inline=method.inline,
+                spec=spec,
+                stream=bool(method.stream),
+                awaitable=awaitable,
             )
 
     def __len__(self) -> int:

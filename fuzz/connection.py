@@ -21,8 +21,9 @@ errors), a valid hello to put in front (protocol version 1, 2 or 3, or none: the
 input's own), the peer's maximum frame (4 KiB or 1 MiB), whether the server
 is at ``max_connections`` when it accepts (then the hello is refused), and
 which shell to act as: the stream shell (every async call through
-``call_async``) or the asyncio shell (``start_inline`` first for a call
-without a deadline, ``resume`` for one that suspended).
+``call_async``) or the asyncio shell (a plain call, ``run_plain``, through
+the method's :class:`~callrt.component.AwaitableMethod` with the connection's
+slot holding it until it suspends).
 
 Checked for every input:
 
@@ -59,7 +60,7 @@ import msgspec
 from callrt import component, inline
 from callrt.access import AllowList
 from callrt.component import component_spec
-from callrt.connection.server import SLOW_PATH, ConnectionWatchdog, Server, ServerConnection, resume
+from callrt.connection.server import ConnectionWatchdog, Server, ServerConnection, run_watched
 from callrt.context import Peer
 from callrt.errors import DeadlineExceeded, ErrorCode, RemoteError, RemoteProtocolError
 from callrt.handlers import HandlerMap, RegisteredHandler
@@ -221,7 +222,7 @@ class FakeIO:
     """A :class:`~callrt.connection.server.ServerIO` in memory: writes are kept, async calls are stepped by hand."""
 
     def __init__(self, fast_path: bool = False) -> None:
-        self.fast_path = fast_path  # as the asyncio shell: ServerConnection.start_inline first
+        self.fast_path = fast_path  # run_plain as the asyncio shell does (else as run_async)
         self.out = bytearray()
         self.calls: dict[int, _Call] = {}
         self.closed = False
@@ -238,34 +239,33 @@ class FakeIO:
             raise RemoteProtocolError(f"request id {request.id} reused while its call is in flight")
         conn = self.conn
         assert conn is not None
-        if self.fast_path and deadline is None and entry.is_async:
-            started = conn.start_inline(request, entry)
-            if started is None:
-                return  # answered without suspending
-            if started is not SLOW_PATH:  # suspended: the shell finishes it on this task
-                coro, yielded = started
-                blocked = _Call(self._finish_blocked(request, entry, coro, yielded), None, entry.name)
-                conn.start_reading()  # the reading path's own serving_var again (the call took the task's)
-                self.calls[request.id] = blocked
-                self.step(request.id)
-                return
-        call = _Call(conn.call_async(request, entry, deadline, conn.left_the_loop), deadline, entry.name)
-        self.calls[request.id] = call
-        self.step(request.id)
+        self._start(request.id, conn.call_async(request, entry, deadline, conn.left_the_loop), deadline, entry.name)
 
-    async def _finish_blocked(
-        self, request: Request, entry: RegisteredHandler, coro: Coroutine[Any, Any, Any], yielded: Any
-    ) -> None:
-        """What the asyncio shell's ``_finish_blocked`` does with a call ``start_inline`` saw suspend."""
+    def run_plain(self, request: Request, entry: RegisteredHandler) -> None:
+        if not self.fast_path:
+            self.run_async(request, entry, None)
+            return
+        if request.id in self.calls:  # the asyncio shell finds it when the call starts: the same, sooner
+            raise RemoteProtocolError(f"request id {request.id} reused while its call is in flight")
+        self._start(request.id, self._plain(request, entry), None, entry.name)
+
+    async def _plain(self, request: Request, entry: RegisteredHandler) -> None:
+        """What the asyncio shell's dispatcher does with a plain call: the slot holds it until it suspends."""
         conn = self.conn
-        assert conn is not None
-        conn.left_the_loop()
+        assert conn is not None and entry.awaitable is not None
+        conn.slot.call = (request, entry.name, None, conn.peer)
         try:
-            result = await resume(coro, yielded)
+            result = await run_watched(entry.awaitable.run(request.payload), conn.left_the_loop)
         except Exception as exc:
             conn.call_failed(request.id, entry.name, exc)
         else:
             conn.reply(request.id, result, request.accept)
+        finally:
+            conn.slot.call = None
+
+    def _start(self, request_id: int, coro: Coroutine[Any, Any, None], deadline: float | None, name: str) -> None:
+        self.calls[request_id] = _Call(coro, deadline, name)
+        self.step(request_id)
 
     def cancel_running(self, request_id: int, reason: RemoteError) -> None:
         if request_id in self.calls:

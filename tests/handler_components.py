@@ -49,6 +49,13 @@ class Handlers:
         assert after is not None
         return current.metadata["tag"], after.metadata["tag"]
 
+    async def scoped(self, pause: float) -> tuple[bool, bool]:
+        """A cancel scope across the handler's first suspension: it must end on the task it began on."""
+        task = anyio.get_current_task().id
+        with anyio.move_on_after(pause / 2) as scope:
+            await anyio.sleep(pause)
+        return scope.cancelled_caught, anyio.get_current_task().id == task
+
     @not_retriable
     async def slow(self, seconds: float) -> str:
         await anyio.sleep(seconds)

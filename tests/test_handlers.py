@@ -173,6 +173,30 @@ async def test_each_async_call_sees_its_own_call_across_suspensions(worker: Work
     assert results == {tag: (tag, tag) for tag in results} and len(results) == 202
 
 
+@pytest.mark.timeout(20)  # bounded here, not by a cancel scope: one would give the calls a deadline
+async def test_async_handlers_keep_their_task_and_scopes_across_suspensions(worker: WorkerProcess) -> None:
+    """Calls without a deadline are plain: the asyncio shell awaits their methods on its dispatcher task.
+
+    One that suspends inside a cancel scope keeps that task until it ends (a scope must exit on
+    the task it was entered on), while the calls queued behind it go on without it.
+    """
+    async with call.connect(str(worker.endpoint)) as conn:
+        handlers = conn.stub(Handlers)
+        scoped: list[tuple[bool, bool]] = []
+        pings: list[str] = []
+
+        async def run_scoped() -> None:
+            scoped.append(await handlers.scoped(0.1))
+
+        async def run_ping() -> None:
+            pings.append(await handlers.ping())
+
+        async with anyio.create_task_group() as tg:
+            for i in range(100):
+                tg.start_soon(run_scoped if i % 10 == 0 else run_ping)
+    assert scoped == [(True, True)] * 10 and pings == ["pong"] * 90
+
+
 @pytest.fixture(scope="module", params=["asyncio", "trio"], ids=["server=asyncio", "server=trio"])
 def constrained(request: pytest.FixtureRequest) -> Iterator[WorkerProcess]:
     w = WorkerProcess("tcp://127.0.0.1:0", ["tests.gap_components:Constrained"], backend=request.param)

@@ -15,7 +15,10 @@ suspension; the connection then has ``inline_handler_duration`` before the
 reading path is handed to a new task, so a slow handler cannot stall the
 frames behind it. The blocked handler finishes on the task it started on
 (cancel scopes bind to their task), which then retires. A negative duration
-puts every async handler on a task of its own.
+puts every async handler on a task of its own. A *plain* call (async, unary,
+no deadline, no trace context, no SDK) needs nothing set up around it, so a
+shell may await its method directly (:meth:`ServerIO.run_plain`): the
+asyncio shell does, and notices a suspension from outside the task.
 
 *Deadlines and cancellation.* A request's deadline (the caller's remaining
 time) becomes the handler's; a cancel frame cancels the handler. Only a
@@ -34,9 +37,9 @@ import functools
 import logging
 import traceback
 import types
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator
+from collections.abc import AsyncIterator, Callable, Coroutine, Generator
 from dataclasses import dataclass, field
-from typing import Any, Final, Protocol
+from typing import Any, Protocol
 
 import anyio
 import msgspec
@@ -96,14 +99,12 @@ from ._flow import Inbox, SendCredit
 from ._logs import LogLimiter, handler_failed, protocol_error
 
 __all__ = (
-    "SLOW_PATH",
     "ConnectionWatchdog",
     "Server",
     "ServerConnection",
     "ServerIO",
     "ServerStream",
     "error_frame",
-    "resume",
     "run_watched",
 )
 
@@ -115,9 +116,6 @@ _ITEM = int(FrameKind.ITEM)
 # calls (set, reset) on a global assigned here, not on one bound by an import statement.
 serving_var = _context.serving_var
 
-
-#: :meth:`ServerConnection.start_inline`'s answer for a call it leaves to :meth:`ServerConnection.call_async`.
-SLOW_PATH: Final[tuple[Any, Any]] = (None, None)
 
 # Errors callrt raises itself when it turns a call away: their message says everything, and
 # formatting a traceback for each would let a flood of bad calls cost the server ~50 µs apiece.
@@ -220,10 +218,6 @@ def _rest_of(coro: Coroutine[Any, Any, Any], yielded: Any) -> Generator[Any, Any
                 return done.value
 
 
-#: ``await resume(coro, yielded)``: the rest of ``coro``, which suspended once (yielding ``yielded``), in this task.
-resume: Callable[[Coroutine[Any, Any, Any], Any], Awaitable[Any]] = types.coroutine(_rest_of)
-
-
 class ServerIO(Protocol):
     """What a transport shell does for a :class:`ServerConnection`: the I/O and the tasks."""
 
@@ -234,6 +228,15 @@ class ServerIO(Protocol):
         """Start the async handler of ``request`` (inline or on a task; see the module docstring).
 
         :raises RemoteProtocolError: ``request.id`` is the id of a call still in flight.
+        """
+
+    def run_plain(self, request: Request, entry: RegisteredHandler) -> None:
+        """Start a plain async call: unary, no deadline, no trace context, no SDK (``entry.awaitable`` is set).
+
+        Nothing is set up around such a call, so a shell may run ``entry.awaitable`` itself
+        (:class:`~callrt.component.AwaitableMethod`) and answer with :meth:`ServerConnection.reply`
+        or :meth:`ServerConnection.call_failed`. ``run_async(request, entry, None)`` also does.
+        A reused id may be found when the call starts rather than here.
         """
 
     def cancel_running(self, request_id: int, reason: RemoteError) -> None:
@@ -259,7 +262,9 @@ class ServerConnection:
         self.peer = UNKNOWN_PEER  # set by the shell once the connection is accepted
         # Over max_connections: the hello is answered with a refusal, then the connection closes.
         self.refuse_busy = server.full()
-        self._sync_slot = SyncSlot()
+        # What current_call() reads on the reading path, and on a shell's task running plain async
+        # calls (run_plain) until one suspends: the call that holds the loop, filled per call.
+        self.slot = SyncSlot()
         # anyio.current_time(), or the loop's own clock when a shell has one (the same clock,
         # without finding the backend on every call).
         self.now: Callable[[], float] = anyio.current_time
@@ -277,7 +282,7 @@ class ServerConnection:
 
     def start_reading(self) -> contextvars.Token[Any]:
         """Shells call this before handling frames (and :meth:`stop_reading` after), in the same context."""
-        return serving_var.set(self._sync_slot)
+        return serving_var.set(self.slot)
 
     def stop_reading(self, token: contextvars.Token[Any]) -> None:
         serving_var.reset(token)
@@ -378,11 +383,20 @@ class ServerConnection:
             # The caller's time left becomes a deadline once, on arrival, for every use below.
             deadline = self.now() + request.deadline_us / 1e6
         if not entry.inline:  # async, or sync for a worker thread
+            if (
+                entry.awaitable is not None
+                and deadline is None
+                and request.trace is None
+                and trace_api._TRACER_PROVIDER is None
+                and metrics_api._METER_PROVIDER is None
+            ):
+                self.io.run_plain(request, entry)  # the common async call: nothing to set up around it
+                return
             if entry.stream and not self.stream_opened(request, entry):
                 return
             self.io.run_async(request, entry, deadline)
             return
-        slot = self._sync_slot
+        slot = self.slot
         slot.call = (request, entry.name, deadline, self.peer)
         # The SDK test is inlined (two module globals): a call per request cost more than the test.
         otel = (
@@ -470,7 +484,7 @@ class ServerConnection:
             if entry.is_async:
                 # Until its first suspension the handler holds the loop: the slot says whose it is
                 # (the shell's on_block empties it), for the server's watch of slow inline handlers.
-                self._sync_slot.call = serving
+                self.slot.call = serving
                 result = await run_watched(entry.handler(request.payload), on_block)  # type: ignore[arg-type]
             else:  # a plain def: a worker thread runs it, so that it cannot block the loop
                 on_block()
@@ -483,49 +497,13 @@ class ServerConnection:
             if type(otel) is CallRecord:
                 otel.response_size = len(result)  # pyright: ignore[reportArgumentType]
         finally:
-            self._sync_slot.call = None
+            self.slot.call = None
             serving_var.reset(token)
             if stream_token is not None:
                 stream_var.reset(stream_token)
                 self.streams.pop(request.id, None)
             if otel is not None:
                 _finish(otel)
-
-    def start_inline(self, request: Request, entry: RegisteredHandler) -> tuple[Coroutine[Any, Any, bytes], Any] | None:
-        """Run the async handler of a call without a deadline on the current task, until it ends or suspends.
-
-        The shell's fast path for the common call (no deadline, no trace context, no SDK, not a
-        stream): no coroutine of ours around the handler, no context variable set per call (the
-        task's ``serving_var`` is the connection's slot, as on the reading path). Returns ``None``
-        once the call is answered; ``(coro, yielded)`` when the handler suspended, for the shell to
-        finish on this task (:func:`resume`; the task's ``serving_var`` is then the call's own);
-        :data:`SLOW_PATH` for any other call (the shell runs it with :meth:`call_async`).
-        """
-        if (
-            entry.stream
-            or request.trace is not None
-            or trace_api._TRACER_PROVIDER is not None
-            or metrics_api._METER_PROVIDER is not None
-        ):
-            return SLOW_PATH
-        slot = self._sync_slot
-        slot.call = serving = (request, entry.name, None, self.peer)
-        coro: Coroutine[Any, Any, bytes] = entry.handler(request.payload)  # type: ignore[assignment]
-        try:
-            yielded = coro.send(None)
-        except StopIteration as done:
-            slot.call = None
-            self.reply(request.id, done.value, request.accept)
-            return None
-        except Exception as exc:
-            slot.call = None
-            self.call_failed(request.id, entry.name, exc, None)
-            return None
-        except BaseException:
-            slot.call = None
-            raise
-        serving_var.set(serving)  # this task is the handler's now: the slot goes on to other calls
-        return coro, yielded
 
     def _observe(self, request: Request, name: str) -> object:
         """The call's span and measurements once an SDK is configured; else the caller's trace context."""
@@ -543,11 +521,11 @@ class ServerConnection:
 
     def left_the_loop(self) -> None:
         """The shell's word that the async handler which held the loop has suspended."""
-        self._sync_slot.call = None
+        self.slot.call = None
 
     def inline_call_running(self) -> str | None:
         """The method an inline handler is running on the event loop right now, if any (any thread may ask)."""
-        call = self._sync_slot.call
+        call = self.slot.call
         return None if call is None else call[1]
 
     def goaway(self, reason: str) -> None:

@@ -15,17 +15,18 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
+import msgspec
 from anyio.abc import TaskGroup
 
 from .._writes import joined
+from ..component import AwaitableMethod
 from ..connection.client import ClientSession
-from ..connection.server import SLOW_PATH, ConnectionWatchdog, Server, ServerConnection, resume
+from ..connection.server import ConnectionWatchdog, Server, ServerConnection, serving_var
 from ..endpoints import Endpoint
 from ..errors import CommunicationError, DeadlineExceeded, RemoteError, RemoteProtocolError
 from ..handlers import RegisteredHandler
@@ -61,6 +62,34 @@ class _AsyncCall:
         self.task: asyncio.Task[Any] | None = None
         self.reason: RemoteError | None = None
         self.timers: list[asyncio.TimerHandle] = []
+
+
+class _Dispatcher:
+    """A task that runs a connection's queued async calls one after another, and the plain call it is in.
+
+    While the task awaits a plain call's method (``run_plain``), the connection's slot
+    holds the call; ``blocked`` is its :class:`_AsyncCall` once the task was found
+    stopped in it (:meth:`ServerProtocol._notice_blocked`): the method suspended.
+    """
+
+    __slots__ = ("blocked", "check_scheduled", "context", "items", "task")
+
+    def __init__(self, context: contextvars.Context) -> None:
+        self.context = context  # the task's: where the call's serving_var is set when it blocks
+        self.task: asyncio.Task[None] | None = None
+        self.blocked: _AsyncCall | None = None
+        self.check_scheduled = False
+        self.items: Iterator[tuple[Request, RegisteredHandler] | _AsyncCall | _QueuedCancel] = iter(())
+
+
+class _QueuedCancel:
+    """A cancel frame for a call that may still be queued: the dispatcher applies it after the call started."""
+
+    __slots__ = ("reason", "request_id")
+
+    def __init__(self, request_id: int, reason: RemoteError) -> None:
+        self.request_id = request_id
+        self.reason = reason
 
 
 # Above this many unsent bytes a transport pauses its writer. asyncio's default (64 KiB)
@@ -143,11 +172,13 @@ class ServerProtocol(_Writer):
         self._context = contextvars.copy_context()
         self.decoder = FrameDecoder(server.options.max_frame_size, expect="hello")
         self.inline_duration = server.options.inline_handler_duration
+        self.task_per_call = self.inline_duration < 0
         self.coalesce = server.options.coalesce_writes
         self._batching = False
         self._flush_scheduled = False
-        self._queue: deque[_AsyncCall] = deque()
-        self._dispatcher: asyncio.Task[None] | None = None
+        # Calls for the dispatcher, in order; it takes the whole list at a time.
+        self._queue: list[tuple[Request, RegisteredHandler] | _AsyncCall | _QueuedCancel] = []
+        self._dispatcher: _Dispatcher | None = None  # the one that runs the queue
         self._parked: asyncio.Future[None] | None = None
         self._calls: dict[int, _AsyncCall] = {}
         self._current: _AsyncCall | None = None
@@ -179,6 +210,8 @@ class ServerProtocol(_Writer):
 
     def _handle_frames(self) -> None:
         decoder, conn = self.decoder, self.conn
+        if conn.slot.call is not None:  # a plain call's method suspended: first make it a blocked call
+            self._notice_blocked()
         self._batching = True
         token = conn.start_reading()
         budget = self.frames_per_turn
@@ -210,6 +243,8 @@ class ServerProtocol(_Writer):
         finally:
             conn.stop_reading(token)
         self._batching = False
+        if len(self._queue) >= self.max_calls:
+            self._update_hold()
         if self._held_frames is not None or decoder.more or self._hold_reading:
             self._pause_reading()
             if not self._hold_reading:
@@ -241,7 +276,7 @@ class ServerProtocol(_Writer):
         """Hold reading while replies are not being read or calls are at their cap; resume when neither."""
         server = self.server
         over_server_cap = server.calls >= server.options.max_calls
-        hold = self._paused or len(self._calls) >= self.max_calls or over_server_cap
+        hold = self._paused or max(len(self._calls), len(self._queue)) >= self.max_calls or over_server_cap
         if over_server_cap:
             server.waiting_for_calls.add(self._update_hold)
         if hold is self._hold_reading:
@@ -276,8 +311,8 @@ class ServerProtocol(_Writer):
         for call in list(self._calls.values()):
             if call.task is not None:
                 call.task.cancel()
-        if self._dispatcher is not None:
-            self._dispatcher.cancel()
+        if self._dispatcher is not None and self._dispatcher.task is not None:
+            self._dispatcher.task.cancel()
         self.server.connection_closed(self.conn)
 
     # -- writes --------------------------------------------------------------
@@ -306,6 +341,18 @@ class ServerProtocol(_Writer):
 
     # -- async handlers: the dispatcher and inline execution ------------------
 
+    def run_plain(self, request: Request, entry: RegisteredHandler) -> None:
+        if self.task_per_call:
+            self.run_async(request, entry, None)
+            return
+        self._queue.append((request, entry))  # its length is checked against max_calls once per batch
+        parked = self._parked
+        if parked is not None:
+            self._parked = None
+            parked.set_result(None)
+        elif self._dispatcher is None:
+            self._start_dispatcher()
+
     def run_async(self, request: Request, entry: RegisteredHandler, deadline: float | None) -> None:
         if request.id in self._calls:
             raise RemoteProtocolError(f"request id {request.id} reused while its call is in flight")
@@ -314,63 +361,151 @@ class ServerProtocol(_Writer):
         server.calls += 1
         if len(self._calls) >= self.max_calls or server.calls >= server.options.max_calls:
             self._update_hold()
-        if self.inline_duration < 0:
+        if self.task_per_call:
             self.loop.create_task(self._run_one(call), context=self._context.copy())
             return
         self._queue.append(call)
-        if self._dispatcher is None:
-            self._dispatcher = self.loop.create_task(self._dispatch(), context=self._context.copy())
-        elif self._parked is not None and not self._parked.done():
-            self._parked.set_result(None)
+        self._wake_dispatcher()
 
-    async def _dispatch(self) -> None:
-        task = asyncio.current_task()
-        queue, conn = self._queue, self.conn
-        conn.start_reading()  # in this task, current_call() reads the connection's slot, as inline calls fill it
-        while True:
-            if self._dispatcher is not task:
-                if self._dispatcher is not None:
-                    return  # another task reads the queue now
-                self._dispatcher = task  # the one we handed off to has retired
+    def _wake_dispatcher(self) -> None:
+        parked = self._parked
+        if parked is not None:
+            self._parked = None
+            parked.set_result(None)
+        elif self._dispatcher is None:
+            self._start_dispatcher()
+
+    def _start_dispatcher(self) -> None:
+        context = self._context.copy()
+        d = self._dispatcher = _Dispatcher(context)
+        d.task = self.loop.create_task(self._dispatch(d), context=context)
+
+    async def _dispatch(self, d: _Dispatcher) -> None:
+        """Run the queued calls in order: plain ones by awaiting their methods here, others by :meth:`_run_one`.
+
+        A method that suspends keeps this task (cancel scopes bind to their task); if it
+        stays suspended, the calls after it go to a new dispatcher (:meth:`_hand_off`).
+        """
+        conn, calls, loop = self.conn, self._calls, self.loop
+        slot, peer = conn.slot, conn.peer
+        conn.start_reading()  # in this task, current_call() reads the connection's slot, as on the reading path
+        while self._dispatcher is d:
+            queue = self._queue
             if not queue:
+                if self._hold_reading:
+                    self._update_hold()
                 self._flush()
-                self._parked = parked = self.loop.create_future()
+                self._parked = parked = loop.create_future()
                 await parked
                 continue
-            call = queue.popleft()
-            if call.deadline is not None or call.reason is not None or not call.entry.is_async:
-                await self._run_one(call)
-                continue
-            started = conn.start_inline(call.request, call.entry)
-            if started is None:  # answered without suspending: the common async call
-                self._call_finished(call.request.id)
-            elif started is SLOW_PATH:
-                await self._run_one(call)
-            else:
-                await self._finish_blocked(call, *started)
-                conn.start_reading()  # the call's own serving_var is done with: back to the slot
+            self._queue = []
+            d.items = items = iter(queue)  # what a hand-off takes over: the calls this task has not reached
+            self._arm_check(d)
+            for item in items:
+                if type(item) is not tuple:
+                    if type(item) is _AsyncCall:
+                        await self._run_one(item)
+                        self._arm_check(d)  # it may have suspended, and the check run meanwhile
+                    else:
+                        assert type(item) is _QueuedCancel
+                        self._cancel_started(item.request_id, item.reason)
+                    continue
+                request, entry = item
+                if calls and request.id in calls:  # the id of a call that suspended: framing is fine, the peer is not
+                    self._dispatcher = None
+                    self._protocol_error(
+                        RemoteProtocolError(f"request id {request.id} reused while its call is in flight")
+                    )
+                    return
+                slot.call = (request, entry.name, None, peer)
+                # AwaitableMethod.run's steps, here: its coroutine around the method would cost as
+                # much again as all of this.
+                m: AwaitableMethod = entry.awaitable  # type: ignore[assignment]
+                payload = request.payload
+                try:
+                    try:
+                        args = m.decode(payload)
+                    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+                        args = m.decode_again(payload, exc)
+                    result = await m.method(*args)
+                except Exception as exc:
+                    conn.call_failed(request.id, entry.name, exc)
+                except asyncio.CancelledError:
+                    if not self._cancelled_by_caller(d):
+                        raise
+                else:
+                    try:
+                        data = m.encode(result)
+                    except (TypeError, ValueError, OverflowError) as exc:
+                        conn.call_failed(request.id, entry.name, m.result_error(exc))
+                    else:
+                        conn.reply(request.id, data, request.accept)
+                finally:
+                    if d.blocked is None:
+                        slot.call = None
+                    else:
+                        self._unblocked(d)
+                        self._arm_check(d)
 
-    async def _finish_blocked(self, call: _AsyncCall, coro: Any, yielded: Any) -> None:
-        """Finish, on this task, the handler that :meth:`ServerConnection.start_inline` saw suspend."""
-        request, conn = call.request, self.conn
+    def _arm_check(self, d: _Dispatcher) -> None:
+        """Have the loop check, as soon as this task lets it go on, whether a method stopped it (:meth:`_notice_blocked`)."""
+        if not d.check_scheduled:
+            d.check_scheduled = True
+            self.loop.call_soon(self._check_blocked, d)
+
+    def _check_blocked(self, d: _Dispatcher) -> None:
+        d.check_scheduled = False
+        self._notice_blocked()
+
+    def _notice_blocked(self) -> None:
+        """If the dispatcher is stopped in a plain call's method (it suspended), give that call what a blocked call has.
+
+        Called outside the task, before anything else can touch the call: the check
+        scheduled ahead of the method runs before the method can be woken, and the reading
+        path calls this first. The call gets its own ``serving_var`` in the task's context,
+        a place in ``_calls`` (for cancels and reused ids), and the task leaves the queue to
+        another dispatcher after ``inline_handler_duration``.
+        """
+        # Outside any task, the slot holds a call only while the method of the reading
+        # dispatcher's plain call is suspended: the reading path and the slow path empty it.
+        serving, d = self.conn.slot.call, self._dispatcher
+        if serving is None or d is None or d.blocked is not None:
+            return
+        request = serving[0]
+        entry: RegisteredHandler = self.conn.find_handler(request.method_key)  # type: ignore[assignment]
+        call = d.blocked = self._calls[request.id] = _AsyncCall(request, entry, None)
+        call.task = d.task
+        server = self.server
+        server.calls += 1
+        if len(self._calls) >= self.max_calls or server.calls >= server.options.max_calls:
+            self._update_hold()
+        d.context.run(serving_var.set, serving)
         self._current = call
-        self._on_block()
-        try:
-            result = await resume(coro, yielded)
-        except asyncio.CancelledError:
-            task = asyncio.current_task()
-            assert task is not None
-            if call.reason is None or task.uncancel() > 0:
-                raise  # not ours: the connection or the server is going away
-            conn.fail(request.id, call.reason)
-        except Exception as exc:
-            conn.call_failed(request.id, call.entry.name, exc)
-        else:
-            conn.reply(request.id, result, request.accept)
-        finally:
-            self._call_finished(request.id)
-            for timer in call.timers:
-                timer.cancel()
+        self._on_block(d.task)
+
+    def _unblocked(self, d: _Dispatcher) -> None:
+        """The plain call ``d`` noticed blocked has ended."""
+        call = d.blocked
+        assert call is not None
+        d.blocked = None
+        self._call_finished(call.request.id)
+        for timer in call.timers:
+            timer.cancel()
+        self.conn.start_reading()  # the call's own serving_var is done with: back to the slot
+
+    def _cancelled_by_caller(self, d: _Dispatcher) -> bool:
+        """A plain call's method was cancelled: answer it if the cancel was the call's, not the connection's."""
+        call = d.blocked
+        task = d.task
+        assert task is not None
+        if call is None or call.reason is None or task.uncancel() > 0:
+            return False  # not ours: the connection or the server is going away
+        self.conn.fail(call.request.id, call.reason)
+        return True
+
+    def _protocol_error(self, exc: RemoteProtocolError) -> None:
+        self.conn.protocol_error(exc)
+        self.close()
 
     async def _run_one(self, call: _AsyncCall) -> None:
         request = call.request
@@ -408,30 +543,48 @@ class ServerProtocol(_Writer):
         if self._hold_reading:
             self._update_hold()
 
-    def _on_block(self) -> None:
-        # The handler of ``self._current`` suspended for the first time, on the current task.
+    def _on_block(self, task: asyncio.Task[Any] | None = None) -> None:
+        # The handler of ``self._current`` suspended for the first time, on ``task`` (else the current task).
         call = self._current
         assert call is not None
         self.conn.left_the_loop()
-        task = call.task = asyncio.current_task()
-        assert task is not None
+        if task is None:
+            task = asyncio.current_task()
+            assert task is not None
+        call.task = task
         self._flush()  # replies already made must not wait for this handler
-        if task is self._dispatcher:
+        d = self._dispatcher
+        if d is not None and d.task is task:
             if self.inline_duration == 0:
                 self._hand_off(task)
             else:
                 call.timers.append(self.loop.call_later(self.inline_duration, self._hand_off, task))
 
     def _hand_off(self, task: asyncio.Task[Any]) -> None:
-        if self._dispatcher is task:
+        d = self._dispatcher
+        if d is not None and d.task is task:
             self._dispatcher = None
+            self._queue[:0] = d.items  # the calls it had taken and not reached go first
             if self._queue and not self.conn.closed:
-                self._dispatcher = self.loop.create_task(self._dispatch(), context=self._context.copy())
+                self._start_dispatcher()
 
     def cancel_running(self, request_id: int, reason: RemoteError) -> None:
         call = self._calls.get(request_id)
-        if call is None or call.reason is not None:
-            return  # finished, or already being cancelled
+        if call is None:
+            if self._dispatcher is not None:  # perhaps a plain call not started yet: cancelled once it has
+                self._queue.append(_QueuedCancel(request_id, reason))
+                self._wake_dispatcher()
+            return
+        self._cancel(call, reason)
+
+    def _cancel_started(self, request_id: int, reason: RemoteError) -> None:
+        call = self._calls.get(request_id)
+        if call is not None:
+            self._cancel(call, reason)
+
+    def _cancel(self, call: _AsyncCall, reason: RemoteError) -> None:
+        if call.reason is not None:
+            return  # already being cancelled
         call.reason = reason
         if call.task is not None:  # blocked: cancel it on its task
             self._hand_off(call.task)

@@ -154,6 +154,9 @@ class StreamServerShell:
         else:
             self.inline = (request, entry, deadline)  # the reader runs it as soon as this returns
 
+    def run_plain(self, request: Request, entry: RegisteredHandler) -> None:
+        self.run_async(request, entry, None)
+
     async def run_handler(
         self, request: Request, entry: RegisteredHandler, deadline: float | None, on_block: Callable[[], None]
     ) -> None:
