@@ -88,3 +88,52 @@ async def test_server_enforces_the_deadline(inline: float, transport: str, anyio
     (reply,) = replies
     assert isinstance(reply, Error) and reply.code == "deadline_exceeded"
     assert 0.09 <= elapsed < 2.0
+
+
+@component(name="tests.Tagged")
+class Tagged:
+    async def whose(self, tag: int, pause: float) -> tuple[int, int]:
+        """The tag the call was made with, as current_call() sees it before and after a suspension."""
+        before = call.current_call()
+        if pause >= 0:
+            await anyio.sleep(pause)
+        after = call.current_call()
+        assert before is not None and after is not None
+        return int(before.metadata["tag"]), int(after.metadata["tag"])
+
+
+@pytest.mark.parametrize("inline", [20e-6, 0.0], ids=["inline", "handoff-at-block"])
+async def test_cancelled_calls_without_a_deadline_leave_nothing_behind(inline: float, anyio_backend: object) -> None:
+    """Calls without a deadline (on asyncio, awaited by the connection's dispatcher task itself) are
+    cancelled wherever the cancel finds them: queued, suspended, or suspended but not yet noticed.
+
+    Afterwards every call is accounted for on the server and later calls see their own call.
+    """
+    options = call.ServerOptions(inline_handler_duration=inline)
+    with anyio.fail_after(20):
+        async with call.start_server("tcp://127.0.0.1:0", Tagged(), options=options) as server:
+            async with call.connect(str(server.endpoint)) as conn:
+                stub = conn.stub(Tagged)
+
+                async def tagged(tag: int, pause: float) -> tuple[int, int]:
+                    options = call.CallOptions(metadata={"tag": str(tag)})
+                    return await call.with_options(stub.whose, options)(tag, pause)  # type: ignore[no-any-return]
+
+                answered: list[tuple[int, int]] = []
+
+                async def run(tag: int, pause: float) -> None:
+                    answered.append(await tagged(tag, pause))
+
+                for round_ in range(5):
+                    async with anyio.create_task_group() as tg:
+                        for i in range(300):  # some answer at once, some yield once, some wait 10 s
+                            tg.start_soon(run, i, (-1.0, 0.0, 10.0)[i % 3])
+                        while len(answered) < 150:
+                            await anyio.sleep(0.001)
+                        tg.cancel_scope.cancel()  # no deadline: each call is cancelled by a cancel frame
+                    assert all(before == after for before, after in answered), round_
+                    answered.clear()
+                    results = [await tagged(i, (-1.0, 0.0, 0.001)[i % 3]) for i in range(30)]
+                    assert results == [(i, i) for i in range(30)]
+                while server.calls:  # the cancel frames' replies are on their way back
+                    await anyio.sleep(0.01)

@@ -79,7 +79,7 @@ class _Dispatcher:
         self.task: asyncio.Task[None] | None = None
         self.blocked: _AsyncCall | None = None
         self.check_scheduled = False
-        self.items: Iterator[tuple[Request, RegisteredHandler] | _AsyncCall | _QueuedCancel] = iter(())
+        self.items: Iterator[_Queued] = iter(())
 
 
 class _QueuedCancel:
@@ -91,6 +91,9 @@ class _QueuedCancel:
         self.request_id = request_id
         self.reason = reason
 
+
+# What a connection's dispatcher runs, in order: a plain call, or another call or a cancel.
+_Queued = tuple[Request, RegisteredHandler] | tuple[None, _AsyncCall | _QueuedCancel]
 
 # Above this many unsent bytes a transport pauses its writer. asyncio's default (64 KiB)
 # paused every 1 MiB write and let the socket run dry before the low-water mark: 1 MiB
@@ -176,8 +179,9 @@ class ServerProtocol(_Writer):
         self.coalesce = server.options.coalesce_writes
         self._batching = False
         self._flush_scheduled = False
-        # Calls for the dispatcher, in order; it takes the whole list at a time.
-        self._queue: list[tuple[Request, RegisteredHandler] | _AsyncCall | _QueuedCancel] = []
+        # Calls for the dispatcher, in order; it takes the whole list at a time. The reading path
+        # wakes it at the end of each batch of frames.
+        self._queue: list[_Queued] = []
         self._dispatcher: _Dispatcher | None = None  # the one that runs the queue
         self._parked: asyncio.Future[None] | None = None
         self._calls: dict[int, _AsyncCall] = {}
@@ -243,8 +247,10 @@ class ServerProtocol(_Writer):
         finally:
             conn.stop_reading(token)
         self._batching = False
-        if len(self._queue) >= self.max_calls:
-            self._update_hold()
+        if self._queue:
+            if len(self._queue) >= self.max_calls:
+                self._update_hold()
+            self._wake_dispatcher()
         if self._held_frames is not None or decoder.more or self._hold_reading:
             self._pause_reading()
             if not self._hold_reading:
@@ -345,13 +351,7 @@ class ServerProtocol(_Writer):
         if self.task_per_call:
             self.run_async(request, entry, None)
             return
-        self._queue.append((request, entry))  # its length is checked against max_calls once per batch
-        parked = self._parked
-        if parked is not None:
-            self._parked = None
-            parked.set_result(None)
-        elif self._dispatcher is None:
-            self._start_dispatcher()
+        self._queue.append((request, entry))
 
     def run_async(self, request: Request, entry: RegisteredHandler, deadline: float | None) -> None:
         if request.id in self._calls:
@@ -364,8 +364,7 @@ class ServerProtocol(_Writer):
         if self.task_per_call:
             self.loop.create_task(self._run_one(call), context=self._context.copy())
             return
-        self._queue.append(call)
-        self._wake_dispatcher()
+        self._queue.append((None, call))
 
     def _wake_dispatcher(self) -> None:
         parked = self._parked
@@ -401,51 +400,58 @@ class ServerProtocol(_Writer):
             self._queue = []
             d.items = items = iter(queue)  # what a hand-off takes over: the calls this task has not reached
             self._arm_check(d)
-            for item in items:
-                if type(item) is not tuple:
-                    if type(item) is _AsyncCall:
-                        await self._run_one(item)
+            self._batching = True  # replies leave together at the end (or when a method suspends)
+            for request, entry in items:
+                if request is None:  # not a plain call
+                    slot.call = None
+                    if type(entry) is _AsyncCall:
+                        self._batching = False
+                        await self._run_one(entry)
+                        self._batching = True
                         self._arm_check(d)  # it may have suspended, and the check run meanwhile
                     else:
-                        assert type(item) is _QueuedCancel
-                        self._cancel_started(item.request_id, item.reason)
+                        assert type(entry) is _QueuedCancel
+                        self._cancel_started(entry.request_id, entry.reason)
                     continue
-                request, entry = item
                 if calls and request.id in calls:  # the id of a call that suspended: framing is fine, the peer is not
                     self._dispatcher = None
                     self._protocol_error(
                         RemoteProtocolError(f"request id {request.id} reused while its call is in flight")
                     )
                     return
-                slot.call = (request, entry.name, None, peer)
+                # The slot holds the call until the next one (or the end of the batch) replaces it.
+                slot.call = (request, entry.name, None, peer)  # type: ignore[union-attr]
                 # AwaitableMethod.run's steps, here: its coroutine around the method would cost as
                 # much again as all of this.
-                m: AwaitableMethod = entry.awaitable  # type: ignore[assignment]
-                payload = request.payload
+                m: AwaitableMethod = entry.awaitable  # type: ignore[union-attr,assignment]
                 try:
                     try:
-                        args = m.decode(payload)
+                        args = m.decode(request.payload)
                     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-                        args = m.decode_again(payload, exc)
+                        args = m.decode_again(request.payload, exc)
                     result = await m.method(*args)
                 except Exception as exc:
-                    conn.call_failed(request.id, entry.name, exc)
+                    conn.call_failed(request.id, entry.name, exc)  # type: ignore[union-attr]
                 except asyncio.CancelledError:
                     if not self._cancelled_by_caller(d):
+                        if d.blocked is None:
+                            slot.call = None
+                        self._batching = False
                         raise
                 else:
                     try:
                         data = m.encode(result)
                     except (TypeError, ValueError, OverflowError) as exc:
-                        conn.call_failed(request.id, entry.name, m.result_error(exc))
+                        conn.call_failed(request.id, entry.name, m.result_error(exc))  # type: ignore[union-attr]
                     else:
                         conn.reply(request.id, data, request.accept)
                 finally:
-                    if d.blocked is None:
-                        slot.call = None
-                    else:
+                    if d.blocked is not None:
                         self._unblocked(d)
                         self._arm_check(d)
+            if self._dispatcher is d:  # else this task finished a blocked call, and another has the slot
+                slot.call = None
+            self._batching = False
 
     def _arm_check(self, d: _Dispatcher) -> None:
         """Have the loop check, as soon as this task lets it go on, whether a method stopped it (:meth:`_notice_blocked`)."""
@@ -481,6 +487,7 @@ class ServerProtocol(_Writer):
             self._update_hold()
         d.context.run(serving_var.set, serving)
         self._current = call
+        self._batching = False  # the replies the task made before go now, and any made meanwhile
         self._on_block(d.task)
 
     def _unblocked(self, d: _Dispatcher) -> None:
@@ -492,6 +499,7 @@ class ServerProtocol(_Writer):
         for timer in call.timers:
             timer.cancel()
         self.conn.start_reading()  # the call's own serving_var is done with: back to the slot
+        self._batching = True  # the task goes on with its batch
 
     def _cancelled_by_caller(self, d: _Dispatcher) -> bool:
         """A plain call's method was cancelled: answer it if the cancel was the call's, not the connection's."""
@@ -571,9 +579,8 @@ class ServerProtocol(_Writer):
     def cancel_running(self, request_id: int, reason: RemoteError) -> None:
         call = self._calls.get(request_id)
         if call is None:
-            if self._dispatcher is not None:  # perhaps a plain call not started yet: cancelled once it has
-                self._queue.append(_QueuedCancel(request_id, reason))
-                self._wake_dispatcher()
+            if self._queue or self._dispatcher is not None:  # perhaps a plain call not started: cancelled once it is
+                self._queue.append((None, _QueuedCancel(request_id, reason)))
             return
         self._cancel(call, reason)
 
