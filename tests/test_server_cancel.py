@@ -120,20 +120,23 @@ async def test_cancelled_calls_without_a_deadline_leave_nothing_behind(inline: f
                     return await call.with_options(stub.whose, options)(tag, pause)  # type: ignore[no-any-return]
 
                 answered: list[tuple[int, int]] = []
+                half = anyio.Event()
 
                 async def run(tag: int, pause: float) -> None:
                     answered.append(await tagged(tag, pause))
+                    if len(answered) == 150:
+                        half.set()
 
                 for round_ in range(5):
                     async with anyio.create_task_group() as tg:
                         for i in range(300):  # some answer at once, some yield once, some wait 10 s
                             tg.start_soon(run, i, (-1.0, 0.0, 10.0)[i % 3])
-                        while len(answered) < 150:
-                            await anyio.sleep(0.001)
+                        await half.wait()
                         tg.cancel_scope.cancel()  # no deadline: each call is cancelled by a cancel frame
                     assert all(before == after for before, after in answered), round_
                     answered.clear()
+                    half = anyio.Event()
+                    # Round trips behind the cancel frames: by their end every cancelled call has ended.
                     results = [await tagged(i, (-1.0, 0.0, 0.001)[i % 3]) for i in range(30)]
                     assert results == [(i, i) for i in range(30)]
-                while server.calls:  # the cancel frames' replies are on their way back
-                    await anyio.sleep(0.01)
+                    assert server.calls == 0, round_
