@@ -19,4 +19,4 @@ def test_micro_bench_runs_every_row() -> None:
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     rows = [line for line in result.stdout.splitlines() if line.startswith("| ") and line.endswith(" µs |")]
-    assert len(rows) == 10, result.stdout
+    assert len(rows) == 11, result.stdout
