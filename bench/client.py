@@ -13,7 +13,9 @@ import argparse
 import json
 import sys
 import traceback
+from collections.abc import Awaitable
 from contextlib import AbstractAsyncContextManager
+from typing import TypeVar
 
 import anyio
 
@@ -24,6 +26,8 @@ from bench.steps import LatencyStep, MemoryStep, Step, decode_steps, step_to_dic
 from bench.systems import Client, System
 
 __all__ = ("main",)
+
+T = TypeVar("T")
 
 _STEP_GRACE = 15.0  # seconds a step may overrun its budget before it fails
 
@@ -71,12 +75,35 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+async def _within(seconds: float, work: Awaitable[T]) -> T:
+    """``await work``, failing with TimeoutError after ``seconds``, without a deadline on its calls.
+
+    Under ``anyio.fail_after`` every callrt call would carry the scope's deadline to the
+    server, which then runs it in a cancel scope of its own: a cost that a caller without
+    a deadline (and grpc's calls here, which carry none) does not pay.
+    """
+    expired = False
+    async with anyio.create_task_group() as tg:
+
+        async def expire() -> None:
+            nonlocal expired
+            await anyio.sleep(seconds)
+            expired = True
+            tg.cancel_scope.cancel()
+
+        tg.start_soon(expire)
+        result = await work
+        tg.cancel_scope.cancel()
+    if expired:
+        raise TimeoutError(f"the step took more than {seconds:.0f} s")
+    return result
+
+
 async def _run(system: System, args: argparse.Namespace) -> None:
     for step in decode_steps(args.steps):
         line: dict[str, object] = {"step": step_to_dict(step)}
         try:
-            with anyio.fail_after(step.budget + _STEP_GRACE):
-                line["result"] = await _run_step(system, args, step)
+            line["result"] = await _within(step.budget + _STEP_GRACE, _run_step(system, args, step))
         except Exception as exc:  # reported, and the next step still runs
             traceback.print_exc(file=sys.stderr)
             line["error"] = _describe(exc)
