@@ -1,4 +1,4 @@
-"""The profiles (quick: the issue-2 bar; full: everything; tls: mutual TLS) and the variants measured.
+"""The profiles (quick: the issue-2 bar; full: everything; tls: mutual TLS; otel: the SDK) and the variants measured.
 
 A *variant* is a system plus flags (``raw-coalesced`` is ``raw --coalesce``);
 a *job* is a variant on one transport and loop, run as one server process and
@@ -15,7 +15,17 @@ from dataclasses import dataclass
 from bench.common import Loop
 from bench.steps import LatencyStep, MemoryStep, Step, ThroughputStep
 
-__all__ = ("DEFAULT_VARIANTS", "PROFILES", "TLS_DIR", "TLS_VARIANTS", "Job", "Profile", "Variant", "parse_variant")
+__all__ = (
+    "DEFAULT_VARIANTS",
+    "OTEL_VARIANTS",
+    "PROFILES",
+    "TLS_DIR",
+    "TLS_VARIANTS",
+    "Job",
+    "Profile",
+    "Variant",
+    "parse_variant",
+)
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -48,6 +58,16 @@ TLS_VARIANTS: tuple[Variant, ...] = (
     Variant("callrt-tls", "callrt", ("--tls-dir", TLS_DIR)),
     Variant("grpc", "grpc"),
     Variant("grpc-tls", "grpc", ("--tls-dir", TLS_DIR)),
+)
+
+
+# Telemetry's cost (issue 13): each system with the OpenTelemetry SDK configured in both processes
+# (bench/otel.py; grpc.aio also instrumented by opentelemetry-instrumentation-grpc), and without.
+OTEL_VARIANTS: tuple[Variant, ...] = (
+    Variant("callrt", "callrt"),
+    Variant("callrt-otel", "callrt", ("--otel-sdk",)),
+    Variant("grpc", "grpc"),
+    Variant("grpc-otel", "grpc", ("--otel-sdk",)),
 )
 
 
@@ -146,4 +166,7 @@ FULL = Profile(
 # TLS's cost: callrt with and without mutual TLS 1.3, and grpc.aio with and without it, same certificates.
 TLS = dataclasses.replace(QUICK, name="tls", transports=("tcp",), variants=TLS_VARIANTS)
 
-PROFILES: dict[str, Profile] = {profile.name: profile for profile in (QUICK, FULL, TLS)}
+# The SDK's cost: callrt and grpc.aio with and without it, on TCP.
+OTEL = dataclasses.replace(QUICK, name="otel", transports=("tcp",), variants=OTEL_VARIANTS)
+
+PROFILES: dict[str, Profile] = {profile.name: profile for profile in (QUICK, FULL, TLS, OTEL)}

@@ -349,6 +349,26 @@ def _tls_section(cells: list[Cell]) -> str | None:
     return "## TLS (mutual TLS 1.3): what it costs, and against grpc.aio\n\n" + goal + _table(header, cost + versus)
 
 
+def _otel_section(cells: list[Cell]) -> str | None:
+    """The otel profile's questions: what the SDK costs each system, and callrt with it against grpc.aio with it."""
+    index = _Index(cells)
+    rows: list[list[str]] = []
+    for subject_variant, baseline in (("callrt-otel", "callrt"), ("grpc-otel", "grpc"), ("callrt-otel", "grpc-otel")):
+        for subject in (c for c in cells if c.variant == subject_variant and c.kind == "latency" and c.runs):
+            p50 = index.ratio(baseline, subject, "latency", "p50_us")[0]
+            tput = index.ratio(baseline, subject, _HEADLINE_LOAD, "calls_per_s")[0]
+            rows.append([f"{subject_variant} ÷ {baseline}", *_where(subject)[1:], _ratio(p50), _ratio(tput)])
+    if not any(row[0] == "callrt-otel ÷ grpc-otel" for row in rows):
+        return None
+    header = ["", "transport", "loop", "payload", "p50", f"{_HEADLINE_LOAD} calls/s"]
+    goal = "Goal: callrt-otel ÷ grpc-otel calls/s ≥ 10×.\n\n"
+    return (
+        "## OpenTelemetry SDK configured: what it costs, and against instrumented grpc.aio\n\n"
+        + goal
+        + _table(header, rows)
+    )
+
+
 def _errors_section(cells: list[Cell]) -> str | None:
     lines = [
         f"- {' '.join(_where(c))} {c.label}: {' '.join(error.split())}"
@@ -369,6 +389,7 @@ def render(cells: list[Cell], profile: str) -> str:
         lambda: _ratio_section(cells),
         lambda: _ratio_by_load_section(cells),
         lambda: _tls_section(cells),
+        lambda: _otel_section(cells),
         lambda: _errors_section(cells),
     ]
     runs = max((len(c.runs) for c in cells), default=0)

@@ -64,7 +64,12 @@ class Runner:
         with open(log_path, "w+") as log:
             lines, failure = self._run_pair(job, address, log)
             log.seek(0)
-            log_tail = log.read()[-2000:]
+            text = log.read()
+            log_tail = text[-2000:]
+        # bench/otel.py's word that the instrumentation made spans (--otel-sdk), shown with the run.
+        for line in text.splitlines():
+            if line.startswith("otel-sdk "):
+                print("    " + line[:300], file=sys.stderr)
         records = [report.Record.from_line(job, rep, line) for line in lines]
         done = [record.step for record in records]
         records += (

@@ -17,6 +17,7 @@ from typing import Any
 
 import anyio
 
+from bench import otel
 from bench.common import Address
 from bench.systems import Client, System
 from callrt import call, component, inline, tls
@@ -75,8 +76,8 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--otel-sdk",
         action="store_true",
-        help="configure the OpenTelemetry SDK in this process: spans through a BatchSpanProcessor, "
-        "metrics through a PeriodicExportingMetricReader, both to in-memory exporters",
+        help="configure the OpenTelemetry SDK in this process (bench/otel.py): spans through a "
+        "BatchSpanProcessor, metrics through a PeriodicExportingMetricReader, both to in-memory exporters",
     )
 
 
@@ -102,52 +103,9 @@ def _tls(args: argparse.Namespace, side: str) -> dict[str, Any]:
     return {"tls": context}
 
 
-def _otel_sdk() -> None:
-    """Set SDK tracer and meter providers, as an application exporting telemetry would (exporters keep counts only)."""
-    from opentelemetry import metrics, trace
-    from opentelemetry.sdk.metrics import MeterProvider
-    from opentelemetry.sdk.metrics.export import (
-        MetricExporter,
-        MetricExportResult,
-        MetricsData,
-        PeriodicExportingMetricReader,
-    )
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
-
-    class Spans(SpanExporter):  # in memory: counts what it is given (keeping every span would grow the process)
-        exported = 0
-
-        def export(self, spans: Any) -> SpanExportResult:
-            self.exported += len(spans)
-            return SpanExportResult.SUCCESS
-
-    class Metrics(MetricExporter):
-        def __init__(self) -> None:
-            super().__init__()
-            self.last: MetricsData | None = None
-
-        def export(
-            self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
-        ) -> MetricExportResult:
-            self.last = metrics_data
-            return MetricExportResult.SUCCESS
-
-        def force_flush(self, timeout_millis: float = 10_000) -> bool:
-            return True
-
-        def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
-            pass
-
-    tracer_provider = TracerProvider()
-    tracer_provider.add_span_processor(BatchSpanProcessor(Spans()))
-    trace.set_tracer_provider(tracer_provider)
-    metrics.set_meter_provider(MeterProvider(metric_readers=[PeriodicExportingMetricReader(Metrics())]))
-
-
 async def _serve(address: Address, args: argparse.Namespace) -> None:
     if args.otel_sdk:
-        _otel_sdk()
+        otel.configure("callrt server")
     options = call.ServerOptions(**_options(args, "server"), **_tls(args, "server"))
     await call.serve(address.url, Echo(), options=options)
 
@@ -155,7 +113,7 @@ async def _serve(address: Address, args: argparse.Namespace) -> None:
 @asynccontextmanager
 async def _connect(address: Address, args: argparse.Namespace) -> AsyncIterator[Client]:
     if args.otel_sdk:
-        _otel_sdk()
+        otel.configure("callrt client")
     options = call.ClientOptions(**_options(args, "client"), **_tls(args, "client"))
     async with call.connect(call.ConstantResolver([address.url]), options=options) as conn:
         stub: Any = conn.stub(Echo)  # the stub's methods are awaitable versions of Echo's

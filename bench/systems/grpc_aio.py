@@ -9,6 +9,12 @@ connection (grpc otherwise shares one connection among identical channels).
 The server's limit on calls it has not yet handed to the application
 (``grpc.server.max_pending_requests``, 1,000 by default) is raised: beyond it
 grpc sheds calls as CANCELLED, and the 64×16 load keeps 1,024 in flight.
+
+``--otel-sdk`` configures the OpenTelemetry SDK as callrt's flag of the same
+name does (:mod:`bench.otel`) and instruments grpc.aio with
+opentelemetry-instrumentation-grpc (``GrpcAioInstrumentorServer`` /
+``GrpcAioInstrumentorClient``: a CLIENT and a SERVER span per call; that
+package records no metrics).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from pathlib import Path
 import grpc
 import grpc.aio
 
+from bench import otel
 from bench.common import Address
 from bench.systems import Client, System
 from bench.tls import SERVER_NAME
@@ -52,7 +59,19 @@ def _target(address: Address) -> str:
     return f"{host}:{port}"
 
 
+def _instrument(role: str) -> None:
+    """The SDK, and grpc.aio's servers or channels made from now on instrumented by OpenTelemetry's interceptors."""
+    from opentelemetry.instrumentation.grpc import GrpcAioInstrumentorClient, GrpcAioInstrumentorServer
+
+    otel.configure(f"grpc {role}")
+    instrumentor = GrpcAioInstrumentorServer() if role == "server" else GrpcAioInstrumentorClient()
+    if not instrumentor.is_instrumented_by_opentelemetry:  # once per process (a client connects per step)
+        instrumentor.instrument()  # patches grpc.aio.server, or grpc.aio.insecure_channel and secure_channel
+
+
 async def _serve(address: Address, args: argparse.Namespace) -> None:
+    if args.otel_sdk:
+        _instrument("server")
     handler = grpc.method_handlers_generic_handler(
         _SERVICE,
         {
@@ -81,6 +100,8 @@ async def _serve(address: Address, args: argparse.Namespace) -> None:
 
 @asynccontextmanager
 async def _connect(address: Address, args: argparse.Namespace) -> AsyncIterator[Client]:
+    if args.otel_sdk:
+        _instrument("client")
     options: list[tuple[str, int | str]] = [*_OPTIONS, ("grpc.use_local_subchannel_pool", 1)]
     if args.tls_dir is None:
         channel = grpc.aio.insecure_channel(_target(address), options=options)
@@ -107,6 +128,12 @@ async def _connect(address: Address, args: argparse.Namespace) -> AsyncIterator[
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tls-dir", type=Path, help="mutual TLS with the certificates in DIR (bench/tls.py)")
+    parser.add_argument(
+        "--otel-sdk",
+        action="store_true",
+        help="configure the OpenTelemetry SDK (bench/otel.py) and instrument grpc.aio with "
+        "opentelemetry-instrumentation-grpc",
+    )
 
 
 SYSTEM = System(name="grpc", serve=_serve, connect=_connect, loops=("uvloop", "asyncio"), add_arguments=_add_arguments)
