@@ -32,10 +32,11 @@ from opentelemetry import metrics as otel_metrics
 from opentelemetry import trace as otel_trace
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.metrics import _internal as _metrics_internal  # its global meter provider: None until set
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 
+from .endpoints import Endpoint
 from .protocol import TraceContext
-from .tracing import remote_parent
+from .tracing import client_trace, current_otel_context, remote_parent, span_trace
 
 __all__ = (
     "CallRecord",
@@ -47,9 +48,6 @@ __all__ = (
     "start_server_call",
     "watch_replicas",
 )
-
-# Where the API keeps its global meter provider (None until an SDK sets one).
-
 
 #: The API modules whose globals say whether an SDK set providers (None until then). An API
 #: that keeps them elsewhere gets stand-ins that always say "set": correct, if slower.
@@ -72,19 +70,143 @@ def metrics_enabled() -> bool:
     return METRICS_API._METER_PROVIDER is not None
 
 
-_tracer = otel_trace.get_tracer("callrt")
-_meter = otel_metrics.get_meter("callrt")
-_client_duration = _meter.create_histogram(
-    "rpc.client.duration", unit="ms", description="Calls, as the caller saw them"
-)
-_server_duration = _meter.create_histogram("rpc.server.duration", unit="ms", description="Calls, in the server")
-_client_request_size = _meter.create_histogram("rpc.client.request.size", unit="By", description="Arguments sent")
-_server_request_size = _meter.create_histogram("rpc.server.request.size", unit="By", description="Arguments received")
-_server_response_size = _meter.create_histogram("rpc.server.response.size", unit="By", description="Results sent")
-_in_flight = _meter.create_up_down_counter("callrt.server.calls_in_flight", description="Calls being served")
-_connections = _meter.create_up_down_counter("callrt.server.connections", description="Connections served")
-_retries = _meter.create_counter("callrt.client.retries", description="Calls tried again")
-_refusals = _meter.create_counter("callrt.client.retry_budget_refusals", description="Retries the budget refused")
+#: A context that holds no span. The size histograms and the counters are recorded in it, so the
+#: SDK's default exemplar filter (trace-based) never samples them; only the duration histograms,
+#: recorded in the call's span's context, get exemplars (see "Exemplars" in docs/observability.md).
+_NO_SPAN = otel_context.Context()
+
+_TRANSPORTS = {"tcp": "tcp", "unix": "unix"}  # network.transport by endpoint scheme; "inproc" otherwise
+
+
+class _Method:
+    """What every call of one method shares, made at its first call: its span name, attribute dicts and count.
+
+    The SDK cleans and copies attributes on every span and measurement whatever it is given; building
+    them once per method (and per server endpoint or transport, and outcome) saves callrt's share.
+    """
+
+    __slots__ = ("base", "in_flight", "metric_attributes", "served", "span_name")
+
+    def __init__(self, name: str) -> None:
+        service, _, method = name.rpartition(".")
+        self.span_name = f"{service}/{method}"
+        self.base: dict[str, str] = {"rpc.system": "callrt", "rpc.service": service, "rpc.method": method}
+        #: By (the server's endpoint on a client or the transport on a server, ``error.type`` or None).
+        self.metric_attributes: dict[tuple[object, str | None], dict[str, Any]] = {}
+        #: Calls of it being served; changed on the event loop's thread only (the handlers' threads never do).
+        self.in_flight = 0
+        self.served = False  # by a server of this process: then it has a calls_in_flight series
+
+    def attributes(self, where: Endpoint | str | None, error: str | None) -> dict[str, Any]:
+        """Metric attributes: the method's, the server's endpoint or the transport, and the outcome."""
+        attributes = self.metric_attributes.get((where, error))
+        if attributes is None:
+            attributes = dict(self.base)
+            if type(where) is str:
+                attributes["network.transport"] = where
+            elif where is not None:
+                attributes |= _endpoint_attributes(where)  # type: ignore[arg-type]
+            if error is not None:
+                attributes["error.type"] = error
+            self.metric_attributes[(where, error)] = attributes
+        return attributes
+
+
+_methods: dict[str, _Method] = {}
+
+
+def _method(name: str) -> _Method:
+    method = _methods.get(name)
+    if method is None:
+        method = _methods[name] = _Method(name)
+    return method
+
+
+_endpoints: dict[Endpoint, dict[str, Any]] = {}
+
+
+def _endpoint_attributes(endpoint: Endpoint) -> dict[str, Any]:
+    """``server.address``, ``server.port`` and ``network.transport`` of a server's endpoint, per the conventions."""
+    attributes = _endpoints.get(endpoint)
+    if attributes is None:
+        if endpoint.scheme == "tcp":
+            attributes = {"server.address": endpoint.host, "server.port": endpoint.port, "network.transport": "tcp"}
+        elif endpoint.scheme == "unix":
+            attributes = {"server.address": endpoint.address, "network.transport": "unix"}
+        else:  # an in-memory server has no address but its name
+            attributes = {"server.address": str(endpoint), "network.transport": "inproc"}
+        _endpoints[endpoint] = attributes
+    return attributes
+
+
+class _Instruments:
+    """callrt's instruments on the meter of the meter provider set when callrt first measured."""
+
+    def __init__(self) -> None:
+        meter = otel_metrics.get_meter("callrt")
+        self.client_duration = meter.create_histogram(
+            "rpc.client.duration", unit="ms", description="Calls, as the caller saw them"
+        )
+        self.server_duration = meter.create_histogram(
+            "rpc.server.duration", unit="ms", description="Calls, in the server"
+        )
+        self.client_request_size = meter.create_histogram(
+            "rpc.client.request.size", unit="By", description="Arguments sent"
+        )
+        self.server_request_size = meter.create_histogram(
+            "rpc.server.request.size", unit="By", description="Arguments received"
+        )
+        self.server_response_size = meter.create_histogram(
+            "rpc.server.response.size", unit="By", description="Results sent"
+        )
+        self.connections = meter.create_up_down_counter("callrt.server.connections", description="Connections served")
+        self.retries = meter.create_counter("callrt.client.retries", description="Calls tried again")
+        self.refusals = meter.create_counter(
+            "callrt.client.retry_budget_refusals", description="Retries the budget refused"
+        )
+        # Read when metrics are collected, from counts callrt keeps anyway: nothing recorded per call.
+        meter.create_observable_up_down_counter(
+            "callrt.server.calls_in_flight", [_observe_in_flight], description="Calls being served"
+        )
+        meter.create_observable_gauge("callrt.client.replicas", [_observe_replicas], description="Replicas by state")
+
+
+class _Bound:
+    """The tracer, or the instruments, made for the provider the API holds (made again if that changes)."""
+
+    __slots__ = ("provider", "value")
+
+    def __init__(self) -> None:
+        self.provider: object = None
+        self.value: Any = None
+
+
+_tracing = _Bound()
+_measuring = _Bound()
+
+
+def _tracer() -> Tracer:
+    # The tracer of the SDK's provider itself: the API's proxy tracer adds a call per span.
+    provider = TRACE_API._TRACER_PROVIDER
+    if provider is not _tracing.provider:
+        _tracing.value = otel_trace.get_tracer_provider().get_tracer("callrt")
+        _tracing.provider = provider
+    tracer: Tracer = _tracing.value
+    return tracer
+
+
+def _instruments() -> _Instruments:
+    provider = METRICS_API._METER_PROVIDER
+    if provider is not _measuring.provider:
+        _measuring.value = _Instruments()
+        _measuring.provider = provider
+    instruments: _Instruments = _measuring.value
+    return instruments
+
+
+def _observe_in_flight(options: CallbackOptions) -> Iterable[Observation]:
+    return [Observation(method.in_flight, method.base) for method in list(_methods.values()) if method.served]
+
 
 # The replica states of live clients, counted when metrics are read.
 _replica_states: dict[int, Callable[[], Iterable[str]]] = {}
@@ -98,9 +220,6 @@ def _observe_replicas(options: CallbackOptions) -> Iterable[Observation]:
     return [Observation(n, {"state": state}) for state, n in counts.items()]
 
 
-_meter.create_observable_gauge("callrt.client.replicas", [_observe_replicas], description="Replicas by state")
-
-
 def watch_replicas(owner: object, states: Callable[[], Iterable[str]]) -> None:
     """Count ``states()`` (one per replica) in ``callrt.client.replicas`` while ``owner`` lives."""
     key = id(owner)
@@ -108,87 +227,118 @@ def watch_replicas(owner: object, states: Callable[[], Iterable[str]]) -> None:
     weakref.finalize(owner, _replica_states.pop, key, None)
 
 
-def _attributes(name: str) -> dict[str, str]:
-    service, _, method = name.rpartition(".")
-    return {"rpc.system": "callrt", "rpc.service": service, "rpc.method": method}
-
-
 class CallRecord:
-    """One call's span (current while it runs on this side) and measurements."""
+    """One call's span and measurements, on one side.
 
-    __slots__ = ("attributes", "duration", "response_size", "span", "started", "token")
+    A server's span is current while the handler runs (its calls are the span's children). A
+    client's is not made current: nothing runs inside it but callrt, and the trace context it
+    sends is taken from the span itself (:attr:`trace`).
+    """
 
-    def __init__(self, name: str, kind: SpanKind, parent: otel_context.Context | None, extra: dict[str, str]) -> None:
-        self.attributes = _attributes(name) | extra
-        service, _, method = name.rpartition(".")
+    __slots__ = (
+        "error",
+        "instruments",
+        "method",
+        "request_size",
+        "response_size",
+        "server",
+        "span",
+        "started",
+        "token",
+        "trace",
+        "where",
+    )
+
+    def __init__(self, method: _Method, request_size: int, server: bool) -> None:
+        self.method = method
+        self.request_size = request_size
+        self.server = server
         self.span: Span | None = None
         self.token: Token[otel_context.Context] | None = None
-        if tracing_enabled():
-            self.span = _tracer.start_span(f"{service}/{method}", context=parent, kind=kind, attributes=self.attributes)
-            self.token = otel_context.attach(otel_trace.set_span_in_context(self.span, parent))
-        elif parent is not None:
-            self.token = otel_context.attach(parent)  # no span of ours, but the caller's trace goes on
-        self.duration = _client_duration if kind is SpanKind.CLIENT else _server_duration
-        self.started = time.perf_counter() if metrics_enabled() else 0.0
+        self.trace: TraceContext | None = None  # a client's: what the request carries
+        self.where: Endpoint | str | None = None  # the server's endpoint (client) or the transport (server)
+        self.error: str | None = None  # error.type, once failed
+        self.instruments: _Instruments | None = None  # set when measured
+        self.started = 0.0
         self.response_size: int | None = None  # the server's, once it has replied
 
-    def set(self, key: str, value: str) -> None:
-        self.attributes[key] = value
-        if self.span is not None:
-            self.span.set_attribute(key, value)
+    def replica(self, endpoint: Endpoint) -> None:
+        """A client's attempt goes to ``endpoint``: the span's and the measurements' server attributes."""
+        if endpoint is not self.where:
+            self.where = endpoint
+            if self.span is not None:
+                self.span.set_attributes(_endpoint_attributes(endpoint))
 
     def failed(self, exc: BaseException) -> None:
         kind = type(exc)
         name = kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
-        self.attributes["error.type"] = name
+        self.error = name
         if self.span is not None:
             self.span.set_attribute("error.type", name)
             self.span.set_status(Status(StatusCode.ERROR, str(exc)[:200]))
 
 
 def start_client_call(name: str, request_size: int) -> CallRecord:
-    """The caller's record of a call of ``name`` (``component.method``); its span is made current."""
-    record = CallRecord(name, SpanKind.CLIENT, None, {})
-    if record.started:
-        _client_request_size.record(request_size, record.attributes)
+    """The caller's record of a call of ``name`` (``component.method``), with the trace context to send."""
+    method = _method(name)
+    record = CallRecord(method, request_size, False)
+    if TRACE_API._TRACER_PROVIDER is not None:
+        span = record.span = _tracer().start_span(method.span_name, kind=SpanKind.CLIENT, attributes=method.base)
+        record.trace = span_trace(span.get_span_context())
+    elif current_otel_context():  # no span of ours, but the caller's trace goes on
+        record.trace = client_trace()
+    if METRICS_API._METER_PROVIDER is not None:
+        record.instruments = _instruments()
+        record.started = time.perf_counter()
     return record
 
 
 def start_server_call(name: str, trace: TraceContext | None, peer_address: str, request_size: int) -> CallRecord:
     """The server's record of a call of ``name``: its span is a child of the caller's when the request carried one."""
+    method = _method(name)
+    record = CallRecord(method, request_size, True)
     scheme, _, address = peer_address.partition("://")
-    extra = {"network.transport": {"tcp": "tcp", "unix": "unix"}.get(scheme, "inproc"), "client.address": address}
-    record = CallRecord(name, SpanKind.SERVER, None if trace is None else remote_parent(trace), extra)
-    if record.started:
-        _server_request_size.record(request_size, _metric_attributes(record.attributes))
-        _in_flight.add(1, _attributes(name))  # without the outcome, which only the end knows
+    transport = record.where = _TRANSPORTS.get(scheme, "inproc")
+    parent = None if trace is None else remote_parent(trace)
+    if TRACE_API._TRACER_PROVIDER is not None:
+        attributes = {**method.base, "network.transport": transport, "client.address": address}
+        span = record.span = _tracer().start_span(
+            method.span_name, context=parent, kind=SpanKind.SERVER, attributes=attributes
+        )
+        record.token = otel_context.attach(otel_trace.set_span_in_context(span, parent))
+    elif parent is not None:
+        record.token = otel_context.attach(parent)  # no span of ours, but the caller's trace goes on
+    if METRICS_API._METER_PROVIDER is not None:
+        record.instruments = _instruments()
+        method.served = True
+        method.in_flight += 1
+        record.started = time.perf_counter()
     return record
-
-
-def _metric_attributes(attributes: dict[str, str]) -> dict[str, str]:
-    """A server call's attributes for metrics: without ``client.address``, the span's alone.
-
-    The caller's address and port differ per connection: as a metric attribute (a Prometheus label)
-    it would make a new time series of every connection.
-    """
-    return {key: value for key, value in attributes.items() if key != "client.address"}
 
 
 def finish(record: CallRecord) -> None:
     """End the call's span and record its measurements."""
-    if record.span is not None:
-        record.span.end()
+    span = record.span
+    if span is not None:
+        span.end()
     if record.token is not None:
         otel_context.detach(record.token)
-    if record.started:
-        attributes = record.attributes
-        if record.duration is _server_duration:
-            attributes = _metric_attributes(attributes)
-        record.duration.record((time.perf_counter() - record.started) * 1000, attributes)
-        if record.duration is _server_duration:
-            _in_flight.add(-1, {key: attributes[key] for key in ("rpc.system", "rpc.service", "rpc.method")})
+    instruments = record.instruments
+    if instruments is not None:
+        method = record.method
+        elapsed = (time.perf_counter() - record.started) * 1000
+        attributes = method.attributes(record.where, record.error)
+        # The duration in the span's context (an exemplar when the SDK's filter wants one); the sizes in none.
+        context = _NO_SPAN if span is None else otel_trace.set_span_in_context(span, _NO_SPAN)
+        if record.server:
+            method.in_flight -= 1
+            instruments.server_duration.record(elapsed, attributes, context)
+            instruments.server_request_size.record(record.request_size, attributes, _NO_SPAN)
             if record.response_size is not None:
-                _server_response_size.record(record.response_size, attributes)
+                instruments.server_response_size.record(record.response_size, attributes, _NO_SPAN)
+        else:
+            instruments.client_duration.record(elapsed, attributes, context)
+            instruments.client_request_size.record(record.request_size, attributes, _NO_SPAN)
 
 
 def retried(record: CallRecord | None, attempt: int, error: BaseException) -> None:
@@ -196,15 +346,15 @@ def retried(record: CallRecord | None, attempt: int, error: BaseException) -> No
         return
     if record.span is not None:
         record.span.add_event("retry", {"attempt": attempt, "error": str(error)[:200]})
-    if record.started:
-        _retries.add(1, record.attributes)
+    if record.instruments is not None:
+        record.instruments.retries.add(1, record.method.attributes(record.where, None), _NO_SPAN)
 
 
 def retry_refused() -> None:
     if metrics_enabled():
-        _refusals.add(1)
+        _instruments().refusals.add(1, None, _NO_SPAN)
 
 
 def connection_change(delta: int) -> None:
     if metrics_enabled():
-        _connections.add(delta)
+        _instruments().connections.add(delta, None, _NO_SPAN)

@@ -32,7 +32,14 @@ from opentelemetry.trace import (
 
 from .protocol import TraceContext
 
-__all__ = ("client_trace", "current_otel_context", "parse_tracestate", "remote_parent", "server_context")
+__all__ = (
+    "client_trace",
+    "current_otel_context",
+    "parse_tracestate",
+    "remote_parent",
+    "server_context",
+    "span_trace",
+)
 
 _INVALID = otel_trace.INVALID_SPAN_CONTEXT
 
@@ -88,7 +95,11 @@ def client_trace() -> TraceContext | None:
     """The current span's context as a frame field, or ``None`` when there is no valid span."""
     if not current_otel_context():
         return None  # an empty context holds no span: the common case without tracing
-    ctx = otel_trace.get_current_span().get_span_context()
+    return span_trace(otel_trace.get_current_span().get_span_context())
+
+
+def span_trace(ctx: SpanContext) -> TraceContext | None:
+    """A span's context as a frame field, or ``None`` when it is not valid."""
     if ctx is _INVALID or not ctx.is_valid:
         return None
     state = ctx.trace_state.to_header() if ctx.trace_state else ""

@@ -129,15 +129,16 @@ def remote_method(
             inherited = current_deadline()
             if inherited is not None and inherited < deadline:
                 deadline = inherited
-        # A CLIENT span and measurements once an SDK is configured; the span is current when the
-        # trace context is read, so the server's span is its child.
+        # A CLIENT span and measurements once an SDK is configured; the request carries the span's
+        # trace context, so the server's span is its child.
         span = (
             telemetry.start_client_call(method.full_name, len(payload))
             if trace_api._TRACER_PROVIDER is not None
             or metrics_api._METER_PROVIDER is not None  # tracing_enabled() or metrics_enabled(), inlined
             else None
         )
-        trace = client_trace() if current_otel_context() else None  # an empty context holds no span
+        # (Without a record: an empty context holds no span, the common case.)
+        trace = span.trace if span is not None else client_trace() if current_otel_context() else None
         budget.calls += 1
         attempt = 0
         try:
@@ -153,7 +154,7 @@ def remote_method(
                 if observer is not None:
                     observer.replica = str(session.endpoint)
                 if span is not None:
-                    span.set("server.address", str(session.endpoint))
+                    span.replica(session.endpoint)
                 try:
                     request_id, waiter = session.start(key, payload, deadline, trace, options)
                     try:
