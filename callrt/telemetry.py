@@ -75,7 +75,42 @@ def metrics_enabled() -> bool:
 #: recorded in the call's span's context, get exemplars (see "Exemplars" in docs/observability.md).
 _NO_SPAN = otel_context.Context()
 
-_TRANSPORTS = {"tcp": "tcp", "unix": "unix"}  # network.transport by endpoint scheme; "inproc" otherwise
+
+class _Where:
+    """Where a call went: the server's endpoint (on a client) or the transport (on a server), as attributes.
+
+    One per endpoint or transport, compared by identity: a cache key that costs no Python ``__hash__``.
+    """
+
+    __slots__ = ("attributes",)
+
+    def __init__(self, attributes: dict[str, Any]) -> None:
+        self.attributes = attributes
+
+
+_TRANSPORTS = {scheme: _Where({"network.transport": scheme}) for scheme in ("tcp", "unix")}
+_INPROC = _Where({"network.transport": "inproc"})
+
+# By id(): an Endpoint's dataclass __hash__ and __eq__ are Python calls. Each entry keeps its
+# endpoint alive, so that no other object takes the id; there is one per replica ever connected.
+_endpoints: dict[int, tuple[Endpoint, _Where]] = {}
+
+
+def _endpoint_where(endpoint: Endpoint) -> _Where:
+    """``server.address``, ``server.port`` and ``network.transport`` of a server's endpoint, per the conventions."""
+    entry = _endpoints.get(id(endpoint))
+    if entry is not None and entry[0] is endpoint:
+        return entry[1]
+    attributes: dict[str, Any]
+    if endpoint.scheme == "tcp":
+        attributes = {"server.address": endpoint.host, "server.port": endpoint.port, "network.transport": "tcp"}
+    elif endpoint.scheme == "unix":
+        attributes = {"server.address": endpoint.address, "network.transport": "unix"}
+    else:  # an in-memory server has no address but its name
+        attributes = {"server.address": str(endpoint), "network.transport": "inproc"}
+    where = _Where(attributes)
+    _endpoints[id(endpoint)] = (endpoint, where)
+    return where
 
 
 class _Method:
@@ -91,21 +126,18 @@ class _Method:
         service, _, method = name.rpartition(".")
         self.span_name = f"{service}/{method}"
         self.base: dict[str, str] = {"rpc.system": "callrt", "rpc.service": service, "rpc.method": method}
-        #: By (the server's endpoint on a client or the transport on a server, ``error.type`` or None).
-        self.metric_attributes: dict[tuple[object, str | None], dict[str, Any]] = {}
+        self.metric_attributes: dict[tuple[_Where | None, str | None], dict[str, Any]] = {}
         #: Calls of it being served; changed on the event loop's thread only (the handlers' threads never do).
         self.in_flight = 0
         self.served = False  # by a server of this process: then it has a calls_in_flight series
 
-    def attributes(self, where: Endpoint | str | None, error: str | None) -> dict[str, Any]:
-        """Metric attributes: the method's, the server's endpoint or the transport, and the outcome."""
+    def attributes(self, where: _Where | None, error: str | None) -> dict[str, Any]:
+        """The method's attributes, where the call went, and the outcome (``error.type``, None for success)."""
         attributes = self.metric_attributes.get((where, error))
         if attributes is None:
             attributes = dict(self.base)
-            if type(where) is str:
-                attributes["network.transport"] = where
-            elif where is not None:
-                attributes |= _endpoint_attributes(where)  # type: ignore[arg-type]
+            if where is not None:
+                attributes |= where.attributes
             if error is not None:
                 attributes["error.type"] = error
             self.metric_attributes[(where, error)] = attributes
@@ -120,23 +152,6 @@ def _method(name: str) -> _Method:
     if method is None:
         method = _methods[name] = _Method(name)
     return method
-
-
-_endpoints: dict[Endpoint, dict[str, Any]] = {}
-
-
-def _endpoint_attributes(endpoint: Endpoint) -> dict[str, Any]:
-    """``server.address``, ``server.port`` and ``network.transport`` of a server's endpoint, per the conventions."""
-    attributes = _endpoints.get(endpoint)
-    if attributes is None:
-        if endpoint.scheme == "tcp":
-            attributes = {"server.address": endpoint.host, "server.port": endpoint.port, "network.transport": "tcp"}
-        elif endpoint.scheme == "unix":
-            attributes = {"server.address": endpoint.address, "network.transport": "unix"}
-        else:  # an in-memory server has no address but its name
-            attributes = {"server.address": str(endpoint), "network.transport": "inproc"}
-        _endpoints[endpoint] = attributes
-    return attributes
 
 
 class _Instruments:
@@ -236,6 +251,7 @@ class CallRecord:
     """
 
     __slots__ = (
+        "endpoint",
         "error",
         "instruments",
         "method",
@@ -244,6 +260,7 @@ class CallRecord:
         "server",
         "span",
         "started",
+        "started_ns",
         "token",
         "trace",
         "where",
@@ -256,26 +273,46 @@ class CallRecord:
         self.span: Span | None = None
         self.token: Token[otel_context.Context] | None = None
         self.trace: TraceContext | None = None  # a client's: what the request carries
-        self.where: Endpoint | str | None = None  # the server's endpoint (client) or the transport (server)
+        self.endpoint: Endpoint | None = None  # a client's, of its last attempt
+        self.where: _Where | None = None  # the endpoint's attributes (client) or the transport's (server)
         self.error: str | None = None  # error.type, once failed
         self.instruments: _Instruments | None = None  # set when measured
-        self.started = 0.0
+        self.started = 0.0  # perf_counter(), when measured
+        self.started_ns = 0  # a client's, when traced: its span's start time
         self.response_size: int | None = None  # the server's, once it has replied
 
-    def replica(self, endpoint: Endpoint) -> None:
-        """A client's attempt goes to ``endpoint``: the span's and the measurements' server attributes."""
-        if endpoint is not self.where:
-            self.where = endpoint
+    def replica(self, endpoint: Endpoint) -> TraceContext | None:
+        """A client's attempt goes to ``endpoint``: the trace context its request carries.
+
+        The first attempt starts the span, dated from the call's start, with the server's
+        attributes among those it starts with (as the conventions ask: samplers see them).
+        """
+        if endpoint is not self.endpoint:
+            self.endpoint = endpoint
+            where = self.where = _endpoint_where(endpoint)
             if self.span is not None:
-                self.span.set_attributes(_endpoint_attributes(endpoint))
+                self.span.set_attributes(where.attributes)
+            elif self.started_ns:
+                self._start_client_span(self.method.attributes(where, None))
+        return self.trace
+
+    def _start_client_span(self, attributes: dict[str, Any]) -> Span:
+        span = self.span = _tracer().start_span(
+            self.method.span_name, kind=SpanKind.CLIENT, attributes=attributes, start_time=self.started_ns
+        )
+        self.trace = span_trace(span.get_span_context())
+        return span
 
     def failed(self, exc: BaseException) -> None:
         kind = type(exc)
         name = kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
         self.error = name
-        if self.span is not None:
-            self.span.set_attribute("error.type", name)
-            self.span.set_status(Status(StatusCode.ERROR, str(exc)[:200]))
+        span = self.span
+        if span is None and self.started_ns:  # a client's call that failed before any attempt
+            span = self._start_client_span(self.method.attributes(None, name))
+        if span is not None:
+            span.set_attribute("error.type", name)
+            span.set_status(Status(StatusCode.ERROR, str(exc)[:200]))
 
 
 def start_client_call(name: str, request_size: int) -> CallRecord:
@@ -283,8 +320,7 @@ def start_client_call(name: str, request_size: int) -> CallRecord:
     method = _method(name)
     record = CallRecord(method, request_size, False)
     if TRACE_API._TRACER_PROVIDER is not None:
-        span = record.span = _tracer().start_span(method.span_name, kind=SpanKind.CLIENT, attributes=method.base)
-        record.trace = span_trace(span.get_span_context())
+        record.started_ns = time.time_ns()  # the span starts at the first attempt (CallRecord.replica)
     elif current_otel_context():  # no span of ours, but the caller's trace goes on
         record.trace = client_trace()
     if METRICS_API._METER_PROVIDER is not None:
@@ -298,10 +334,10 @@ def start_server_call(name: str, trace: TraceContext | None, peer_address: str, 
     method = _method(name)
     record = CallRecord(method, request_size, True)
     scheme, _, address = peer_address.partition("://")
-    transport = record.where = _TRANSPORTS.get(scheme, "inproc")
+    where = record.where = _TRANSPORTS.get(scheme, _INPROC)
     parent = None if trace is None else remote_parent(trace)
     if TRACE_API._TRACER_PROVIDER is not None:
-        attributes = {**method.base, "network.transport": transport, "client.address": address}
+        attributes = {**method.base, **where.attributes, "client.address": address}
         span = record.span = _tracer().start_span(
             method.span_name, context=parent, kind=SpanKind.SERVER, attributes=attributes
         )

@@ -18,7 +18,7 @@ def test_a_two_hop_call_makes_four_spans_in_one_trace() -> None:
         [sys.executable, "-m", "tests.span_app"], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True
     )
     lines = [json.loads(line) for line in result.stdout.splitlines()]
-    spans = [line for line in lines if "metric" not in line]
+    spans = [line for line in lines if "name" in line]
     by_name = {(s["name"], s["kind"]): s for s in spans}
     client = by_name[("spans.Front/quadruple", "CLIENT")]
     front = by_name[("spans.Front/quadruple", "SERVER")]
@@ -47,23 +47,43 @@ def test_a_two_hop_call_makes_four_spans_in_one_trace() -> None:
     assert {s["kind"] for s in failed} == {"CLIENT", "SERVER"}
     server_failed = next(s for s in failed if s["kind"] == "SERVER")
     assert server_failed["attributes"]["error.type"] == "ValueError"
-    client_failed = next(s for s in failed if s["kind"] == "CLIENT")
+    client_failed = next(s for s in failed if s["kind"] == "CLIENT" and "server.address" in s["attributes"])
     assert client_failed["attributes"]["error.type"] == "callrt.errors.RemoteError"
+    # A call that reached no server: its CLIENT span, with the error and no server.
+    unreached = next(s for s in failed if s["kind"] == "CLIENT" and "server.address" not in s["attributes"])
+    assert unreached["attributes"]["error.type"] == "callrt.errors.Unreachable"
+
+    # Over TCP, retried: the server's address and port, the transport, and the retry as an event.
+    port = next(line["tcp_port"] for line in lines if "tcp_port" in line)
+    tcp_client = next(s for s in spans if s["kind"] == "CLIENT" and s["attributes"].get("server.port") == port)
+    assert tcp_client["attributes"]["server.address"] == "127.0.0.1"
+    assert tcp_client["attributes"]["network.transport"] == "tcp" and tcp_client["events"] == ["retry"]
+    tcp_server = next(s for s in spans if s["kind"] == "SERVER" and s["parent"] == tcp_client["id"])
+    assert tcp_server["attributes"]["network.transport"] == "tcp" and tcp_server["status"] == "UNSET"
+    # Over a Unix socket: the socket's path is the server's address.
+    unix_client = next(s for s in spans if s["kind"] == "CLIENT" and s["attributes"].get("network.transport") == "unix")
+    assert unix_client["attributes"]["server.address"].endswith("/back.sock")
+    assert "server.port" not in unix_client["attributes"]
 
     # Metrics, with the conventions' names and units.
     metrics = {line["metric"]: line for line in lines if "metric" in line}
     assert metrics["rpc.client.duration"]["unit"] == "ms" and metrics["rpc.server.request.size"]["unit"] == "By"
     server_calls = {
-        (p["attributes"]["rpc.service"], p["attributes"]["rpc.method"], p["attributes"].get("error.type")): p["count"]
+        (a["network.transport"], a["rpc.service"], a["rpc.method"], a.get("error.type")): p["count"]
         for p in metrics["rpc.server.duration"]["points"]
+        for a in [p["attributes"]]
     }
     assert server_calls == {
-        ("spans.Front", "quadruple", None): 1,
-        ("spans.Back", "double", None): 1,
-        ("spans.Back", "double", "ValueError"): 1,
+        ("inproc", "spans.Front", "quadruple", None): 1,
+        ("inproc", "spans.Back", "double", None): 1,
+        ("inproc", "spans.Back", "double", "ValueError"): 1,
+        ("tcp", "spans.Back", "double", None): 1,
+        ("unix", "spans.Back", "double", None): 1,
     }
-    assert sum(p["count"] for p in metrics["rpc.server.response.size"]["points"]) == 2  # the two that replied
+    assert sum(p["count"] for p in metrics["rpc.server.response.size"]["points"]) == 4  # the four that replied
     client_calls = sum(p["count"] for p in metrics["rpc.client.duration"]["points"])
-    assert client_calls == 3
+    assert client_calls == 6  # three in memory, one each over TCP and Unix, and the one that reached no server
+    retries = metrics["callrt.client.retries"]["points"]
+    assert [p["value"] for p in retries] == [1] and retries[0]["attributes"]["network.transport"] == "tcp"
     assert all(p["value"] == 0 for p in metrics["callrt.server.calls_in_flight"]["points"])  # all done
     assert sum(p["value"] for p in metrics["callrt.server.connections"]["points"]) == 0  # all closed

@@ -129,8 +129,8 @@ def remote_method(
             inherited = current_deadline()
             if inherited is not None and inherited < deadline:
                 deadline = inherited
-        # A CLIENT span and measurements once an SDK is configured; the request carries the span's
-        # trace context, so the server's span is its child.
+        # A CLIENT span (from the first attempt) and measurements once an SDK is configured; the
+        # request carries the span's trace context, so the server's span is its child.
         span = (
             telemetry.start_client_call(method.full_name, len(payload))
             if trace_api._TRACER_PROVIDER is not None
@@ -154,7 +154,7 @@ def remote_method(
                 if observer is not None:
                     observer.replica = str(session.endpoint)
                 if span is not None:
-                    span.replica(session.endpoint)
+                    trace = span.replica(session.endpoint)
                 try:
                     request_id, waiter = session.start(key, payload, deadline, trace, options)
                     try:
