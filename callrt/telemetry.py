@@ -3,19 +3,38 @@
 Once an SDK has set a tracer provider, each call has a CLIENT span on the
 caller and a SERVER span (its child) around the handler, named
 ``component/method`` with the RPC semantic conventions' attributes
-(``rpc.system`` = ``callrt``, ``rpc.service``, ``rpc.method``, the server's
-address, ``network.transport``, ``error.type`` and an error status on
-failure); retries are events on the client span. Once a meter provider is
-set, calls are measured: ``rpc.client.duration`` and ``rpc.server.duration``
-(ms), ``rpc.client.request.size``, ``rpc.server.request.size`` and
+(``rpc.system`` = ``callrt``, ``rpc.service``, ``rpc.method``; on the client
+``server.address``, ``server.port`` and ``network.transport`` of the replica
+called, on the server ``network.transport`` and ``client.address``;
+``error.type`` and an error status on failure); retries are events on the
+client span. Once a meter provider is set, calls are measured:
+``rpc.client.duration`` and ``rpc.server.duration`` (ms),
+``rpc.client.request.size``, ``rpc.server.request.size`` and
 ``rpc.server.response.size`` (bytes), ``callrt.server.calls_in_flight``,
 ``callrt.server.connections``, ``callrt.client.retries``,
 ``callrt.client.retry_budget_refusals`` and ``callrt.client.replicas`` (by
-state), with the component, method and outcome as attributes.
+state), with the component, method, where the call went and the outcome as
+attributes.
 
 Without providers callrt makes no span and records nothing: the API's no-op
 objects still cost microseconds a call, so each call first reads the API's
 two globals (:func:`tracing_enabled`, :func:`metrics_enabled`).
+
+With them, nearly all of a call's cost is the SDK's own: it cleans and copies
+the attributes of every span and every measurement, and hashes a
+measurement's attributes to find its series (bench/README.md, "The SDK
+configured"). So callrt asks for as little as the conventions allow: each
+call's attribute dicts are built once per method (and server endpoint or
+transport, and outcome) and reused; a client span starts with all its
+attributes (at the first attempt, dated from the call's start); the client
+span is not made current (only callrt runs inside it), its trace context
+is read from it; calls in flight are counted by callrt and observed when
+metrics are collected, not recorded twice per call; the SDK's tracer and
+instruments are bound once instead of through the API's proxies. Exemplars:
+the duration histograms are recorded in the call's span's context, so the
+SDK's default (trace-based) exemplar filter links their samples to traces;
+sizes and counters are recorded in a context with no span, so they carry
+none (an exemplar costs ~2 µs per measurement and says nothing about sizes).
 """
 
 from __future__ import annotations
@@ -92,8 +111,10 @@ _TRANSPORTS = {scheme: _Where({"network.transport": scheme}) for scheme in ("tcp
 _INPROC = _Where({"network.transport": "inproc"})
 
 # By id(): an Endpoint's dataclass __hash__ and __eq__ are Python calls. Each entry keeps its
-# endpoint alive, so that no other object takes the id; there is one per replica ever connected.
+# endpoint alive, so that no other object takes the id: one per replica connected, emptied when
+# it reaches _CACHED (replicas that come and go for months must not grow the process).
 _endpoints: dict[int, tuple[Endpoint, _Where]] = {}
+_CACHED = 4096
 
 
 def _endpoint_where(endpoint: Endpoint) -> _Where:
@@ -109,6 +130,8 @@ def _endpoint_where(endpoint: Endpoint) -> _Where:
     else:  # an in-memory server has no address but its name
         attributes = {"server.address": str(endpoint), "network.transport": "inproc"}
     where = _Where(attributes)
+    if len(_endpoints) >= _CACHED:
+        _endpoints.clear()
     _endpoints[id(endpoint)] = (endpoint, where)
     return where
 
@@ -140,6 +163,8 @@ class _Method:
                 attributes |= where.attributes
             if error is not None:
                 attributes["error.type"] = error
+            if len(self.metric_attributes) >= _CACHED:  # bounded, as _endpoints is
+                self.metric_attributes.clear()
             self.metric_attributes[(where, error)] = attributes
         return attributes
 
