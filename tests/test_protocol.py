@@ -239,11 +239,40 @@ def test_round_trip_split_anywhere(frame: Frame, data: st.DataObject) -> None:
     assert feed_in_pieces(blob, cuts) == [frame]
 
 
-@given(u64, st.binary(min_size=16, max_size=16), st.integers(0, 1 << 20), st.none() | u64)
-def test_plain_request_header_is_the_general_one(request_id: int, key: bytes, size: int, deadline: int | None) -> None:
-    assert encode_plain_request_header(request_id, key, size, deadline) == encode_request_header(
-        request_id, key, size, deadline
+@given(
+    u64,
+    st.binary(min_size=16, max_size=16),
+    st.integers(0, 1 << 20),
+    st.none() | u64,
+    st.none()
+    | st.builds(
+        TraceContext,
+        st.binary(min_size=16, max_size=16),
+        st.binary(min_size=8, max_size=8),
+        st.integers(0, 255),
+        st.sampled_from(["", "congo=t61rcWkgMzE"]),
+    ),
+)
+def test_plain_request_header_is_the_general_one(
+    request_id: int, key: bytes, size: int, deadline: int | None, trace: TraceContext | None
+) -> None:
+    assert encode_plain_request_header(request_id, key, size, deadline, trace) == encode_request_header(
+        request_id, key, size, deadline, trace
     )
+
+
+@pytest.mark.parametrize(
+    "trace",
+    [
+        TraceContext(b"t" * 15, b"s" * 8),
+        TraceContext(b"t" * 16, b"s" * 9),
+        TraceContext(b"t" * 16, b"s" * 8, flags=256),
+        TraceContext(b"t" * 16, b"s" * 8, flags=-1),
+    ],
+)
+def test_plain_request_header_refuses_a_bad_trace_context(trace: TraceContext) -> None:
+    with pytest.raises(LocalProtocolError):
+        encode_plain_request_header(1, KEY, 0, None, trace)
 
 
 @FAST

@@ -269,8 +269,8 @@ class ClientSession:
             # -inf is a caller whose scope is already cancelled: the time left is none.
             deadline_us = int(left * 1e6) if 0 < left < _MAX_DEADLINE_S else 0 if left <= 0 else _MAX_DEADLINE_US
         codec = self.codec if options is None or options.compression is None else self.codec_for(options.compression)
-        if trace is None and options is None and not self.caller and not codec:
-            header = encode_plain_request_header(request_id, key, size, deadline_us)
+        if options is None and not self.caller and not codec:
+            header = encode_plain_request_header(request_id, key, size, deadline_us, trace)
         else:
             packed = compress(CODECS_BY_ID[codec], payload) if codec and size >= self.compress_above else None
             if packed is not None:
