@@ -265,6 +265,8 @@ def watch_replicas(owner: object, states: Callable[[], Iterable[str]]) -> None:
     key = id(owner)
     _replica_states[key] = states
     weakref.finalize(owner, _replica_states.pop, key, None)
+    if metrics_enabled():  # the gauge exists from now on, not from the client's first call
+        _instruments()
 
 
 class CallRecord:
