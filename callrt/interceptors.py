@@ -61,6 +61,7 @@ __all__ = (
     "ServerInterceptor",
     "ServerNext",
     "intercept_client",
+    "intercept_open",
     "intercept_handlers",
 )
 
@@ -222,3 +223,10 @@ def intercept_client(
         return await run(ClientCall(method=method, args=args, kwargs=kwargs, options=options, deadline=deadline))
 
     return call
+
+
+def intercept_open(
+    interceptors: Sequence[ClientInterceptor], call: ClientCall, open_: Callable[[ClientCall], Awaitable[Any]]
+) -> Awaitable[Any]:
+    """A server or bidirectional stream's opening: ``open_`` (which returns the opened stream) run through ``interceptors``."""
+    return _chain(tuple(interceptors), open_)(call)  # type: ignore[no-any-return]

@@ -46,6 +46,7 @@ from contextvars import Token
 from types import SimpleNamespace
 from typing import Any
 
+import anyio
 from opentelemetry import context as otel_context
 from opentelemetry import metrics as otel_metrics
 from opentelemetry import trace as otel_trace
@@ -58,7 +59,10 @@ from .protocol import TraceContext
 from .tracing import client_trace, current_otel_context, remote_parent, span_trace
 
 __all__ = (
+    "CANCELLED",
     "CallRecord",
+    "client_record",
+    "end_client_call",
     "connection_change",
     "finish",
     "retried",
@@ -93,6 +97,9 @@ def metrics_enabled() -> bool:
 #: SDK's default exemplar filter (trace-based) never samples them; only the duration histograms,
 #: recorded in the call's span's context, get exemplars (see "Exemplars" in docs/observability.md).
 _NO_SPAN = otel_context.Context()
+
+#: ``error.type`` of a client's call the caller gave up on (see :meth:`CallRecord.cancelled`).
+CANCELLED = "cancelled"
 
 
 class _Where:
@@ -330,6 +337,21 @@ class CallRecord:
         self.trace = span_trace(span.get_span_context())
         return span
 
+    def cancelled(self, why: str) -> None:
+        """A client's call the caller gave up on: ``error.type`` :data:`CANCELLED` and an error status saying ``why``.
+
+        For the call shapes whose caller can leave without an exception of its own (a stream
+        left by ``break`` or ``aclose()``, a fan-out's request cancelled when the fan-out ended),
+        and for theirs cancelled by a cancel scope or a deadline: one outcome whatever the backend.
+        """
+        self.error = CANCELLED
+        span = self.span
+        if span is None and self.started_ns:  # given up before any attempt
+            span = self._start_client_span(self.method.attributes(None, CANCELLED))
+        if span is not None:
+            span.set_attribute("error.type", CANCELLED)
+            span.set_status(Status(StatusCode.ERROR, why))
+
     def failed(self, exc: BaseException) -> None:
         kind = type(exc)
         name = kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
@@ -354,6 +376,17 @@ def start_client_call(name: str, request_size: int) -> CallRecord:
         record.instruments = _instruments()
         record.started = time.perf_counter()
     return record
+
+
+def client_record(name: str, request_size: int) -> CallRecord | None:
+    """:func:`start_client_call` once an SDK is configured, else None.
+
+    For the call shapes other than a stub's unary call (streams, fan-out, affinity), whose
+    cost per call is not worth inlining this test for: the unary stub inlines it.
+    """
+    if TRACE_API._TRACER_PROVIDER is None and METRICS_API._METER_PROVIDER is None:
+        return None
+    return start_client_call(name, request_size)
 
 
 def start_server_call(name: str, trace: TraceContext | None, peer_address: str, request_size: int) -> CallRecord:
@@ -402,6 +435,20 @@ def finish(record: CallRecord) -> None:
         else:
             instruments.client_duration.record(elapsed, attributes, context)
             instruments.client_request_size.record(record.request_size, attributes, _NO_SPAN)
+
+
+def end_client_call(record: CallRecord, exc: BaseException | None) -> None:
+    """:func:`finish` a client's call that raised ``exc`` (None: succeeded) in a task of the caller's.
+
+    The backend's cancellation (a cancel scope, a deadline) is recorded as :data:`CANCELLED`,
+    any other exception as its type.
+    """
+    if exc is not None:
+        if isinstance(exc, anyio.get_cancelled_exc_class()):
+            record.cancelled("cancelled")
+        else:
+            record.failed(exc)
+    finish(record)
 
 
 def retried(record: CallRecord | None, attempt: int, error: BaseException) -> None:

@@ -12,6 +12,18 @@ nothing of it has reached the caller and nothing of the caller's items has
 been taken: after that, a failure ends the stream with its error. A caller
 that stops iterating (``break``, its scope cancelled, its deadline) cancels
 the server's handler, whose generator's ``finally`` then runs.
+
+Telemetry and interceptors, as for a unary call (see docs/observability.md,
+"Stream calls"): once an SDK is configured, a stream has one CLIENT span and
+its measurements (``rpc.client.duration``, ``rpc.client.request.size`` of the
+opening request), from its opening to its end: the server's end, an error
+(``error.type``), or the caller leaving it (``break``, ``aclose()``, leaving
+``async with``, cancellation: ``error.type`` ``cancelled``); retries are events
+on it. Its request carries the span's trace context (or the caller's, without
+an SDK), so the server's SERVER span is its child. The client's interceptors
+wrap a client stream's whole call, as a unary call's; a server or
+bidirectional stream is iterated by the caller, so they wrap its opening:
+``next`` picks a replica, sends the request and returns the opened stream.
 """
 
 from __future__ import annotations
@@ -23,10 +35,15 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 
+from .. import telemetry
 from ..component import MethodSpec, caller_error
 from ..connection.client import ClientStream
 from ..context import CallOptions, current_deadline, serving_var
 from ..errors import ClosedError, CommunicationError, ErrorCode, RemoteError
+from ..interceptors import ClientCall, intercept_client, intercept_open
+from ..protocol import TraceContext
+from ..telemetry import CallRecord
+from ..tracing import client_trace, current_otel_context
 from .replicas import ManagedReplica
 
 if TYPE_CHECKING:
@@ -61,7 +78,9 @@ def stream_method(path: CallPath, method: MethodSpec, options: CallOptions | Non
 
         def open_stream(*args: Any, **kwargs: Any) -> StreamCall:
             payload, items = split(args, kwargs)
-            return StreamCall(path, method, options, payload, items)
+            # With client interceptors, the stream keeps what the chain is to see when it opens.
+            chain = (args, kwargs, split) if path.interceptors else None
+            return StreamCall(path, method, options, payload, items, chain=chain)
 
         call: Callable[..., Any] = open_stream
     else:
@@ -71,7 +90,14 @@ def stream_method(path: CallPath, method: MethodSpec, options: CallOptions | Non
             async with StreamCall(path, method, options, payload, items) as sent:
                 return await sent.result()
 
+        async def intercepted(given: ClientCall) -> Any:
+            payload, items = split(given.args, given.kwargs)
+            async with StreamCall(path, method, given.options, payload, items, observer=given) as sent:
+                return await sent.result()
+
         call = client_stream
+        if path.interceptors:  # a coroutine like a unary call: the chain wraps the whole call, as it does those
+            call = intercept_client(path.interceptors, method.full_name, options, path.effective_deadline, intercepted)
     return call
 
 
@@ -84,12 +110,28 @@ class StreamCall:
     """
 
     def __init__(
-        self, path: CallPath, method: MethodSpec, options: CallOptions | None, payload: bytes, items: object
+        self,
+        path: CallPath,
+        method: MethodSpec,
+        options: CallOptions | None,
+        payload: bytes,
+        items: object,
+        *,
+        chain: tuple[tuple[Any, ...], dict[str, Any], Callable[..., tuple[bytes, object]]] | None = None,
+        observer: ClientCall | None = None,
     ) -> None:
         if path.replicas.closed:
             raise ClosedError("the connection is closed")
         self._path, self._method, self._options, self._payload = path, method, options, payload
         self._items = items
+        # The caller's arguments and how to encode them, for the client's interceptors to see at the
+        # opening (None: no chain to run); the chain's ClientCall, which learns the replica.
+        self._chain = chain
+        self._observer = observer
+        self._began = False  # the first opening was asked for (the interceptors ran)
+        self._opened = False  # the first opening was made: the record and trace are set
+        self._record: CallRecord | None = None  # the CLIENT span and measurements, until the stream ends
+        self._trace: TraceContext | None = None  # what its requests carry
         self._pulled = False  # an item of the caller's was taken: the stream can no longer be retried
         self._stream: ClientStream | None = None
         self._pump: anyio.CancelScope | None = None
@@ -109,12 +151,44 @@ class StreamCall:
 
     # -- opening, with retries before anything of it was used ------------------------------------
 
+    async def _begin(self) -> None:
+        """The first opening, through the client's interceptors when there are any (see the module's docs)."""
+        if self._began:
+            await self._open()
+            return
+        self._began = True
+        chain = self._chain
+        if chain is None:
+            await self._open()
+            return
+        args, kwargs, _ = chain
+        call = ClientCall(method=self._method.full_name, args=args, kwargs=kwargs, options=self._options)
+        call.deadline = self._deadline
+        await intercept_open(self._path.interceptors, call, self._open_as)
+
+    async def _open_as(self, call: ClientCall) -> StreamCall:
+        """The end of the interceptors' chain: open the stream as ``call`` (maybe a changed copy) says."""
+        self._observer = call
+        chain = self._chain
+        assert chain is not None
+        if call.args is not chain[0] or call.kwargs is not chain[1]:
+            self._payload, self._items = chain[2](call.args, call.kwargs)
+        self._options = call.options  # also for a retry's opening: the metadata the chain added stays
+        await self._open()
+        return self
+
     async def _open(self) -> ClientStream:
         path, method, options = self._path, self._method, self._options
         replicas = path.replicas
         spec = method.stream
         assert spec is not None
         client_options = replicas.options
+        record = self._record
+        if not self._opened:  # the first opening: the call's record starts (in the caller's context)
+            self._opened = True
+            record = self._record = telemetry.client_record(method.full_name, len(self._payload))
+            if record is None and current_otel_context():  # no SDK, but the caller's trace goes on
+                self._trace = client_trace()
         attempt = 0
         while True:
             attempt += 1
@@ -122,6 +196,10 @@ class StreamCall:
             session = None if replica is None else replica.session
             if session is None:
                 session = await replicas.wait_for_session(options, self._deadline, method.full_name)
+            if self._observer is not None:
+                self._observer.replica = str(session.endpoint)
+            # The span starts at the first attempt, dated from the opening: the server's attributes among its first.
+            trace = self._trace if record is None else record.replica(session.endpoint)
             stream = ClientStream(
                 client_options.stream_window,
                 client_options.stream_window_bytes,
@@ -129,11 +207,12 @@ class StreamCall:
                 takes=spec.takes is not None,
             )
             try:
-                session.start(method.key, self._payload, self._deadline, None, options, stream)
+                session.start(method.key, self._payload, self._deadline, trace, options, stream)
             except CommunicationError as exc:
                 delay = self._retry_delay(exc, attempt)
                 if delay is None:
                     raise
+                telemetry.retried(record, attempt + 1, exc)
                 await anyio.sleep(delay)
                 continue
             self._stream = stream
@@ -153,6 +232,7 @@ class StreamCall:
         delay = self._retry_delay(exc, attempt)
         if delay is None:
             return False
+        telemetry.retried(self._record, attempt, exc)
         self._stop_pump()
         await anyio.sleep(delay)
         await self._open()
@@ -207,11 +287,11 @@ class StreamCall:
             raise StopAsyncIteration
         try:
             data = await self._until(ClientStream.take)
-        except BaseException:
-            self._close()  # an error, cancelled, or its deadline: the server's handler is cancelled too
+        except BaseException as exc:
+            self._close(exc)  # an error, cancelled, or its deadline: the server's handler is cancelled too
             raise
         if data is None:
-            self._close()
+            self._close(self._caller_error)
             if self._caller_error is not None:
                 raise self._caller_error
             raise StopAsyncIteration
@@ -223,22 +303,29 @@ class StreamCall:
         try:
             return spec.decode_item(data)
         except Exception as exc:  # msgspec.ValidationError/DecodeError
-            self._close()
-            raise RemoteError(
+            error = RemoteError(
                 f"{self._method.full_name}: an item does not match the stream's item type: {exc}",
                 code=ErrorCode.MALFORMED_RESPONSE,
-            ) from None
+            )
+            self._close(error)
+            raise error from None
 
     async def result(self) -> Any:
         """A client stream's result: the method's return value, once the server has it."""
         try:
-            payload = await self._until(ClientStream.result)
-        finally:
-            if self._stream is not None and self._stream.done():
-                self._finished = True
-        if self._caller_error is not None:
-            raise self._caller_error
-        return self._method.decode_result(payload)
+            try:
+                payload = await self._until(ClientStream.result)
+            finally:
+                if self._stream is not None and self._stream.done():
+                    self._finished = True
+            if self._caller_error is not None:
+                raise self._caller_error
+            result = self._method.decode_result(payload)
+        except BaseException as exc:
+            self._end_record(exc)
+            raise
+        self._end_record(None)
+        return result
 
     async def _until(self, wait: Callable[[ClientStream], Awaitable[T]]) -> T:
         """``await wait(stream)``, the stream opened first and opened again after a failure it may retry.
@@ -247,7 +334,7 @@ class StreamCall:
         """
         attempt = 1
         if self._stream is None:
-            await self._open()
+            await self._begin()
         while True:
             stream = self._stream
             assert stream is not None
@@ -262,13 +349,24 @@ class StreamCall:
 
     # -- closing --------------------------------------------------------------------------------
 
-    def _close(self) -> None:
-        """Done with the stream: cancel the server's handler if the stream has not ended."""
+    def _close(self, error: BaseException | None = None) -> None:
+        """Done with the stream (``error``: what ended it): cancel the server's handler if the stream has not ended."""
         self._finished = True
         self._stop_pump()
         stream, self._stream = self._stream, None
-        if stream is not None and not stream.done() and stream.session is not None:
+        left = stream is not None and not stream.done()
+        if left and stream is not None and stream.session is not None:
             stream.session.give_up(stream.id, self._deadline)
+        if self._record is not None:
+            if error is None and left:
+                self._record.cancelled("the caller left the stream")
+            self._end_record(error)
+
+    def _end_record(self, error: BaseException | None) -> None:
+        """End the stream's CLIENT span and record its duration, once: ``error`` ended it (None: it succeeded)."""
+        record, self._record = self._record, None
+        if record is not None:
+            telemetry.end_client_call(record, error)
 
     async def aclose(self) -> None:
         """Stop the stream; the server's handler is cancelled if it is still running."""
@@ -279,7 +377,11 @@ class StreamCall:
 
     async def _awaited(self) -> StreamCall:
         if self._stream is None and not self._finished:
-            await self._open()
+            try:
+                await self._begin()
+            except BaseException as exc:  # not opened (refused by an interceptor, no replica, cancelled)
+                self._end_record(exc)
+                raise
         return self
 
     async def __aenter__(self) -> StreamCall:

@@ -102,7 +102,7 @@ def remote_method(
     interceptors, each call runs their chain around the call (made with the chain's
     ``ClientCall`` as ``observer``, which learns each attempt's replica).
     """
-    if method.stream is not None:  # items as they come, not one result (client interceptors wrap unary calls)
+    if method.stream is not None:  # items as they come, not one result (streams.py runs its own chain)
         streaming: StubMethod = stream_method(path, method, options)  # type: ignore[assignment]
         streaming.options = lambda options: remote_method(path, method, options)  # type: ignore[method-assign]
         streaming.__signature__ = method.stream.signature
