@@ -20,6 +20,15 @@ answered instead of always waiting out the timeout. When nothing qualifies,
 and why, and what each claimed. Replicas that are connecting are waited for
 within the claim window; unavailable and draining ones are not asked (and are
 named in the error).
+
+Once an SDK is configured, each claim is a call of its own (a CLIENT span
+``callrt.Affinity/claim`` with the replica's address, and the client's
+measurements; claims the decision made moot end ``cancelled``), and so is the
+call to the winner: its CLIENT span, named after the method, starts once the
+winner is known and is dated from the call's start, so that its time, like a
+unary call's, includes choosing the replica; a call no replica claimed has it
+too, with ``NoClaim`` and no server. All are siblings under the caller's
+current span.
 """
 
 from __future__ import annotations
@@ -32,6 +41,7 @@ from typing import Any, TypeVar
 import anyio
 from anyio.streams.memory import MemoryObjectSendStream
 
+from .. import telemetry
 from ..claims import AffinityAPI
 from ..component import MethodSpec, component_spec
 from ..context import CallOptions
@@ -39,6 +49,7 @@ from ..endpoints import Endpoint
 from ..errors import ClosedError, NoClaim
 from ..interceptors import ClientCall, ClientInterceptor, intercept_client
 from ..protocol import TraceContext
+from ..telemetry import CallRecord
 from ..tracing import client_trace, current_otel_context
 from .fanout import call_limits, call_replica, session_of
 from .replicas import ManagedReplica, ReplicaSet
@@ -197,6 +208,7 @@ async def _ask(
     trace: TraceContext | None,
     options: CallOptions | None,
     send: MemoryObjectSendStream[tuple[ManagedReplica, _Outcome]],
+    record: CallRecord | None = None,
 ) -> None:
     with send:
         outcome: _Outcome
@@ -205,6 +217,12 @@ async def _ask(
             outcome = await call_replica(session, _CLAIM, claim_payload, end, trace, options)
         except Exception as exc:
             outcome = exc
+        except BaseException as exc:  # cancelled: decided without this claim
+            if record is not None:
+                telemetry.end_client_call(record, exc)
+            raise
+        if record is not None:
+            telemetry.end_client_call(record, outcome if isinstance(outcome, BaseException) else None)
         try:
             send.send_nowait((replica, outcome))
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
@@ -235,7 +253,10 @@ async def choose_replica(
     async with anyio.create_task_group() as tg:
         with send:
             for replica in targets:
-                tg.start_soon(_ask, replicas, replica, claim_payload, limit, trace, options, send.clone())
+                # Each claim's CLIENT span starts here, in the caller's context: siblings under its current span.
+                record = telemetry.client_record(_CLAIM.full_name, len(claim_payload))
+                to_send = trace if record is None else record.replica(replica.endpoint)
+                tg.start_soon(_ask, replicas, replica, claim_payload, limit, to_send, options, send.clone(), record)
         with receive:
             while True:
                 arrived: tuple[ManagedReplica, _Outcome] | None = None
@@ -301,15 +322,27 @@ def _affinity_method(
         payload = method.payload_from_args(args, kwargs)
         deadline, end = call_limits(effective_deadline, None)
         trace = client_trace() if current_otel_context() else None
-        # The claims carry the call's options too: a server interceptor that checks metadata
-        # (a tenant, a token) sees them on callrt.Affinity.claim as on the call.
-        winner = await choose_replica(replicas, method, payload, selection, end, trace, options)
-        if observer is not None:
-            observer.replica = str(winner.endpoint)
-        session = winner.session
-        if session is None:
-            session = await session_of(replicas, winner, method.full_name, end)  # lost an instant ago: says so
-        return await call_replica(session, method, payload, deadline, trace, options)
+        # The call's record, dated from now: its span starts when the winner is known (CallRecord.replica).
+        record = telemetry.client_record(method.full_name, len(payload))
+        try:
+            # The claims carry the call's options too: a server interceptor that checks metadata
+            # (a tenant, a token) sees them on callrt.Affinity.claim as on the call.
+            winner = await choose_replica(replicas, method, payload, selection, end, trace, options)
+            if observer is not None:
+                observer.replica = str(winner.endpoint)
+            session = winner.session
+            if session is None:
+                session = await session_of(replicas, winner, method.full_name, end)  # lost an instant ago: says so
+            if record is not None:
+                trace = record.replica(session.endpoint)
+            result = await call_replica(session, method, payload, deadline, trace, options)
+        except BaseException as exc:
+            if record is not None:
+                telemetry.end_client_call(record, exc)
+            raise
+        if record is not None:
+            telemetry.end_client_call(record, None)
+        return result
 
     async def call(*args: Any, **kwargs: Any) -> Any:
         return await run(args, kwargs, options, None)

@@ -29,6 +29,14 @@ the iteration after N successful replies. Ending the iteration early (``break``,
 ``aclose()``, leaving ``async with``, cancellation, ``expected``) cancels the
 requests still outstanding. There are no retries: a replica's communication
 error is its record. The client's interceptors run once per replica's request.
+
+Once an SDK is configured, each replica's request is a call of its own: a
+CLIENT span (with that replica's ``server.address``, ``server.port`` and
+``network.transport``; the replica's SERVER span is its child) and the client's
+measurements. The spans start together when the fan-out starts, in the caller's
+context, so they are siblings under the caller's current span; a request the
+fan-out's end cancelled has ``error.type`` ``cancelled`` (or
+``callrt.errors.DeadlineExceeded`` when the deadline ended it).
 """
 
 from __future__ import annotations
@@ -45,6 +53,7 @@ import anyio
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from .. import telemetry
 from ..component import MethodSpec, caller_error, component_spec
 from ..connection.client import ClientSession
 from ..context import CallOptions, current_deadline, serving_var
@@ -59,6 +68,7 @@ from ..errors import (
 )
 from ..interceptors import ClientCall, ClientInterceptor, intercept_client
 from ..protocol import TraceContext
+from ..telemetry import CallRecord
 from ..tracing import client_trace, current_otel_context
 from .replicas import ManagedReplica, ReplicaSet, ReplicaState
 
@@ -282,6 +292,19 @@ class Replies(Generic[R]):
             raise StopAsyncIteration
         return self._late.pop(0)
 
+    @staticmethod
+    def _over(end: float) -> bool:
+        return end != math.inf and anyio.current_time() >= end
+
+    def _late_error(self, replica: ManagedReplica) -> Exception:
+        """What a replica that had not answered by the fan-out's end is recorded with."""
+        name, waited = self._method.full_name, self._end - self._started
+        if replica.state is ReplicaState.AVAILABLE:
+            return DeadlineExceeded(
+                f"{name}: no reply from {replica.endpoint} within the fan-out's deadline ({waited:.3g} s)"
+            )
+        return NoReplicaInTime(f"{name}: {replica.endpoint} was {replica.state.value} at the deadline")
+
     def _count(self, reply: Reply[R]) -> None:
         if reply.error is None:
             self._results += 1
@@ -300,16 +323,9 @@ class Replies(Generic[R]):
             records.append(reply)
             self._count(reply)
         if not self._finished:
-            name, waited = self._method.full_name, self._end - self._started
-            for replica in self._pending.values():
-                error: Exception
-                if replica.state is ReplicaState.AVAILABLE:
-                    error = DeadlineExceeded(
-                        f"{name}: no reply from {replica.endpoint} within the fan-out's deadline ({waited:.3g} s)"
-                    )
-                else:
-                    error = NoReplicaInTime(f"{name}: {replica.endpoint} was {replica.state.value} at the deadline")
-                records.append(Reply(replica.endpoint, error=error))
+            records.extend(
+                Reply(replica.endpoint, error=self._late_error(replica)) for replica in self._pending.values()
+            )
         self._finish()
         return records
 
@@ -361,20 +377,26 @@ class Replies(Generic[R]):
         method, payload, options = self._method, self._payload, self._options
         with send:
             for replica in targets:
+                # Each request's CLIENT span starts here, in the caller's context (the replicas'
+                # tasks run in the client's): siblings under the caller's current span.
+                record = telemetry.client_record(name, len(payload))
+                to_send = trace if record is None else record.replica(replica.endpoint)
                 # The requests to connected replicas leave now, from the caller's task; a task per
                 # replica only waits for its reply (or for the replica to connect, then calls).
                 sent: tuple[ClientSession, int, Any] | None = None
                 session = replica.session
                 if replica.state is ReplicaState.AVAILABLE and session is not None and not self._interceptors:
                     try:
-                        sent = (session, *session.start(method.key, payload, end, trace, options))
+                        sent = (session, *session.start(method.key, payload, end, to_send, options))
                     except Exception as exc:  # the connection just closed; a request over the peer's frame size
                         self._pending.pop(replica.endpoint, None)
                         send.send_nowait(Reply(replica.endpoint, error=exc))
+                        if record is not None:
+                            telemetry.end_client_call(record, exc)
                         continue
                 scope = anyio.CancelScope()
                 self._scopes.append(scope)
-                self._task_group.start_soon(self._ask, replica, sent, scope, send.clone(), end, trace)
+                self._task_group.start_soon(self._ask, replica, sent, scope, send.clone(), end, to_send, record)
         return receive
 
     async def _ask(
@@ -385,9 +407,17 @@ class Replies(Generic[R]):
         send: MemoryObjectSendStream[Reply[R]],
         end: float,
         trace: TraceContext | None,
+        record: CallRecord | None,
     ) -> None:
         with send, scope:
-            reply: Reply[R] = await self._reply_of(replica, sent, end, trace)
+            try:
+                reply: Reply[R] = await self._reply_of(replica, sent, end, trace)
+            except BaseException as exc:  # cancelled: the fan-out ended (break, expected, its end)
+                if record is not None:
+                    telemetry.end_client_call(record, self._late_error(replica) if self._over(end) else exc)
+                raise
+            if record is not None:
+                telemetry.end_client_call(record, reply.error)
             self._scopes.remove(scope)  # nothing left to cancel here
             try:
                 send.send_nowait(reply)
