@@ -62,6 +62,7 @@ __all__ = (
     "CANCELLED",
     "CallRecord",
     "client_record",
+    "end_cancelled",
     "end_client_call",
     "connection_change",
     "finish",
@@ -444,11 +445,20 @@ def end_client_call(record: CallRecord, exc: BaseException | None) -> None:
     any other exception as its type.
     """
     if exc is not None:
-        if isinstance(exc, anyio.get_cancelled_exc_class()):
-            record.cancelled("cancelled")
-        else:
-            record.failed(exc)
+        end_cancelled(record, exc)
     finish(record)
+
+
+def end_cancelled(record: CallRecord, exc: BaseException) -> None:
+    """A call that ``exc`` ended, a BaseException: :data:`CANCELLED` when it is the backend's cancellation.
+
+    Then the server's span says so too (the caller's, its deadline or the server's drain cancelled
+    the handler): the server cannot tell which, and the caller's span says which.
+    """
+    if isinstance(exc, anyio.get_cancelled_exc_class()):
+        record.cancelled("cancelled")
+    else:
+        record.failed(exc)
 
 
 def retried(record: CallRecord | None, attempt: int, error: BaseException) -> None:

@@ -492,6 +492,10 @@ class ServerConnection:
                 result = await run_in_thread(entry.handler, request.payload, self.server.thread_limiter)
         except Exception as exc:
             self.call_failed(request.id, entry.name, exc, otel)
+        except BaseException as exc:  # cancelled (by its caller, its deadline, the server going away): not served
+            if type(otel) is CallRecord:
+                telemetry.end_cancelled(otel, exc)
+            raise
         else:
             self.reply(request.id, result, request.accept)  # pyright: ignore[reportArgumentType]  # a plain def's bytes
             if type(otel) is CallRecord:

@@ -1,0 +1,123 @@
+"""``python -m tests.stream_span_app BACKEND``: stream, fan-out and affinity calls with the OpenTelemetry SDK
+configured, against two worker processes that have it configured too (tests/stream_span_components.py).
+
+Each scenario runs under a span of the app's own, named after it, so that tests/test_stream_spans.py
+can find its spans. Prints the app's finished spans, each worker's, the workers' endpoints and the
+app's metrics as JSON lines.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import anyio
+import msgspec
+from opentelemetry import metrics, trace
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from callrt import call
+from callrt.endpoints import Endpoint
+from callrt.testing import WorkerProcess
+
+from .stream_span_components import Boom, Spans, TracedStreams, span_info
+
+STREAMS = "tests.TracedStreams"
+#: Per worker, the SERVER spans the app waits for before it asks for them (see Spans.finished).
+SERVED = {0: 9, 1: 2}  # the first: 7 streams, a fan-out request and a claim; the second: the last two
+
+
+async def scenarios(endpoints: list[Endpoint]) -> None:
+    tracer = trace.get_tracer("tests.stream_span_app")
+    async with call.connect(endpoints[0]) as client:
+        streams = client.stub(TracedStreams)
+        with tracer.start_as_current_span("server stream"):
+            assert [i async for i in streams.count(3)] == [0, 1, 2]
+        with tracer.start_as_current_span("client stream"):
+            assert await streams.total([1, 2, 3]) == 6
+        with tracer.start_as_current_span("server stream fails"):
+            got: list[int] = []
+            try:
+                async for i in streams.fail_after(2):
+                    got.append(i)
+            except Boom:
+                assert got == [0, 1]
+            else:
+                raise AssertionError("fail_after did not fail")
+        with tracer.start_as_current_span("client stream fails"):
+            try:
+                await streams.failing_total([1, 2])
+            except Boom:
+                pass
+            else:
+                raise AssertionError("failing_total did not fail")
+        with tracer.start_as_current_span("break"):
+            async with streams.forever() as items:
+                async for _ in items:
+                    break
+        with tracer.start_as_current_span("aclose"):
+            forever = await streams.forever()
+            assert await forever.__anext__() == 0
+            await forever.aclose()
+        with tracer.start_as_current_span("cancelled"), anyio.CancelScope() as scope:
+            async for _ in streams.forever():
+                scope.cancel()  # the next wait for an item is cancelled
+        assert scope.cancelled_caught
+
+    async with call.connect(endpoints) as both:
+        with tracer.start_as_current_span("fan-out"):
+            replies = [reply async for reply in both.multi(TracedStreams).whoami()]
+            assert sorted(reply.result() for reply in replies) == ["here", "here"]
+        with tracer.start_as_current_span("affinity"):
+            assert await both.by_affinity(TracedStreams).whoami() == "here"
+
+    names = [f"{STREAMS}/{m}" for m in ("count", "total", "fail_after", "failing_total", "forever", "whoami")]
+    names.append("callrt.Affinity/claim")
+    for i, endpoint in enumerate(endpoints):
+        async with call.connect(endpoint) as client:
+            for span in json.loads(await client.stub(Spans).finished(names, SERVED[i])):
+                print(json.dumps({"side": "server", "worker": i, **span}))
+
+
+def main(backend: str) -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+    reader = InMemoryMetricReader()
+    metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
+    components = ["tests.stream_span_components:TracedStreams", "tests.stream_span_components:Spans"]
+    with (
+        WorkerProcess("tcp://127.0.0.1:0", components, backend=backend) as first,
+        WorkerProcess("tcp://127.0.0.1:0", components, backend=backend) as second,
+    ):
+        endpoints = [first.endpoint, second.endpoint]
+        assert endpoints[0] is not None and endpoints[1] is not None
+        print(json.dumps({"endpoints": [[e.host, e.port] for e in endpoints if e is not None]}))
+
+        async def run() -> None:
+            with anyio.fail_after(30):
+                await scenarios([e for e in endpoints if e is not None])
+
+        anyio.run(run, backend=backend)
+    for span in exporter.get_finished_spans():
+        print(json.dumps({"side": "client", **msgspec.to_builtins(span_info(span))}))
+    data = reader.get_metrics_data()
+    assert data is not None
+    for resource_metrics in data.resource_metrics:
+        for scope_metrics in resource_metrics.scope_metrics:
+            for metric in scope_metrics.metrics:
+                if metric.name == "rpc.client.duration":
+                    points = [
+                        {"attributes": dict(p.attributes or {}), "count": p.count}  # type: ignore[union-attr]
+                        for p in metric.data.data_points
+                    ]
+                    print(json.dumps({"metric": metric.name, "points": points}))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
