@@ -98,6 +98,13 @@ class TracedStreams:
         assert current is not None
         return dict(current.metadata)
 
+    async def tagged(self, words: AsyncIterator[str]) -> AsyncIterator[str]:
+        """Bidirectional: each word, tagged with the ``tenant`` the handler sees in its metadata."""
+        current = call.current_call()
+        assert current is not None
+        async for word in words:
+            yield f"{word}:{current.metadata.get('tenant')}"
+
     @affinity(_claim_one)
     async def whoami(self) -> str:
         return "here"
