@@ -34,6 +34,18 @@ around ``next`` shortens the deadline. The replica is known only once one is
 picked: after ``next`` returns or raises, ``call.replica`` is the endpoint of
 the last attempt (``None`` if none was made).
 
+*Stream calls, on the client*: a client stream is awaited like a unary call,
+and the chain wraps its whole call the same way. A server or bidirectional
+stream is iterated by the caller after the stub returned it, so the chain
+wraps its *opening*: it runs when the caller first asks for an item (or
+enters ``async with``, or awaits the stream), and ``next`` picks a replica,
+sends the request and returns the opened stream (what the chain returns is
+not given to the caller, who iterates the stream itself). Rejecting it
+raises in the caller's ``async for`` with nothing sent; metadata added is
+kept for a retry of the opening; ``call.args`` holds the caller's iterable of
+items, which an interceptor must not iterate. Fan-out runs the chain once per
+replica's request, an affinity call once around its claims and its call.
+
 An empty chain (the default) costs nothing per call: the stubs and the
 handler table are then exactly what they are without interceptors; the choice
 is made when a stub is created or a server starts.

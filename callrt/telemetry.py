@@ -14,7 +14,11 @@ client span. Once a meter provider is set, calls are measured:
 ``callrt.server.connections``, ``callrt.client.retries``,
 ``callrt.client.retry_budget_refusals`` and ``callrt.client.replicas`` (by
 state), with the component, method, where the call went and the outcome as
-attributes.
+attributes. A stream call is one call, from its opening to its end; each
+replica's request of a fan-out, each claim of an affinity call and the call
+to its winner is one too (:func:`client_record`). A call its caller left (a
+stream closed early, a fan-out's request cancelled) or whose handler was
+cancelled has ``error.type`` :data:`CANCELLED`.
 
 Without providers callrt makes no span and records nothing: the API's no-op
 objects still cost microseconds a call, so each call first reads the API's
