@@ -66,9 +66,9 @@ __all__ = (
     "CANCELLED",
     "CallRecord",
     "client_record",
-    "end_cancelled",
-    "end_client_call",
     "connection_change",
+    "end_client_call",
+    "failed_or_cancelled",
     "finish",
     "retried",
     "retry_refused",
@@ -449,15 +449,15 @@ def end_client_call(record: CallRecord, exc: BaseException | None) -> None:
     any other exception as its type.
     """
     if exc is not None:
-        end_cancelled(record, exc)
+        failed_or_cancelled(record, exc)
     finish(record)
 
 
-def end_cancelled(record: CallRecord, exc: BaseException) -> None:
-    """A call that ``exc`` ended, a BaseException: :data:`CANCELLED` when it is the backend's cancellation.
+def failed_or_cancelled(record: CallRecord, exc: BaseException) -> None:
+    """Record that ``exc`` ended the call: as :data:`CANCELLED` when it is the backend's cancellation, else as itself.
 
-    Then the server's span says so too (the caller's, its deadline or the server's drain cancelled
-    the handler): the server cannot tell which, and the caller's span says which.
+    On a server, a cancelled handler was cancelled by its caller, its deadline or the server's
+    drain; the server cannot tell which (the caller's span says).
     """
     if isinstance(exc, anyio.get_cancelled_exc_class()):
         record.cancelled("cancelled")

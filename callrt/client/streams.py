@@ -162,8 +162,9 @@ class StreamCall:
             await self._open()
             return
         args, kwargs, _ = chain
-        call = ClientCall(method=self._method.full_name, args=args, kwargs=kwargs, options=self._options)
-        call.deadline = self._deadline
+        call = ClientCall(
+            method=self._method.full_name, args=args, kwargs=kwargs, options=self._options, deadline=self._deadline
+        )
         await intercept_open(self._path.interceptors, call, self._open_as)
 
     async def _open_as(self, call: ClientCall) -> StreamCall:

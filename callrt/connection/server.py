@@ -494,7 +494,7 @@ class ServerConnection:
             self.call_failed(request.id, entry.name, exc, otel)
         except BaseException as exc:  # cancelled (by its caller, its deadline, the server going away): not served
             if type(otel) is CallRecord:
-                telemetry.end_cancelled(otel, exc)
+                telemetry.failed_or_cancelled(otel, exc)
             raise
         else:
             self.reply(request.id, result, request.accept)  # pyright: ignore[reportArgumentType]  # a plain def's bytes
