@@ -33,10 +33,16 @@ def _point(point: object) -> dict[str, float]:
 
 @component(name="spans.Back")
 class Back:
+    waiting = anyio.Event()  # set when ``wait`` is running
+
     async def double(self, n: int) -> int:
         if n < 0:
             raise ValueError("negative")
         return 2 * n
+
+    async def wait(self) -> None:
+        Back.waiting.set()
+        await anyio.sleep_forever()
 
 
 @component(name="spans.Front")
@@ -58,6 +64,10 @@ async def main() -> None:
                     await to_back.stub(Back).double(-1)
                 except Exception:
                     pass
+                async with anyio.create_task_group() as tg:  # a call its caller gives up on
+                    tg.start_soon(to_back.stub(Back).wait)
+                    await Back.waiting.wait()
+                    tg.cancel_scope.cancel()
     await retried_over_tcp()
     try:
         async with call.connect("memory://nowhere", options=ClientOptions(pick_timeout=0.1)) as nowhere:

@@ -53,6 +53,11 @@ def test_a_two_hop_call_makes_four_spans_in_one_trace() -> None:
     unreached = next(s for s in failed if s["kind"] == "CLIENT" and "server.address" not in s["attributes"])
     assert unreached["attributes"]["error.type"] == "callrt.errors.Unreachable"
 
+    # A call its caller cancelled: "cancelled" on both sides, as for a stream.
+    waited = [s for s in spans if s["name"] == "spans.Back/wait"]
+    assert sorted(s["kind"] for s in waited) == ["CLIENT", "SERVER"]
+    assert all(s["status"] == "ERROR" and s["attributes"]["error.type"] == "cancelled" for s in waited), waited
+
     # Over TCP, retried: the server's address and port, the transport, and the retry as an event.
     port = next(line["tcp_port"] for line in lines if "tcp_port" in line)
     tcp_client = next(s for s in spans if s["kind"] == "CLIENT" and s["attributes"].get("server.port") == port)
@@ -77,12 +82,13 @@ def test_a_two_hop_call_makes_four_spans_in_one_trace() -> None:
         ("inproc", "spans.Front", "quadruple", None): 1,
         ("inproc", "spans.Back", "double", None): 1,
         ("inproc", "spans.Back", "double", "ValueError"): 1,
+        ("inproc", "spans.Back", "wait", "cancelled"): 1,
         ("tcp", "spans.Back", "double", None): 1,
         ("unix", "spans.Back", "double", None): 1,
     }
     assert sum(p["count"] for p in metrics["rpc.server.response.size"]["points"]) == 4  # the four that replied
     client_calls = sum(p["count"] for p in metrics["rpc.client.duration"]["points"])
-    assert client_calls == 6  # three in memory, one each over TCP and Unix, and the one that reached no server
+    assert client_calls == 7  # four in memory (one cancelled), one each over TCP and Unix, one that reached no server
     retries = metrics["callrt.client.retries"]["points"]
     assert [p["value"] for p in retries] == [1] and retries[0]["attributes"]["network.transport"] == "tcp"
     assert all(p["value"] == 0 for p in metrics["callrt.server.calls_in_flight"]["points"])  # all done

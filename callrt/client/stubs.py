@@ -187,7 +187,7 @@ def remote_method(
                     raise error from exc
         except BaseException as exc:
             if span is not None:
-                span.failed(exc)
+                telemetry.failed_or_cancelled(span, exc)  # a cancelled call is "cancelled", as a stream's
             raise
         finally:
             if span is not None:
