@@ -21,7 +21,7 @@ from typing import Any
 
 import anyio
 import msgspec
-from anyio.abc import TaskGroup
+from anyio.abc import SocketAttribute, TaskGroup
 
 from .._writes import joined
 from ..component import AwaitableMethod
@@ -32,7 +32,7 @@ from ..errors import CommunicationError, DeadlineExceeded, RemoteError, RemotePr
 from ..handlers import RegisteredHandler
 from ..options import ClientOptions
 from ..protocol import Frame, FrameDecoder, Hello, Request, Response
-from ._tls import BufferedFront, TLSAcceptor
+from ._tls import TLSListener, connect_tls
 from .base import (
     Transport,
     UnixSocketFile,
@@ -716,15 +716,14 @@ class ProtocolTransport(Transport):
 
     @asynccontextmanager
     async def listen(self, endpoint: Endpoint, server: Server, conn_tg: TaskGroup) -> AsyncIterator[Endpoint]:
+        if server.options.tls is not None:
+            async with self._listen_tls(endpoint, server) as bound:
+                yield bound
+            return
         loop = asyncio.get_running_loop()
 
-        # TLS: a TLSAcceptor (_tls) has each accepted connection until the loop's SSL transport
-        # (uvloop's own when uvloop runs) has done its handshake, counted in max_connections and
-        # bounded by the handshake timeout; the protocol then reads through a BufferedFront.
-        tls = server.options.tls
-
         def factory() -> asyncio.BaseProtocol:
-            return ServerProtocol(server) if tls is None else TLSAcceptor(server, tls, lambda: ServerProtocol(server))
+            return ServerProtocol(server)
 
         file: UnixSocketFile | None = None  # a Unix socket's, removed when we stop listening
         if endpoint.scheme == "tcp":
@@ -757,25 +756,63 @@ class ProtocolTransport(Transport):
                 file.remove()
 
     @asynccontextmanager
+    async def _listen_tls(self, endpoint: Endpoint, server: Server) -> AsyncIterator[Endpoint]:
+        # TLS: callrt accepts (a TLSListener per listening socket, _tls): OpenSSL reads the socket
+        # from the first byte, each handshake is counted in max_connections and bounded by the
+        # handshake timeout, and the connection then runs on a TLSSocketTransport.
+        tls = server.options.tls
+        assert tls is not None
+        file: UnixSocketFile | None = None
+        listener: Any = None
+        if endpoint.scheme == "tcp":
+            # anyio binds as the loop would (every address of the host, reuse, dual stack); its
+            # sockets are then accepted on here, never through anyio.
+            listener = await anyio.create_tcp_listener(
+                local_host=endpoint.host,
+                local_port=endpoint.port,
+                backlog=server.options.backlog,
+                reuse_port=server.options.reuse_port,
+            )
+            socks = [one.extra(SocketAttribute.raw_socket) for one in listener.listeners]
+            host, port = listener.listeners[0].extra(SocketAttribute.local_address)[:2]
+            bound = Endpoint("tcp", f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+        else:
+            sock, file = bind_unix(endpoint, server.options.backlog)
+            socks = [sock]
+            bound = endpoint
+        acceptors: list[TLSListener] = []
+        try:
+            acceptors.extend(TLSListener(sock, server, tls, lambda: ServerProtocol(server)) for sock in socks)
+            yield bound
+        finally:
+            for acceptor in acceptors:
+                acceptor.close()  # stop accepting; live connections are drained by the server
+            if listener is not None:
+                with anyio.CancelScope(shield=True):
+                    await listener.aclose()
+            else:
+                for sock in socks:
+                    sock.close()
+            if file is not None:
+                file.remove()
+
+    @asynccontextmanager
     async def connect(self, endpoint: Endpoint, options: ClientOptions) -> AsyncIterator[ClientSession]:
         loop = asyncio.get_running_loop()
         protocol: ClientProtocol | None = None
 
-        def factory() -> asyncio.BaseProtocol:
+        def factory() -> ClientProtocol:
             nonlocal protocol
             protocol = ClientProtocol(endpoint, options)
-            return protocol if options.tls is None else BufferedFront(protocol)
+            return protocol
 
-        tls = options.tls
-        ssl: dict[str, Any] = {}
-        if tls is not None:
-            name = tls_server_name(endpoint, options)
-            ssl = {"ssl": tls, "server_hostname": name, "ssl_handshake_timeout": options.connect_timeout}
         with connect_errors(endpoint, options):
-            if endpoint.scheme == "tcp":
-                await loop.create_connection(factory, endpoint.host, endpoint.port, **ssl)
+            if options.tls is not None:  # a TLSSocketTransport (_tls), handshaken before the protocol starts
+                await connect_tls(endpoint, options.tls, tls_server_name(endpoint, options), factory)
+            elif endpoint.scheme == "tcp":
+                await loop.create_connection(factory, endpoint.host, endpoint.port)
             else:
-                await loop.create_unix_connection(factory, endpoint.address, **ssl)
+                await loop.create_unix_connection(factory, endpoint.address)
         assert protocol is not None
         await handshake(protocol.session, endpoint, options)
         try:

@@ -1,224 +1,615 @@
-"""TLS on the asyncio shell: a buffered front for the shell's protocols on the loop's SSL transport.
+"""TLS on the asyncio shell: connections driven through ``ssl.SSLSocket`` objects on the loop's readiness callbacks.
 
-asyncio's and uvloop's SSL transports hand a plain ``asyncio.Protocol`` its
-bytes through ``SSLObject.read(256 KiB)``: a fresh 256 KiB buffer for each
-read, shrunk to what arrived, which for small calls costs more than the
-decryption (measured: p50 ×2.7 over plaintext, bench/README.md, TLS). A
-``BufferedProtocol`` is read into instead. :class:`BufferedFront` is one,
-put in front of a shell protocol when TLS is on: the SSL transport decrypts
-into one buffer per thread, and the front passes what arrived to the
-protocol's ``data_received``. Sharing the buffer is safe: the transport calls
-``get_buffer`` and ``buffer_updated`` back to back, without running anything
-else in between, and the bytes are copied out before ``buffer_updated``
-returns. Plaintext connections do not use it.
+The loops' own SSL transports (asyncio's and uvloop's SSL protocol) push each
+TLS record through a pair of ``MemoryBIO`` objects and Python-level calls on
+both sides of it, and end every read with an ``SSLWantReadError`` (an exception
+costs about a microsecond and a half, more through ``ssl.py``). With four
+records per call (request and reply, each encrypted and decrypted) that doubled
+callrt's sequential latency over TLS (bench/README.md, TLS). Here OpenSSL
+reads and writes the socket itself (its socket BIO): a readable socket is one
+``read`` into one buffer per thread, a write one ``write``, both C calls. A
+read stops without an exception when it got less than a full record and
+OpenSSL holds nothing more: the loop's readiness is level-triggered, so a next
+record still in the socket wakes it again.
 
-A server does not let the loop do its handshakes (``create_server(ssl=...)``
-would start one for every connection it accepts, before any code of ours
-runs, and tell nothing of one that fails): :class:`TLSAcceptor` takes each
-accepted connection, closes it at once if the server is at
-``max_connections`` (handshakes in progress included), else counts it as
-handshaking while ``loop.start_tls`` runs the handshake, bounded by
-``handshake_timeout``.
+- :class:`TLSSocketTransport` is an ``asyncio.Transport`` over a handshaken,
+  non-blocking ``SSLSocket``: the shell's protocols run on it unchanged
+  (``data_received``, flow control through ``pause_writing``/``resume_writing``,
+  ``pause_reading``, ``close`` after a flush, ``abort``).
+- :func:`connect_tls` connects, runs the handshake on readiness and returns
+  the transport; :func:`listen_tls` accepts on a listening socket itself (so no
+  byte of a handshake is read by anything but OpenSSL), closes at once a
+  connection over ``max_connections`` (handshakes in progress included), and
+  counts each handshake until it is done or ``handshake_timeout`` ends it.
+
+TLS 1.3 sends messages after the handshake (session tickets, key updates): a
+read may then have to write and a write to read, and either waits for the
+other readiness. A peer's ``close_notify`` or a bare TCP end is an EOF (callrt's
+frames are length-prefixed, so a truncation is seen without TLS's closing
+handshake); closing sends our ``close_notify`` and does not wait for the peer's.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import errno
 import logging
+import socket
 import ssl
 import threading
-from collections.abc import Callable
-from typing import Any, cast
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from ..connection.server import Server
+from ..endpoints import Endpoint
 
-__all__ = ("BufferedFront", "TLSAcceptor")
+__all__ = ("TLSListener", "TLSSocketTransport", "connect_tls", "open_socket")
 
 _log = logging.getLogger("callrt.server")
 
-_MIN_BUFFER = 64 * 1024  # four full TLS records
+_RECORD = 16384  # the most plaintext one TLS record carries: a read that got this much may have more behind it
+_BUFFER = 64 * 1024
+
+# Closing waits this long for what is still to be written (a peer that does not read), then aborts:
+# as long as the loops' SSL transports wait for theirs (their ssl_shutdown_timeout).
+_CLOSE_FLUSH_TIMEOUT = 30.0
+
+# Accept errors that mean the process or the system is out of a resource: accepting pauses for a while.
+_OUT_OF_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+_ACCEPT_PAUSE = 1.0
+_ACCEPTS_PER_WAKEUP = 64
 
 
 class _Buffers(threading.local):
+    """The decryption buffer: one per thread (a read's bytes are copied out before the next read)."""
+
     def __init__(self) -> None:
-        self.buffer = bytearray(_MIN_BUFFER)
+        self.buffer = bytearray(_BUFFER)
         self.view = memoryview(self.buffer)
 
 
 _buffers = _Buffers()
 
 
-class BufferedFront(asyncio.BufferedProtocol):
-    """Presents ``protocol`` (a plain ``asyncio.Protocol``) to an SSL transport as a ``BufferedProtocol``."""
+def _ssl_calls(sock: ssl.SSLSocket) -> Any:
+    """What reads, writes and reports pending bytes: the ``_ssl._SSLSocket`` under ``sock`` when there is one.
 
-    __slots__ = ("data_received", "protocol")
-
-    def __init__(self, protocol: Any) -> None:
-        self.protocol = protocol
-        self.data_received = protocol.data_received
-
-    def get_buffer(self, sizehint: int) -> memoryview:
-        buffers = _buffers
-        if sizehint > len(buffers.buffer):
-            buffers.buffer = bytearray(sizehint)
-            buffers.view = memoryview(buffers.buffer)
-        return buffers.view
-
-    def buffer_updated(self, nbytes: int) -> None:
-        self.data_received(bytes(_buffers.view[:nbytes]))
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.protocol.connection_made(transport)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.protocol.connection_lost(exc)
-
-    def eof_received(self) -> bool | None:
-        eof_received = getattr(self.protocol, "eof_received", None)
-        return None if eof_received is None else eof_received()
-
-    def pause_writing(self) -> None:
-        self.protocol.pause_writing()
-
-    def resume_writing(self) -> None:
-        self.protocol.resume_writing()
+    ``SSLSocket.read``/``write``/``pending`` are Python methods that check state
+    and call the same methods of that C object; calling it directly saves four
+    Python frames per call (two records each way), about 0.4 µs each, and a
+    read that ends in ``SSLWantReadError`` is not caught and raised again.
+    ``_sslobj`` is CPython's (3.7 and later); without it the public methods do
+    the same work (a bare TCP end is then an empty read instead of ``SSLEOFError``:
+    both are an EOF here).
+    """
+    inner = getattr(sock, "_sslobj", None)
+    if inner is not None and all(hasattr(inner, name) for name in ("read", "write", "pending")):
+        return inner
+    return sock
 
 
-class _LateFront(BufferedFront):
-    """A :class:`BufferedFront` whose protocol comes after the handshake.
+class TLSSocketTransport(asyncio.Transport):
+    """An ``asyncio.Transport`` over a handshaken, non-blocking ``ssl.SSLSocket`` (see the module's docstring).
 
-    ``start_tls`` returns once the handshake is done, but the SSL transport may already have
-    passed on what arrived with the handshake's last message (the client's hello), or an
-    end: kept here, in order, and handed to the protocol once it is attached.
+    Writes go to the socket at once; what it cannot take yet waits, in order,
+    and is written when the socket is writable (a write OpenSSL started is
+    repeated with the same buffer, as it requires). Above the high-water mark
+    the protocol is paused, below the low-water mark resumed.
     """
 
-    __slots__ = ("early",)
+    def __init__(self, loop: asyncio.AbstractEventLoop, sock: ssl.SSLSocket, protocol: asyncio.BaseProtocol) -> None:
+        super().__init__()
+        self._loop = loop
+        self._sock = sock
+        self._fd = sock.fileno()
+        calls = _ssl_calls(sock)
+        self._read = calls.read
+        self._write = calls.write
+        self._pending = calls.pending
+        self._protocol: Any = protocol
+        self._buffer: collections.deque[Any] = collections.deque()  # bytes-like, unwritten
+        self._buffer_size = 0
+        self._high = 64 * 1024
+        self._low = 16 * 1024
+        self._protocol_paused = False
+        self._reading_paused = False
+        self._closing = False  # close() or abort() was called, or the connection failed
+        self._closed = False  # the socket is closed
+        self._reader = False  # registered with the loop
+        self._writer = False
+        self._read_wants_write = False  # a read needs the socket writable first (OpenSSL writes in a read)
+        self._write_wants_read = False  # a write needs the socket readable first
+        self._close_timer: asyncio.TimerHandle | None = None
+        try:
+            self._peername = sock.getpeername()
+        except OSError:
+            self._peername = None
+        try:
+            self._sockname = sock.getsockname()
+        except OSError:
+            self._sockname = None
+        protocol.connection_made(self)
+        if not self._closing:
+            self._update_interest()
+            if self._pending():  # decrypted already (with the handshake's last records)
+                loop.call_soon(self._read_ready)
 
-    def __init__(self) -> None:
-        self.protocol = None
-        self.early: list[tuple[str, Any]] = []
-        self.data_received = lambda data: self.early.append(("data", data))
+    # -- asyncio.BaseTransport ----------------------------------------------------------------
 
-    def attach(self, protocol: Any, transport: asyncio.BaseTransport) -> None:
-        self.protocol = protocol
-        self.data_received = protocol.data_received
-        protocol.connection_made(transport)
-        early, self.early = self.early, []
-        for event, arg in early:
-            if event == "data":
-                protocol.data_received(arg)
-            elif event == "eof":
-                self.eof_received()
-            else:
-                protocol.connection_lost(arg)
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        sock = self._sock
+        try:
+            if name == "peercert":
+                return sock.getpeercert()
+            if name in ("socket", "ssl_object"):
+                return sock
+            if name == "sslcontext":
+                return sock.context
+            if name == "cipher":
+                return sock.cipher()
+            if name == "compression":
+                return sock.compression()
+        except (OSError, ValueError):  # closed
+            return default
+        if name == "peername":
+            return self._peername
+        if name == "sockname":
+            return self._sockname
+        return default
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.protocol is None:
-            self.early.append(("lost", exc))
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def close(self) -> None:
+        """Stop reading; once what is buffered is written, send ``close_notify`` and close the socket."""
+        if self._closing:
+            return
+        self._closing = True
+        self._reading_paused = True
+        self._update_interest()
+        if self._buffer:
+            self._close_timer = self._loop.call_later(_CLOSE_FLUSH_TIMEOUT, self.abort)
         else:
-            self.protocol.connection_lost(exc)
+            self._loop.call_soon(self._shutdown)
 
-    def eof_received(self) -> bool | None:
-        if self.protocol is None:
-            self.early.append(("eof", None))
-            return None
-        return super().eof_received()
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self._protocol = protocol
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        return self._protocol  # type: ignore[no-any-return]
+
+    # -- asyncio.ReadTransport --------------------------------------------------------------------
+
+    def is_reading(self) -> bool:
+        return not self._reading_paused and not self._closing
+
+    def pause_reading(self) -> None:
+        if self._closing or self._reading_paused:
+            return
+        self._reading_paused = True
+        self._update_interest()
+
+    def resume_reading(self) -> None:
+        if self._closing or not self._reading_paused:
+            return
+        self._reading_paused = False
+        self._update_interest()
+        if self._pending():  # decrypted before the pause and never handed on: no readiness will say so
+            self._loop.call_soon(self._read_ready)
+
+    # -- asyncio.WriteTransport -----------------------------------------------------------------
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        if high is None:
+            high = 64 * 1024 if low is None else 4 * low
+        if low is None:
+            low = high // 4
+        if not high >= low >= 0:
+            raise ValueError(f"high ({high!r}) must be >= low ({low!r}) must be >= 0")
+        self._high, self._low = high, low
+        self._check_high()
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return (self._low, self._high)
+
+    def get_write_buffer_size(self) -> int:
+        return self._buffer_size
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self._closing or not data:
+            return
+        if self._buffer:
+            self._buffer.append(data)
+            self._buffer_size += len(data)
+            self._check_high()
+            return
+        try:
+            self._write(data)
+        except ssl.SSLWantWriteError:
+            self._hold(data)
+        except ssl.SSLWantReadError:
+            self._write_wants_read = True
+            self._hold(data)
+        except OSError as exc:
+            self._fatal(self._write_failure(exc))
+
+    def writelines(self, list_of_data: Iterable[bytes | bytearray | memoryview]) -> None:
+        for data in list_of_data:  # each its own SSL_write: large buffers are not copied into one
+            self.write(data)
+
+    def write_eof(self) -> None:
+        raise NotImplementedError("TLS does not half-close")
+
+    def can_write_eof(self) -> bool:
+        return False
+
+    def abort(self) -> None:
+        """Close the socket now, without ``close_notify``; what is buffered is dropped."""
+        self._force_close(None)
+
+    # -- readiness ------------------------------------------------------------------------------
+
+    def _update_interest(self) -> None:
+        """Register with the loop for what the connection waits for, and only that (readiness is level-triggered)."""
+        if self._closed:
+            return
+        loop, fd = self._loop, self._fd
+        want_read = (not self._reading_paused and not self._read_wants_write) or self._write_wants_read
+        want_write = (bool(self._buffer) and not self._write_wants_read) or self._read_wants_write
+        if want_read != self._reader:
+            self._reader = want_read
+            if want_read:
+                loop.add_reader(fd, self._on_readable)
+            else:
+                loop.remove_reader(fd)
+        if want_write != self._writer:
+            self._writer = want_write
+            if want_write:
+                loop.add_writer(fd, self._on_writable)
+            else:
+                loop.remove_writer(fd)
+
+    def _on_readable(self) -> None:
+        if self._write_wants_read:
+            self._write_wants_read = False
+            self._write_buffered()
+            self._update_interest()
+            if self._closed or self._reading_paused or self._read_wants_write:
+                return
+        self._read_ready()
+
+    def _on_writable(self) -> None:
+        if self._read_wants_write:
+            self._read_wants_write = False
+            self._update_interest()
+            self._read_ready()
+            if self._closed:
+                return
+        if self._buffer and not self._write_wants_read:
+            self._write_buffered()
+
+    def _read_ready(self) -> None:
+        if self._closing or self._reading_paused:
+            return
+        buffers = _buffers
+        buffer, view = buffers.buffer, buffers.view
+        read, pending, protocol = self._read, self._pending, self._protocol
+        while True:
+            try:
+                n = read(_BUFFER, buffer)
+            except ssl.SSLWantReadError:
+                return
+            except ssl.SSLWantWriteError:
+                self._read_wants_write = True
+                self._update_interest()
+                return
+            except (ssl.SSLEOFError, ssl.SSLZeroReturnError):
+                n = 0
+            except OSError as exc:
+                self._fatal(exc)
+                return
+            if not n:
+                self._eof()
+                return
+            try:
+                protocol.data_received(bytes(view[:n]))
+            except Exception as exc:
+                self._fatal(exc, "protocol.data_received() failed")
+                return
+            if self._closing or self._reading_paused:
+                return
+            if n < _RECORD and not pending():
+                return  # the socket's readiness says whether more came
+
+    def _write_buffered(self) -> None:
+        buffer = self._buffer
+        while buffer:
+            data = buffer[0]
+            try:
+                self._write(data)  # a write OpenSSL left part-way is repeated with the same buffer
+            except ssl.SSLWantWriteError:
+                self._update_interest()
+                return
+            except ssl.SSLWantReadError:
+                self._write_wants_read = True
+                self._update_interest()
+                return
+            except OSError as exc:
+                self._fatal(self._write_failure(exc))
+                return
+            buffer.popleft()
+            self._buffer_size -= len(data)
+        self._update_interest()
+        if self._protocol_paused and self._buffer_size <= self._low:
+            self._protocol_paused = False
+            try:
+                self._protocol.resume_writing()
+            except Exception as exc:
+                self._fatal(exc, "protocol.resume_writing() failed")
+                return
+        if self._closing and not self._buffer:
+            self._shutdown()
+
+    def _hold(self, data: bytes | bytearray | memoryview) -> None:
+        self._buffer.append(data)
+        self._buffer_size += len(data)
+        self._update_interest()
+        self._check_high()
+
+    def _check_high(self) -> None:
+        if not self._protocol_paused and self._buffer_size > self._high:
+            self._protocol_paused = True
+            try:
+                self._protocol.pause_writing()
+            except Exception as exc:
+                self._fatal(exc, "protocol.pause_writing() failed")
+
+    # -- endings --------------------------------------------------------------------------------
+
+    def _write_failure(self, exc: OSError) -> OSError:
+        """Why a write failed: the alert the peer sent before it closed, when one is still to be read.
+
+        A TLS 1.3 server checks the client's certificate after the client's side of the handshake
+        is done, then sends an alert and closes; the client's first write can fail on the closed
+        connection before anything read the alert that says why (a certificate it requires).
+        """
+        try:
+            self._read(_BUFFER, _buffers.buffer)
+        except ssl.SSLError as alert:
+            if alert.reason and not isinstance(alert, (ssl.SSLWantReadError, ssl.SSLWantWriteError, ssl.SSLEOFError)):
+                return alert
+        except (OSError, ValueError):
+            pass
+        return exc
+
+    def _eof(self) -> None:
+        """The peer's ``close_notify``, or the end of its TCP stream: TLS cannot stay half-open, so we close."""
+        try:
+            if self._protocol.eof_received():
+                _log.debug("eof_received() returned true: TLS cannot half-close, closing")
+        except Exception as exc:
+            self._fatal(exc, "protocol.eof_received() failed")
+            return
+        self.close()
+
+    def _shutdown(self) -> None:
+        """Send ``close_notify`` (not waiting for the peer's), close the socket, tell the protocol."""
+        if self._closed:
+            return
+        try:
+            self._sock.unwrap()  # the first SSL_shutdown sends it; the second, awaiting the peer's, would block
+        except (OSError, ValueError):
+            pass  # SSLWantReadError (the peer's is not here), or the connection is already broken
+        self._force_close(None)
+
+    def _fatal(self, exc: BaseException, what: str | None = None) -> None:
+        if what is not None:
+            self._loop.call_exception_handler(
+                {"message": f"TLS transport: {what}", "exception": exc, "transport": self, "protocol": self._protocol}
+            )
+        else:
+            _log.debug("TLS connection with %s failed: %r", self._peername, exc)
+        self._force_close(exc)
+
+    def _force_close(self, exc: BaseException | None) -> None:
+        self._closing = True
+        if self._closed:
+            return
+        self._closed = True
+        if self._close_timer is not None:
+            self._close_timer.cancel()
+        if self._reader:
+            self._loop.remove_reader(self._fd)
+        if self._writer:
+            self._loop.remove_writer(self._fd)
+        self._reader = self._writer = False
+        self._buffer.clear()
+        self._buffer_size = 0
+        try:
+            self._sock.close()
+        except OSError:
+            pass
+        self._loop.call_soon(self._protocol.connection_lost, exc)
 
 
-class TLSAcceptor(asyncio.Protocol):
-    """An accepted connection of a TLS server until its handshake is done; then ``make()``'s protocol has it."""
+# -- handshakes -------------------------------------------------------------------------------------
 
-    #: Handshakes in progress: the loop keeps only weak references to tasks.
-    _handshakes: set[asyncio.Task[None]] = set()  # noqa: RUF012  # one set for the process, on purpose
 
-    def __init__(self, server: Server, context: ssl.SSLContext, make: Callable[[], Any]) -> None:
+async def _handshake(loop: asyncio.AbstractEventLoop, sock: ssl.SSLSocket) -> None:
+    """Run ``sock``'s TLS handshake to its end, waiting for readiness whenever OpenSSL asks for it."""
+    fd = sock.fileno()
+    while True:
+        try:
+            sock.do_handshake()
+            return
+        except ssl.SSLWantReadError:
+            add, remove = loop.add_reader, loop.remove_reader
+        except ssl.SSLWantWriteError:
+            add, remove = loop.add_writer, loop.remove_writer
+        ready = loop.create_future()
+        add(fd, _set_done, ready)
+        try:
+            await ready
+        finally:
+            remove(fd)
+
+
+def _set_done(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+async def open_socket(loop: asyncio.AbstractEventLoop, endpoint: Endpoint) -> socket.socket:
+    """A connected, non-blocking socket to ``endpoint`` (TCP: each address of its host in turn, as the loop's own connect)."""
+    if endpoint.scheme != "tcp":
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.setblocking(False)
+            await loop.sock_connect(sock, endpoint.address)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+    infos = await loop.getaddrinfo(endpoint.host, endpoint.port, type=socket.SOCK_STREAM)
+    errors: list[OSError] = []
+    for family, kind, proto, _, address in infos:
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            await loop.sock_connect(sock, address)
+        except OSError as exc:
+            sock.close()
+            errors.append(exc)
+            continue
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+    if not errors:
+        raise OSError(f"{endpoint.host} resolved to no address")
+    if len(errors) == 1 or all(str(e) == str(errors[0]) for e in errors):
+        raise errors[0]
+    raise OSError(f"Multiple exceptions: {', '.join(str(e) for e in errors)}")
+
+
+async def connect_tls(
+    endpoint: Endpoint, context: ssl.SSLContext, server_name: str, make: Callable[[], asyncio.BaseProtocol]
+) -> TLSSocketTransport:
+    """Connect to ``endpoint``, run the TLS handshake and start ``make()``'s protocol on the connection.
+
+    Unbounded: the caller bounds it (``connect_errors``). Raises what connecting and the handshake raise.
+    """
+    loop = asyncio.get_running_loop()
+    sock = await open_socket(loop, endpoint)
+    try:
+        tls = context.wrap_socket(sock, server_side=False, server_hostname=server_name, do_handshake_on_connect=False)
+    except BaseException:
+        sock.close()
+        raise
+    try:
+        await _handshake(loop, tls)
+    except BaseException:
+        tls.close()
+        raise
+    return TLSSocketTransport(loop, tls, make())
+
+
+# -- the server's side ------------------------------------------------------------------------------
+
+
+class TLSListener:
+    """Accepts TLS connections on a listening socket for ``server``; each gets ``make()``'s protocol once handshaken.
+
+    Closing it stops accepting and ends the handshakes still in progress (they
+    are not connections yet: a client sees its connection close and tries
+    again); connections already made stay, for the server's drain.
+    """
+
+    def __init__(self, sock: socket.socket, server: Server, context: ssl.SSLContext, make: Callable[[], Any]) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.sock = sock
         self.server = server
         self.context = context
         self.make = make
-        self.early: list[bytes] = []
-        self.lost = False
+        self.tcp = sock.family in (socket.AF_INET, socket.AF_INET6)
+        self.handshakes: set[asyncio.Task[None]] = set()
+        self.closed = False
+        self._resume: asyncio.TimerHandle | None = None
+        sock.setblocking(False)
+        self.loop.add_reader(sock.fileno(), self._accept)
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        transport = cast(asyncio.Transport, transport)  # (uvloop's is no subclass)
+    def close(self) -> None:
+        """Stop accepting; cancel the handshakes in progress. The listening socket is its owner's to close."""
+        if self.closed:
+            return
+        self.closed = True
+        if self._resume is not None:
+            self._resume.cancel()
+        else:
+            self.loop.remove_reader(self.sock.fileno())
+        for task in self.handshakes:
+            task.cancel()
+
+    def _accept(self) -> None:
+        for _ in range(_ACCEPTS_PER_WAKEUP):
+            try:
+                conn, _ = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in _OUT_OF_RESOURCES:
+                    _log.warning("accepting connections paused for %ss: %s", _ACCEPT_PAUSE, exc)
+                    self.loop.remove_reader(self.sock.fileno())
+                    self._resume = self.loop.call_later(_ACCEPT_PAUSE, self._resume_accepting)
+                    return
+                continue  # the connection failed before we took it (ECONNABORTED): the next one
+            self._accepted(conn)
+
+    def _resume_accepting(self) -> None:
+        self._resume = None
+        if not self.closed:
+            self.loop.add_reader(self.sock.fileno(), self._accept)
+
+    def _accepted(self, conn: socket.socket) -> None:
         server = self.server
         if server.full():  # at max_connections, handshakes included: no TLS work for one over it
-            _log.debug("closed a connection from %s before TLS: at max_connections", _peer(transport))
-            transport.abort()
+            _log.debug("closed a connection from %s before TLS: at max_connections", _peer(conn))
+            conn.close()
             return
-        # Until start_tls reads the handshake. (uvloop reads once before it lets a pause work:
-        # what it read waits in ``early``.)
-        transport.pause_reading()
         server.handshaking += 1  # counted from accept, so half-open handshakes cannot pass the cap
-        task = asyncio.get_running_loop().create_task(self._handshake(transport))
-        self._handshakes.add(task)
-        task.add_done_callback(self._handshakes.discard)
+        task = self.loop.create_task(self._handshake(conn))
+        self.handshakes.add(task)
+        task.add_done_callback(self.handshakes.discard)
 
-    def data_received(self, data: bytes) -> None:
-        self.early.append(data)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.lost = True  # before start_tls took the connection over
-
-    async def _handshake(self, transport: asyncio.Transport) -> None:
-        loop = asyncio.get_running_loop()
-        front = _LateFront()
-        starting: asyncio.Task[asyncio.Transport | None] | None = None
+    async def _handshake(self, conn: socket.socket) -> None:
+        tls: ssl.SSLSocket | None = None
         try:
-            if self.lost:
-                return
-            starting = loop.create_task(
-                loop.start_tls(
-                    transport,
-                    front,
-                    self.context,
-                    server_side=True,
-                    ssl_handshake_timeout=self.server.options.handshake_timeout,
-                )
-            )
-            # One turn: start_tls has put its SSL protocol on the transport (calls made in order
-            # run in order), and has not started it yet. Bytes read before are its first.
-            await asyncio.sleep(0)
-            if self.early:
-                ssl_protocol = transport.get_protocol()
-                if ssl_protocol is self or not hasattr(ssl_protocol, "buffer_updated"):  # (uvloop's is no subclass)
-                    raise ConnectionAbortedError("the TLS handshake's first bytes have nowhere to go")
-                _feed(ssl_protocol, b"".join(self.early))
-                self.early = []
-            tls = await starting
+            conn.setblocking(False)
+            if self.tcp:
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            tls = self.context.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
+            async with asyncio.timeout(self.server.options.handshake_timeout):
+                await _handshake(self.loop, tls)
         except Exception as exc:  # a plaintext client, a refused certificate, a timeout, a reset
-            _log.debug("TLS handshake with %s failed: %r", _peer(transport), exc)
-            transport.abort()
+            _log.debug("TLS handshake with %s failed: %r", _peer(conn if tls is None else tls), exc)
+            (conn if tls is None else tls).close()
             return
-        except BaseException:
-            transport.abort()
+        except BaseException:  # cancelled: the listener is closing
+            (conn if tls is None else tls).close()
             raise
         finally:
             self.server.handshaking -= 1
-            if starting is not None and not starting.done():
-                starting.cancel()
-        if tls is None:  # lost as the handshake ended
-            transport.abort()
-            return
         try:
-            front.attach(self.make(), tls)
+            TLSSocketTransport(self.loop, tls, self.make())
         except Exception:
-            _log.exception("serving a connection from %s failed", _peer(transport))
-            tls.abort()
+            _log.exception("serving a connection from %s failed", _peer(tls))
+            tls.close()
 
 
-def _feed(protocol: Any, data: bytes) -> None:
-    """Hand ``data`` to ``protocol`` as its transport would have."""
-    view = memoryview(data)
-    while view:
-        buffer = memoryview(protocol.get_buffer(len(view)))
-        n = min(len(buffer), len(view))
-        buffer[:n] = view[:n]
-        protocol.buffer_updated(n)
-        view = view[n:]
-
-
-def _peer(transport: asyncio.BaseTransport) -> str:
+def _peer(sock: socket.socket) -> str:
     try:
-        return str(transport.get_extra_info("peername") or "a Unix socket peer")
-    except Exception:  # (uvloop's closed Unix transports raise)
+        return str(sock.getpeername() or "a Unix socket peer")
+    except OSError:
         return "a peer"
