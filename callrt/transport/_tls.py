@@ -116,8 +116,10 @@ class TLSSocketTransport(asyncio.Transport):
         self._reading_paused = False
         self._closing = False  # close() or abort() was called, or the connection failed
         self._closed = False  # the socket is closed
-        self._reader = False  # registered with the loop
-        self._writer = False
+        self._read_ready_cb = self._read_ready
+        self._on_readable_cb = self._on_readable
+        self._reader: Callable[[], None] | None = None  # the callback registered for readability
+        self._writer = False  # registered for writability
         self._read_wants_write = False  # a read needs the socket writable first (OpenSSL writes in a read)
         self._write_wants_read = False  # a write needs the socket readable first
         self._close_timer: asyncio.TimerHandle | None = None
@@ -251,18 +253,23 @@ class TLSSocketTransport(asyncio.Transport):
     # -- readiness ------------------------------------------------------------------------------
 
     def _update_interest(self) -> None:
-        """Register with the loop for what the connection waits for, and only that (readiness is level-triggered)."""
+        """Register with the loop for what the connection waits for, and only that (readiness is level-triggered).
+
+        A readable socket calls :meth:`_read_ready` itself, one Python call less per record,
+        unless a write waits for it (:meth:`_on_readable`).
+        """
         if self._closed:
             return
         loop, fd = self._loop, self._fd
         want_read = (not self._reading_paused and not self._read_wants_write) or self._write_wants_read
-        want_write = (bool(self._buffer) and not self._write_wants_read) or self._read_wants_write
-        if want_read != self._reader:
-            self._reader = want_read
-            if want_read:
-                loop.add_reader(fd, self._on_readable)
-            else:
+        reader = None if not want_read else self._on_readable_cb if self._write_wants_read else self._read_ready_cb
+        if reader is not self._reader:
+            if reader is None:
                 loop.remove_reader(fd)
+            else:
+                loop.add_reader(fd, reader)  # (replaces the other callback)
+            self._reader = reader
+        want_write = (bool(self._buffer) and not self._write_wants_read) or self._read_wants_write
         if want_write != self._writer:
             self._writer = want_write
             if want_write:
@@ -271,13 +278,11 @@ class TLSSocketTransport(asyncio.Transport):
                 loop.remove_writer(fd)
 
     def _on_readable(self) -> None:
-        if self._write_wants_read:
-            self._write_wants_read = False
-            self._write_buffered()
-            self._update_interest()
-            if self._closed or self._reading_paused or self._read_wants_write:
-                return
-        self._read_ready()
+        self._write_wants_read = False
+        self._write_buffered()
+        self._update_interest()
+        if not (self._closed or self._reading_paused or self._read_wants_write):
+            self._read_ready()
 
     def _on_writable(self) -> None:
         if self._read_wants_write:
@@ -419,11 +424,12 @@ class TLSSocketTransport(asyncio.Transport):
         self._closed = True
         if self._close_timer is not None:
             self._close_timer.cancel()
-        if self._reader:
+        if self._reader is not None:
             self._loop.remove_reader(self._fd)
         if self._writer:
             self._loop.remove_writer(self._fd)
-        self._reader = self._writer = False
+        self._reader = None
+        self._writer = False
         self._buffer.clear()
         self._buffer_size = 0
         try:
