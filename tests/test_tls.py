@@ -413,3 +413,119 @@ async def test_a_tls_client_that_sends_its_hello_and_goes_leaves_nothing_behind(
                 await anyio.sleep(0.01)
             async with call.connect(str(server.endpoint), options=client_options(certs, shell)) as client:
                 assert (await client.stub(Whoami).peer()).local
+
+
+# -- the asyncio shell's TLS transport (callrt.transport._tls) ------------------------------------
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+async def test_session_tickets_and_other_records_before_the_first_reply(shell: str, certs: Certs) -> None:
+    """TLS 1.3 servers send session tickets after the handshake: records that carry no data, read
+    before (or with) the first reply. Sixteen of them, then calls both ways."""
+    context = certs.server_context()
+    context.num_tickets = 16
+    options = call.ServerOptions(tls=context, transport=shell)  # type: ignore[arg-type]
+    with anyio.fail_after(10):
+        async with call.start_server("tcp://127.0.0.1:0", Whoami(), options=options) as server:
+            async with call.connect(str(server.endpoint), options=client_options(certs, shell, certs.client)) as client:
+                stub = client.stub(Whoami)
+                assert (await stub.peer()).uri_sans == ("spiffe://test/client",)
+                assert await stub.echo(b"x" * 100_000) == b"x" * 100_000
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # the asyncio shell's: trio serves TLS through anyio streams
+async def test_the_asyncio_shell_ends_tls_with_close_notify_both_ways(certs: Certs) -> None:
+    """A server that closes sends close_notify (a strict TLS client sees a clean end, not a
+    truncation), and a client's close_notify is answered with the server's."""
+    from anyio.streams.tls import TLSStream
+
+    from callrt.protocol import DEFAULT_MAX_FRAME_SIZE, Hello, encode_hello
+
+    async def strict_client(port: int) -> TLSStream:
+        raw = await anyio.connect_tcp("127.0.0.1", port)
+        stream = await TLSStream.wrap(raw, hostname="localhost", ssl_context=certs.client_context(certs.client))
+        await stream.send(encode_hello(Hello(1, 2, DEFAULT_MAX_FRAME_SIZE)))
+        await stream.receive()  # the hello reply
+        return stream
+
+    with anyio.fail_after(10):
+        async with call.start_server("tcp://127.0.0.1:0", Whoami(), options=server_options(certs, "auto")) as server:
+            port = server.endpoint.port
+            leaving = await strict_client(port)
+            await leaving.aclose()  # close_notify, then waits for the server's: raises without it
+            while server.connections:  # noqa: ASYNC110  # the server sees the end
+                await anyio.sleep(0.01)
+            staying = await strict_client(port)
+        # The server has drained and closed: what follows its goaway is a clean end.
+        with pytest.raises(anyio.EndOfStream):
+            while True:
+                await staying.receive()
+        await staying.aclose()
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_the_tls_transport_holds_a_write_the_socket_cannot_take_and_pauses_the_writer(certs: Certs) -> None:
+    """Over a real socket whose reader is paused, a 4 MiB write fills the socket: the rest waits
+    (OpenSSL's write is repeated with the same buffer when the socket is writable), the protocol is
+    paused above the high-water mark and resumed once it is written; every byte arrives in order,
+    and close sends close_notify after the buffered bytes (the reader sees an EOF, not an error)."""
+    import asyncio
+    import socket
+
+    from callrt.transport._tls import TLSSocketTransport, run_handshake
+
+    class Recorder(asyncio.Protocol):
+        def __init__(self) -> None:
+            self.events: list[str] = []
+            self.received = bytearray()
+            self.lost: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
+            self.got_all = anyio.Event()
+            self.expected = 0
+
+        def data_received(self, data: bytes) -> None:
+            self.received += data
+            if len(self.received) >= self.expected:
+                self.got_all.set()
+
+        def pause_writing(self) -> None:
+            self.events.append("pause")
+
+        def resume_writing(self) -> None:
+            self.events.append("resume")
+
+        def eof_received(self) -> None:
+            self.events.append("eof")
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self.lost.set_result(exc)
+
+    loop = asyncio.get_running_loop()
+    a, b = socket.socketpair()
+    for sock in (a, b):
+        sock.setblocking(False)
+    server = certs.server_context(mutual=False).wrap_socket(a, server_side=True, do_handshake_on_connect=False)
+    client = certs.client_context().wrap_socket(b, server_hostname="localhost", do_handshake_on_connect=False)
+    with anyio.fail_after(10):
+        await asyncio.gather(run_handshake(loop, server), run_handshake(loop, client))
+        sender, receiver = Recorder(), Recorder()
+        payload = os.urandom(4 * 1024 * 1024)
+        receiver.expected = len(payload)
+        writing = TLSSocketTransport(loop, server, sender)
+        reading = TLSSocketTransport(loop, client, receiver)
+        reading.pause_reading()
+        writing.write(b"head")
+        writing.write(payload[4:])
+        assert writing.get_write_buffer_size() > 64 * 1024  # held: the socket took a fraction
+        assert sender.events == ["pause"]
+        reading.resume_reading()
+        await receiver.got_all.wait()
+        assert bytes(receiver.received) == b"head" + payload[4:]
+        assert sender.events == ["pause", "resume"]
+        assert writing.get_write_buffer_size() == 0
+        writing.write(b"last words")
+        writing.close()
+        assert writing.is_closing()
+        assert await sender.lost is None
+        assert await receiver.lost is None
+        assert receiver.events == ["eof"]
+        assert bytes(receiver.received).endswith(b"last words")

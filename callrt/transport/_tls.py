@@ -44,7 +44,7 @@ from typing import Any
 from ..connection.server import Server
 from ..endpoints import Endpoint
 
-__all__ = ("TLSListener", "TLSSocketTransport", "connect_tls", "open_socket")
+__all__ = ("TLSListener", "TLSSocketTransport", "connect_tls", "open_socket", "run_handshake")
 
 _log = logging.getLogger("callrt.server")
 
@@ -442,7 +442,7 @@ class TLSSocketTransport(asyncio.Transport):
 # -- handshakes -------------------------------------------------------------------------------------
 
 
-async def _handshake(loop: asyncio.AbstractEventLoop, sock: ssl.SSLSocket) -> None:
+async def run_handshake(loop: asyncio.AbstractEventLoop, sock: ssl.SSLSocket) -> None:
     """Run ``sock``'s TLS handshake to its end, waiting for readiness whenever OpenSSL asks for it."""
     fd = sock.fileno()
     while True:
@@ -515,7 +515,7 @@ async def connect_tls(
         sock.close()
         raise
     try:
-        await _handshake(loop, tls)
+        await run_handshake(loop, tls)
     except BaseException:
         tls.close()
         raise
@@ -597,7 +597,7 @@ class TLSListener:
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             tls = self.context.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
             async with asyncio.timeout(self.server.options.handshake_timeout):
-                await _handshake(self.loop, tls)
+                await run_handshake(self.loop, tls)
         except Exception as exc:  # a plaintext client, a refused certificate, a timeout, a reset
             _log.debug("TLS handshake with %s failed: %r", _peer(conn if tls is None else tls), exc)
             (conn if tls is None else tls).close()
