@@ -50,6 +50,7 @@ _log = logging.getLogger("callrt.server")
 
 _RECORD = 16384  # the most plaintext one TLS record carries: a read that got this much may have more behind it
 _BUFFER = 64 * 1024
+_RECORDS_PER_WAKEUP = 16  # 256 KiB of full records, as much as the loops read from a socket at once
 
 # Closing waits this long for what is still to be written (a peer that does not read), then aborts:
 # as long as the loops' SSL transports wait for theirs (their ssl_shutdown_timeout).
@@ -300,7 +301,7 @@ class TLSSocketTransport(asyncio.Transport):
         buffers = _buffers
         buffer, view = buffers.buffer, buffers.view
         read, pending, protocol = self._read, self._pending, self._protocol
-        while True:
+        for _ in range(_RECORDS_PER_WAKEUP):  # then the other connections' turn: readiness brings us back
             try:
                 n = read(_BUFFER, buffer)
             except ssl.SSLWantReadError:
@@ -326,6 +327,8 @@ class TLSSocketTransport(asyncio.Transport):
                 return
             if n < _RECORD and not pending():
                 return  # the socket's readiness says whether more came
+        if pending():  # decrypted and not handed on: no readiness will say so
+            self._loop.call_soon(self._read_ready)
 
     def _write_buffered(self) -> None:
         buffer = self._buffer
