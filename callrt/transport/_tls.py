@@ -2,22 +2,23 @@
 
 The loops' own SSL transports (asyncio's and uvloop's SSL protocol) push each
 TLS record through a pair of ``MemoryBIO`` objects and Python-level calls on
-both sides of it, and end every read with an ``SSLWantReadError`` (an exception
-costs about a microsecond and a half, more through ``ssl.py``). With four
-records per call (request and reply, each encrypted and decrypted) that doubled
-callrt's sequential latency over TLS (bench/README.md, TLS). Here OpenSSL
+both sides of it, and end every read with an ``SSLWantReadError`` (raising one
+costs about 1.2 µs, twice that through ``ssl.py``). With four records per call
+(request and reply, each encrypted and decrypted) callrt's sequential latency
+over TLS was twice its plaintext one (bench/README.md, TLS). Here OpenSSL
 reads and writes the socket itself (its socket BIO): a readable socket is one
-``read`` into one buffer per thread, a write one ``write``, both C calls. A
-read stops without an exception when it got less than a full record and
-OpenSSL holds nothing more: the loop's readiness is level-triggered, so a next
-record still in the socket wakes it again.
+C call that reads a record (its header and its body) and decrypts it into one
+buffer per thread, a write one C call that encrypts and sends. A read stops
+without an exception when it got less than a full record and OpenSSL holds
+nothing more: the loop's readiness is level-triggered, so a next record still
+in the socket wakes it again.
 
 - :class:`TLSSocketTransport` is an ``asyncio.Transport`` over a handshaken,
   non-blocking ``SSLSocket``: the shell's protocols run on it unchanged
   (``data_received``, flow control through ``pause_writing``/``resume_writing``,
   ``pause_reading``, ``close`` after a flush, ``abort``).
 - :func:`connect_tls` connects, runs the handshake on readiness and returns
-  the transport; :func:`listen_tls` accepts on a listening socket itself (so no
+  the transport; :class:`TLSListener` accepts on a listening socket itself (so no
   byte of a handshake is read by anything but OpenSSL), closes at once a
   connection over ``max_connections`` (handshakes in progress included), and
   counts each handshake until it is done or ``handshake_timeout`` ends it.
