@@ -36,6 +36,7 @@ from ._tls import TLSListener, connect_tls
 from .base import (
     Transport,
     UnixSocketFile,
+    bind_tcp,
     bind_unix,
     client_hello,
     connect_errors,
@@ -767,15 +768,8 @@ class ProtocolTransport(Transport):
         if endpoint.scheme == "tcp":
             # anyio binds as the loop would (every address of the host, reuse, dual stack); its
             # sockets are then accepted on here, never through anyio.
-            listener = await anyio.create_tcp_listener(
-                local_host=endpoint.host,
-                local_port=endpoint.port,
-                backlog=server.options.backlog,
-                reuse_port=server.options.reuse_port,
-            )
+            listener, bound = await bind_tcp(endpoint, server.options)
             socks = [one.extra(SocketAttribute.raw_socket) for one in listener.listeners]
-            host, port = listener.listeners[0].extra(SocketAttribute.local_address)[:2]
-            bound = Endpoint("tcp", f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
         else:
             sock, file = bind_unix(endpoint, server.options.backlog)
             socks = [sock]

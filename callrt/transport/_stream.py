@@ -34,6 +34,7 @@ from .base import (
     BROKEN,
     Transport,
     UnixSocketFile,
+    bind_tcp,
     bind_unix,
     client_hello,
     connect_errors,
@@ -411,14 +412,7 @@ class StreamTransport(Transport):
         file: UnixSocketFile | None = None  # a Unix socket's, removed when we stop listening
         listener: Any
         if endpoint.scheme == "tcp":
-            listener = await anyio.create_tcp_listener(
-                local_host=endpoint.host,
-                local_port=endpoint.port,
-                backlog=server.options.backlog,
-                reuse_port=server.options.reuse_port,
-            )
-            host, port = listener.listeners[0].extra(anyio.abc.SocketAttribute.local_address)[:2]
-            bound = Endpoint("tcp", f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+            listener, bound = await bind_tcp(endpoint, server.options)
         else:
             # Bound by callrt, not by anyio, which would take over a path another server listens on.
             sock, file = bind_unix(endpoint, server.options.backlog)

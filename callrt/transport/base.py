@@ -24,14 +24,14 @@ from contextlib import AbstractAsyncContextManager, contextmanager
 from typing import Any
 
 import anyio
-from anyio.abc import TaskGroup
+from anyio.abc import SocketAttribute, TaskGroup
 
 from ..connection.client import ClientSession
 from ..connection.server import Server
 from ..context import Peer
 from ..endpoints import Endpoint
 from ..errors import CommunicationError
-from ..options import ClientOptions
+from ..options import ClientOptions, ServerOptions
 from ..protocol import SUPPORTED_VERSIONS, Hello, encode_hello
 
 __all__ = (
@@ -245,6 +245,18 @@ class UnixSocketFile:
         except OSError:
             pass  # gone already, or not ours to touch
         self._identity = None
+
+
+async def bind_tcp(endpoint: Endpoint, options: ServerOptions) -> tuple[Any, Endpoint]:
+    """anyio's TCP listener at ``endpoint`` (every address of the host, reuse, dual stack), and the endpoint it bound.
+
+    The endpoint has the real port when port 0 was asked for.
+    """
+    listener: Any = await anyio.create_tcp_listener(
+        local_host=endpoint.host, local_port=endpoint.port, backlog=options.backlog, reuse_port=options.reuse_port
+    )
+    host, port = listener.listeners[0].extra(SocketAttribute.local_address)[:2]
+    return listener, Endpoint("tcp", f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
 
 
 def bind_unix(endpoint: Endpoint, backlog: int) -> tuple[socket.socket, UnixSocketFile]:
