@@ -1,4 +1,4 @@
-"""What several test modules share: backend parameters, short scratch directories, a child's stderr lines."""
+"""What several test modules share: backend parameters, short scratch directories, a child's stderr lines, a logging client interceptor."""
 
 from __future__ import annotations
 
@@ -12,8 +12,11 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+from callrt.interceptors import ClientCall, ClientNext
 
 # For tests about the asyncio shell (an asyncio Protocol), which trio never runs.
 ASYNCIO_ONLY = [
@@ -72,3 +75,16 @@ def serving(cmd: list[str], cwd: Path, env: dict[str, str], lines: int) -> Itera
             proc.wait()
         if proc.stderr is not None:
             proc.stderr.close()
+
+
+def recording_client(name: str, log: list[str]) -> Any:
+    """A client interceptor that logs, into ``log``, entering and leaving the chain under ``name``."""
+
+    async def interceptor(call: ClientCall, next: ClientNext) -> Any:
+        log.append(f"{name} in {call.method} replica={call.replica}")
+        try:
+            return await next(call)
+        finally:
+            log.append(f"{name} out replica={call.replica}")
+
+    return interceptor

@@ -11,6 +11,7 @@ from callrt import call, component, errors
 from callrt.interceptors import ClientCall, ClientNext, ServerCall, ServerNext
 from callrt.testing import WorkerProcess
 from tests.interceptor_components import Intercepted, reject_secret, stamp_peer
+from tests.support import recording_client
 
 pytestmark = pytest.mark.anyio
 
@@ -22,17 +23,6 @@ def recording_server(name: str, log: list[str]) -> Any:
             return await next(call)
         finally:
             log.append(f"{name} out")
-
-    return interceptor
-
-
-def recording_client(name: str, log: list[str]) -> Any:
-    async def interceptor(call: ClientCall, next: ClientNext) -> Any:
-        log.append(f"{name} in {call.method} replica={call.replica}")
-        try:
-            return await next(call)
-        finally:
-            log.append(f"{name} out replica={call.replica}")
 
     return interceptor
 

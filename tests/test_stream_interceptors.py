@@ -17,6 +17,7 @@ from callrt import call, errors
 from callrt.interceptors import ClientCall, ClientNext
 from callrt.testing import WorkerProcess
 from tests.stream_span_components import TracedStreams
+from tests.support import recording_client
 
 pytestmark = pytest.mark.anyio
 
@@ -29,22 +30,11 @@ def worker(request: pytest.FixtureRequest) -> Iterator[WorkerProcess]:
         yield w
 
 
-def recording(name: str, log: list[str]) -> Any:
-    async def interceptor(call: ClientCall, next: ClientNext) -> Any:
-        log.append(f"{name} in {call.method} replica={call.replica}")
-        try:
-            return await next(call)
-        finally:
-            log.append(f"{name} out replica={call.replica}")
-
-    return interceptor
-
-
 async def test_the_chain_runs_in_order_around_a_streams_opening_and_a_client_streams_call(
     worker: WorkerProcess,
 ) -> None:
     log: list[str] = []
-    options = call.ClientOptions(interceptors=(recording("c1", log), recording("c2", log)))
+    options = call.ClientOptions(interceptors=(recording_client("c1", log), recording_client("c2", log)))
     with anyio.fail_after(10):
         async with call.connect(worker.endpoint, options=options) as client:
             streams = client.stub(TracedStreams)
