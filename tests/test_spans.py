@@ -93,3 +93,31 @@ def test_a_two_hop_call_makes_four_spans_in_one_trace() -> None:
     assert [p["value"] for p in retries] == [1] and retries[0]["attributes"]["network.transport"] == "tcp"
     assert all(p["value"] == 0 for p in metrics["callrt.server.calls_in_flight"]["points"])  # all done
     assert sum(p["value"] for p in metrics["callrt.server.connections"]["points"]) == 0  # all closed
+
+
+_IDLE_CLIENT = """
+import anyio
+from opentelemetry import metrics
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from callrt import call
+from tests.span_app import Back
+
+reader = InMemoryMetricReader()
+metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
+
+async def main():
+    async with call.start_server("memory://idle", Back()), call.connect("memory://idle"):
+        data = reader.get_metrics_data()  # no call made yet in this process
+        names = [m.name for rm in data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics]
+        print("callrt.client.replicas" in names)
+
+anyio.run(main)
+"""
+
+
+def test_a_client_reports_its_replicas_before_its_first_call() -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", _IDLE_CLIENT], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout.split() == ["True"], result.stderr
