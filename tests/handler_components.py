@@ -28,6 +28,10 @@ class Handlers:
         """An inline handler that (wrongly) blocks the loop: the server logs it."""
         time.sleep(seconds)
 
+    async def ahog(self, seconds: float) -> None:
+        """An async handler that (wrongly) blocks the loop before any await: the server logs it too."""
+        time.sleep(seconds)  # noqa: ASYNC251  (that is the point)
+
     async def ping(self) -> str:
         return "pong"
 

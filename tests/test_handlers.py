@@ -91,6 +91,21 @@ async def test_an_inline_handler_that_holds_the_loop_is_logged(caplog: pytest.Lo
     assert "make it a plain def" in record.getMessage().lower()
 
 
+async def test_an_async_handler_that_holds_the_loop_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    """Over TCP: on asyncio the shell's dispatcher awaits the method itself (a call without a deadline)."""
+    caplog.set_level(logging.WARNING, logger="callrt.server")
+    options = call.ServerOptions(slow_inline_handler=0.05)
+    with anyio.fail_after(10):
+        async with call.start_server("tcp://127.0.0.1:0", Handlers(), options=options) as server:
+            async with call.connect(str(server.endpoint)) as client:
+                await client.stub(Handlers).ahog(0.3)
+                with anyio.fail_after(2):
+                    while not any("held the event loop" in r.getMessage() for r in caplog.records):  # noqa: ASYNC110
+                        await anyio.sleep(0.02)  # the watch thread reports once the loop is back
+    (record,) = [r for r in caplog.records if "held the event loop" in r.getMessage()]
+    assert record.levelno == logging.WARNING and "tests.Handlers.ahog" in record.getMessage()
+
+
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 async def test_a_signal_drains_and_the_worker_exits_0(backend: str, signum: signal.Signals, sockdir: Path) -> None:
