@@ -28,7 +28,7 @@ from .stream_span_components import Boom, Spans, TracedStreams, span_info
 
 STREAMS = "tests.TracedStreams"
 #: Per worker, the SERVER spans the app waits for before it asks for them (see Spans.finished).
-SERVED = {0: 9, 1: 2}  # the first: 7 streams, a fan-out request and a claim; the second: the last two
+SERVED = {0: 10, 1: 2}  # the first: 8 streams, a fan-out request and a claim; the second: the last two
 
 
 async def scenarios(endpoints: list[Endpoint]) -> None:
@@ -39,6 +39,8 @@ async def scenarios(endpoints: list[Endpoint]) -> None:
             assert [i async for i in streams.count(3)] == [0, 1, 2]
         with tracer.start_as_current_span("client stream"):
             assert await streams.total([1, 2, 3]) == 6
+        with tracer.start_as_current_span("bidirectional"):
+            assert len([w async for w in streams.tagged(["a", "b"])]) == 2
         with tracer.start_as_current_span("server stream fails"):
             items = streams.fail_after(2)
             assert [await items.__anext__(), await items.__anext__()] == [0, 1]
@@ -75,7 +77,7 @@ async def scenarios(endpoints: list[Endpoint]) -> None:
         with tracer.start_as_current_span("affinity"):
             assert await both.by_affinity(TracedStreams).whoami() == "here"
 
-    names = [f"{STREAMS}/{m}" for m in ("count", "total", "fail_after", "failing_total", "forever", "whoami")]
+    names = [f"{STREAMS}/{m}" for m in ("count", "total", "tagged", "fail_after", "failing_total", "forever", "whoami")]
     names.append("callrt.Affinity/claim")
     for i, endpoint in enumerate(endpoints):
         async with call.connect(endpoint) as client:

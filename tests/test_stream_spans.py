@@ -74,7 +74,9 @@ def check_attributes(span: Span, method: str, port: int) -> None:
     assert attributes["network.transport"] == "tcp"
 
 
-@pytest.mark.parametrize(("scenario", "method"), [("server stream", "count"), ("client stream", "total")])
+@pytest.mark.parametrize(
+    ("scenario", "method"), [("server stream", "count"), ("client stream", "total"), ("bidirectional", "tagged")]
+)
 def test_a_stream_call_has_a_client_span_and_the_servers_span_is_its_child(
     run: list[dict[str, Any]], scenario: str, method: str
 ) -> None:
@@ -140,6 +142,7 @@ def test_stream_calls_are_measured(run: list[dict[str, Any]]) -> None:
     assert counts == {
         ("count", None): 1,
         ("total", None): 1,
+        ("tagged", None): 1,
         ("fail_after", BOOM): 1,
         ("failing_total", BOOM): 1,
         ("forever", "cancelled"): 3,
