@@ -5,10 +5,13 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from pathlib import Path
+from typing import IO, Any, Literal, get_args
 
 import anyio
 
@@ -147,3 +150,44 @@ def stop_process(process: subprocess.Popen[Any], grace: float = 5) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+class Processes:
+    """The server and client processes of a bench run: started from the repository, pinned, and always stopped.
+
+    Each runs with the repository first on ``PYTHONPATH`` and its working directory there. One
+    still running when its block ends, or at :meth:`close`, is stopped (:func:`stop_process`).
+    """
+
+    def __init__(self, repo: Path, verbose: bool, grace: float = 5) -> None:
+        self._repo = repo
+        self._verbose = verbose
+        self._grace = grace
+        self._live: list[subprocess.Popen[str]] = []
+        self._env = os.environ | {
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(repo), os.environ.get("PYTHONPATH")]))
+        }
+
+    @contextmanager
+    def start(
+        self, command: list[str], log: IO[str], cpus: set[int] | None, stdout: int | IO[str] = subprocess.DEVNULL
+    ) -> Iterator[subprocess.Popen[str]]:
+        """``command`` running, its stderr to ``log``, on ``cpus`` (None: anywhere) for the block."""
+        if self._verbose:
+            print("    $ " + " ".join(command[:12]), file=sys.stderr)
+        process = subprocess.Popen(
+            command, stdout=stdout, stderr=log, stdin=subprocess.DEVNULL, cwd=self._repo, env=self._env, text=True
+        )
+        self._live.append(process)
+        if cpus is not None:  # before the interpreter has started any thread
+            os.sched_setaffinity(process.pid, cpus)
+        try:
+            yield process
+        finally:
+            stop_process(process, self._grace)
+            self._live.remove(process)
+
+    def close(self) -> None:
+        for process in self._live:
+            stop_process(process, self._grace)
+        self._live.clear()

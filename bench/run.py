@@ -24,13 +24,12 @@ import platform
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from importlib import metadata
 from typing import IO, Any
 
 from bench import report
-from bench.common import LOOPS, PINS, Address, Loop, free_tcp_port, stop_process, wait_ready
+from bench.common import LOOPS, PINS, Address, Loop, Processes, free_tcp_port, wait_ready
 from bench.profiles import PROFILES, TLS_DIR, Job, Profile, Variant, parse_variant
 from bench.steps import MemoryStep, encode_steps, step_to_dict
 from bench.systems import MODULES, load
@@ -49,13 +48,9 @@ class Runner:
 
     def __init__(self, workdir: Path, verbose: bool, pin: str) -> None:
         self._workdir = workdir
-        self._verbose = verbose
         self._pin = pin
         self._count = 0
-        self._live: list[subprocess.Popen[Any]] = []
-        self._env = os.environ | {
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-        }
+        self._processes = Processes(REPO, verbose, grace=3)
 
     def run(self, job: Job, rep: int) -> list[report.Record]:
         self._count += 1
@@ -88,13 +83,13 @@ class Runner:
 
     def _run_pair(self, job: Job, address: Address, log: IO[str]) -> tuple[list[str], str | None]:
         command = self._command("bench.server", job, address)
-        with self._process(command, log, cpus=PINS[self._pin][0]) as server:
+        with self._processes.start(command, log, cpus=PINS[self._pin][0]) as server:
             if not wait_ready(server, address, _READY_TIMEOUT):
                 return [], f"server did not accept connections within {_READY_TIMEOUT:.0f}s"
             extra = ("--server-pid", str(server.pid), "--steps", encode_steps(list(job.steps)))
             command = self._command("bench.client", job, address, *extra)
             cpus = PINS[self._pin][1]
-            with self._process(command, log, cpus=cpus, stdout=subprocess.PIPE) as client:
+            with self._processes.start(command, log, cpus=cpus, stdout=subprocess.PIPE) as client:
                 timeout = job.budget + _CLIENT_GRACE + 20 * len(job.steps)
                 try:
                     out, _ = client.communicate(timeout=timeout)
@@ -112,33 +107,8 @@ class Runner:
             "--address", address.url, "--loop", job.loop, *extra, *variant.argv,
         ]  # fmt: skip
 
-    @contextmanager
-    def _process(
-        self,
-        command: list[str],
-        log: IO[str],
-        cpus: set[int] | None,
-        stdout: int | IO[str] = subprocess.DEVNULL,
-    ) -> Iterator[subprocess.Popen[str]]:
-        if self._verbose:
-            print("    $ " + " ".join(command[:12]), file=sys.stderr)
-        process = subprocess.Popen(
-            command, stdout=stdout, stderr=log, stdin=subprocess.DEVNULL,
-            cwd=REPO, env=self._env, text=True,
-        )  # fmt: skip
-        self._live.append(process)
-        if cpus is not None:  # before the interpreter has started any thread
-            os.sched_setaffinity(process.pid, cpus)
-        try:
-            yield process
-        finally:
-            stop_process(process, grace=3)
-            self._live.remove(process)
-
     def close(self) -> None:
-        for process in self._live:
-            stop_process(process, grace=3)
-        self._live.clear()
+        self._processes.close()
 
 
 def _indent(text: str) -> str:

@@ -41,8 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -52,7 +51,16 @@ from typing import IO, Any
 import anyio
 
 from bench import measure
-from bench.common import LOOPS, PINS, Address, free_tcp_port, read_rss_kib, run_on_loop, stop_process, wait_ready
+from bench.common import (
+    LOOPS,
+    PINS,
+    Address,
+    Processes,
+    free_tcp_port,
+    read_rss_kib,
+    run_on_loop,
+    wait_ready,
+)
 from bench.systems import Client
 from bench.systems.streams_base import STREAM_MODULES, StreamClient, StreamSystem, Tally, load_stream_system
 
@@ -338,7 +346,10 @@ class Runner:
     pin: str = "none"
     cprofile: Path | None = None
     count: int = 0
-    live: list[subprocess.Popen[str]] = field(default_factory=list)
+    processes: Processes = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.processes = Processes(REPO, self.verbose)
 
     def run(self, job: Job, rep: int) -> Run:
         self.count += 1
@@ -360,12 +371,12 @@ class Runner:
     def _pair(self, job: Job, address: Address, log: IO[str]) -> tuple[dict[str, Any] | None, str | None]:
         common = [job.system, "--address", address.url, *job.argv]
         server_cpus, client_cpus = PINS[self.pin]
-        with self._process(self._command("_serve", job, common), log, server_cpus) as server:
+        with self.processes.start(self._command("_serve", job, common), log, server_cpus) as server:
             if not wait_ready(server, address, _READY_TIMEOUT):
                 return None, f"server did not accept connections within {_READY_TIMEOUT:.0f}s"
             extra = ["--server-pid", str(server.pid), "--task", json.dumps(job.task)]
             command = self._command("_client", job, [*common, *extra])
-            with self._process(command, log, client_cpus, stdout=subprocess.PIPE) as client:
+            with self.processes.start(command, log, client_cpus, stdout=subprocess.PIPE) as client:
                 timeout = job.budget + 60
                 try:
                     out, _ = client.communicate(timeout=timeout)
@@ -384,29 +395,8 @@ class Runner:
         name = "".join(c if c.isalnum() else "-" for c in job.label)
         return [*command, "--cprofile", str(self.cprofile / f"{name}.{role.strip('_')}.{self.count}.prof")]
 
-    @contextmanager
-    def _process(
-        self, command: list[str], log: IO[str], cpus: set[int] | None, stdout: int | IO[str] = subprocess.DEVNULL
-    ) -> Iterator[subprocess.Popen[str]]:
-        if self.verbose:
-            print("    $ " + " ".join(command), file=sys.stderr)
-        env = os.environ | {"PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-        process = subprocess.Popen(
-            command, stdout=stdout, stderr=log, stdin=subprocess.DEVNULL, cwd=REPO, env=env, text=True
-        )
-        self.live.append(process)
-        if cpus is not None:  # before the interpreter has started any thread
-            os.sched_setaffinity(process.pid, cpus)
-        try:
-            yield process
-        finally:
-            stop_process(process)
-            self.live.remove(process)
-
     def close(self) -> None:
-        for process in self.live:
-            stop_process(process)
-        self.live.clear()
+        self.processes.close()
 
 
 def _rounds(runner: Runner, jobs: list[Job], repeat: int, runs: list[Run]) -> None:

@@ -76,33 +76,30 @@ async def test_inline_is_for_plain_defs() -> None:
             async def method(self) -> None: ...
 
 
-async def test_an_inline_handler_that_holds_the_loop_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+async def held_the_loop(caplog: pytest.LogCaptureFixture, address: str, method: str) -> logging.LogRecord:
+    """Call ``Handlers.<method>(0.3)`` on a server at ``address`` that logs a loop held 50 ms; the one record."""
     caplog.set_level(logging.WARNING, logger="callrt.server")
     options = call.ServerOptions(slow_inline_handler=0.05)
     with anyio.fail_after(10):
-        async with call.start_server("memory://hog", Handlers(), options=options):
-            async with call.connect("memory://hog") as client:
-                await client.stub(Handlers).hog(0.3)
+        async with call.start_server(address, Handlers(), options=options) as server:
+            async with call.connect(str(server.endpoint)) as client:
+                await getattr(client.stub(Handlers), method)(0.3)
                 with anyio.fail_after(2):
                     while not any("held the event loop" in r.getMessage() for r in caplog.records):  # noqa: ASYNC110
                         await anyio.sleep(0.02)  # the watch thread reports once the loop is back
     (record,) = [r for r in caplog.records if "held the event loop" in r.getMessage()]
+    return record
+
+
+async def test_an_inline_handler_that_holds_the_loop_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    record = await held_the_loop(caplog, "memory://hog", "hog")
     assert record.levelno == logging.WARNING and "tests.Handlers.hog" in record.getMessage()
     assert "make it a plain def" in record.getMessage().lower()
 
 
 async def test_an_async_handler_that_holds_the_loop_is_logged(caplog: pytest.LogCaptureFixture) -> None:
     """Over TCP: on asyncio the shell's dispatcher awaits the method itself (a call without a deadline)."""
-    caplog.set_level(logging.WARNING, logger="callrt.server")
-    options = call.ServerOptions(slow_inline_handler=0.05)
-    with anyio.fail_after(10):
-        async with call.start_server("tcp://127.0.0.1:0", Handlers(), options=options) as server:
-            async with call.connect(str(server.endpoint)) as client:
-                await client.stub(Handlers).ahog(0.3)
-                with anyio.fail_after(2):
-                    while not any("held the event loop" in r.getMessage() for r in caplog.records):  # noqa: ASYNC110
-                        await anyio.sleep(0.02)  # the watch thread reports once the loop is back
-    (record,) = [r for r in caplog.records if "held the event loop" in r.getMessage()]
+    record = await held_the_loop(caplog, "tcp://127.0.0.1:0", "ahog")
     assert record.levelno == logging.WARNING and "tests.Handlers.ahog" in record.getMessage()
 
 
