@@ -14,7 +14,7 @@ import anyio
 import pytest
 
 from callrt import call, errors
-from callrt.endpoints import Endpoint
+from callrt.endpoints import Endpoint, parse_endpoint
 from callrt.testing import WorkerProcess
 from callrt.transport import TransportSelector
 from tests.support import short_tempdir
@@ -461,6 +461,45 @@ async def test_the_asyncio_shell_ends_tls_with_close_notify_both_ways(certs: Cer
             while True:
                 await staying.receive()
         await staying.aclose()
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+async def test_a_client_ends_tls_with_close_notify(shell: str, certs: Certs) -> None:
+    """A client that closes its connection sends close_notify: a strict TLS server sees a clean
+    end of stream, not a truncation (before, the client closed the socket without it)."""
+    from anyio.streams.tls import TLSStream
+
+    from callrt.protocol import DEFAULT_MAX_FRAME_SIZE, HELLO_SIZE, HelloReply, encode_hello_reply
+
+    ends: list[str] = []
+
+    async def strict_server(stream: anyio.abc.SocketStream) -> None:
+        tls = await TLSStream.wrap(stream, server_side=True, ssl_context=certs.server_context(mutual=False))
+        hello = b""
+        while len(hello) < HELLO_SIZE:
+            hello += await tls.receive()
+        await tls.send(encode_hello_reply(HelloReply(2, DEFAULT_MAX_FRAME_SIZE)))
+        try:
+            while True:
+                await tls.receive()
+        except anyio.EndOfStream:
+            ends.append("close_notify")
+        except anyio.BrokenResourceError:  # standard_compatible: an EOF without close_notify
+            ends.append("truncated")
+        await anyio.aclose_forcefully(tls)
+
+    with anyio.fail_after(10):
+        async with await anyio.create_tcp_listener(local_host="127.0.0.1") as listener, anyio.create_task_group() as tg:
+            tg.start_soon(listener.serve, strict_server)
+            port = listener.extra(anyio.abc.SocketAttribute.local_port)
+            endpoint = parse_endpoint(f"tcp://127.0.0.1:{port}")
+            options = client_options(certs, shell)
+            async with TransportSelector(options.transport).for_endpoint(endpoint).connect(endpoint, options):
+                pass
+            while not ends:  # noqa: ASYNC110  # the server sees the end
+                await anyio.sleep(0.01)
+            tg.cancel_scope.cancel()
+    assert ends == ["close_notify"]
 
 
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])

@@ -711,6 +711,21 @@ class ClientProtocol(_Writer):
             self.transport.abort()
         self.session.connection_lost(error)
 
+    def close(self) -> None:
+        """The client is done with the connection: its calls fail, and the socket closes.
+
+        With nothing left to write, the transport's close ends the connection cleanly (a TLS
+        ``close_notify``, which strict peers expect, then FIN); with bytes still held for a
+        peer that does not read, it is aborted rather than kept open for them.
+        """
+        closed = CommunicationError("connection closed by the client")
+        transport = self.transport
+        if transport is not None and not self._out and not transport.get_write_buffer_size():
+            transport.close()
+            self.session.connection_lost(closed)
+        else:
+            self.abort(closed)
+
 
 class ProtocolTransport(Transport):
     """TCP and Unix sockets through asyncio Protocols: the fast path (uvloop's when it runs the loop)."""
@@ -812,7 +827,7 @@ class ProtocolTransport(Transport):
         try:
             yield protocol.session
         finally:
-            protocol.abort(CommunicationError("connection closed by the client"))
+            protocol.close()
 
 
 __all__ = ("ClientProtocol", "ProtocolTransport", "ServerProtocol")

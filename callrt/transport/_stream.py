@@ -318,6 +318,9 @@ async def serve_tls_stream(server: Server, stream: ByteStream) -> None:
 
 _log = logging.getLogger("callrt.server")
 
+# How long a client's close waits for the peer's answer to its TLS close_notify.
+_CLOSE_NOTIFY_WAIT = 1.0
+
 
 def _stream_peer(stream: ByteStream) -> Peer:
     sock = stream.extra(SocketAttribute.raw_socket, None)
@@ -340,6 +343,7 @@ class StreamClientShell:
         self.stream = stream
         self.decoder = FrameDecoder(options.max_frame_size, expect="hello_reply")
         self.cancel_scope = anyio.CancelScope()
+        self.closed_by_client = False
 
     def send(self, request_id: int, header: bytes, payload: bytes) -> None:
         for buffer in frame_buffers(header, payload, self.session.flatten_limit):
@@ -349,29 +353,49 @@ class StreamClientShell:
         self.session.connection_lost(error)
         self.cancel_scope.cancel()
 
+    def close(self) -> None:
+        """The client is done with the connection: its calls fail, and the stream ends cleanly."""
+        self.closed_by_client = True
+        self.abort(CommunicationError("connection closed by the client"))
+
     async def run(self) -> None:
         session = self.session
-        with self.cancel_scope:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self._write_loop)
+        try:
+            with self.cancel_scope:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self._write_loop)
+                    try:
+                        decoder = self.decoder
+                        while True:
+                            data = await self.stream.receive()
+                            session.last_received = anyio.current_time()
+                            decoder.receive_data(data)
+                            frames = decoder.frames()
+                            while frames:
+                                for frame in frames:
+                                    session.frame_received(frame)
+                                frames = decoder.frames() if decoder.more else []
+                    except (*BROKEN, RemoteProtocolError) as exc:
+                        session.connection_lost(exc)
+                    finally:
+                        session.connection_lost(None)
+                        tg.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._close_stream()
+
+    async def _close_stream(self) -> None:
+        stream = self.stream
+        if self.closed_by_client and isinstance(stream, TLSStream):
+            # Our close_notify, which strict TLS peers expect. anyio sends it only in a closing
+            # handshake that then waits for the peer's; a peer that neither answers nor closes
+            # holds the client's close for a bounded while only.
+            with anyio.move_on_after(_CLOSE_NOTIFY_WAIT):
                 try:
-                    decoder = self.decoder
-                    while True:
-                        data = await self.stream.receive()
-                        session.last_received = anyio.current_time()
-                        decoder.receive_data(data)
-                        frames = decoder.frames()
-                        while frames:
-                            for frame in frames:
-                                session.frame_received(frame)
-                            frames = decoder.frames() if decoder.more else []
-                except (*BROKEN, RemoteProtocolError) as exc:
-                    session.connection_lost(exc)
-                finally:
-                    session.connection_lost(None)
-                    tg.cancel_scope.cancel()
-                    with anyio.CancelScope(shield=True):
-                        await self.stream.aclose()
+                    await stream.unwrap()
+                except BROKEN:  # the peer closed without answering: it has ours
+                    pass
+        await stream.aclose()
 
     async def _write_loop(self) -> None:
         try:
@@ -399,7 +423,7 @@ async def client_over(stream: ByteStream, endpoint: Endpoint, options: ClientOpt
             try:
                 yield session
             finally:
-                shell.abort(CommunicationError("connection closed by the client"))
+                shell.close()
     if failure is not None:
         raise failure
 
