@@ -1,6 +1,9 @@
 """``python -m tests.stream_span_app BACKEND``: stream, fan-out and affinity calls with the OpenTelemetry SDK
 configured, against two worker processes that have it configured too (tests/stream_span_components.py).
 
+One stream goes through a :class:`~callrt.testing.FaultProxy` that resets its first connection when
+the stream's request reaches it, so that its opening is retried on a second connection.
+
 Each scenario runs under a span of the app's own, named after it, so that tests/test_stream_spans.py
 can find its spans. Prints the app's finished spans, each worker's, the workers' endpoints and the
 app's metrics as JSON lines.
@@ -22,13 +25,25 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from callrt import call
 from callrt.endpoints import Endpoint
-from callrt.testing import WorkerProcess
+from callrt.testing import FaultProxy, Faults, ProxyConnection, WorkerProcess
 
 from .stream_span_components import Boom, Spans, TracedStreams, span_info
 
 STREAMS = "tests.TracedStreams"
 #: Per worker, the SERVER spans the app waits for before it asks for them (see Spans.finished).
-SERVED = {0: 10, 1: 2}  # the first: 8 streams, a fan-out request and a claim; the second: the last two
+SERVED = {0: 11, 1: 2}  # the first: 9 streams, a fan-out request and a claim; the second: the last two
+#: Bytes of the client's hello (docs/protocol.md, section 1): the stream's request is the first frame after it.
+HELLO = 12
+
+
+def reset_on_first_request(connection: ProxyConnection) -> None:
+    """The proxy's first connection is reset when the client's first frame after its hello reaches it.
+
+    Nothing of that frame is forwarded (dropped from the hello's end on, reset at its first byte):
+    the server never sees the request, the client sees its connection reset.
+    """
+    if connection.number == 1:
+        connection.set_faults(Faults(drop_after=HELLO, reset_after=HELLO + 1), "to_server")
 
 
 async def scenarios(endpoints: list[Endpoint]) -> None:
@@ -69,6 +84,15 @@ async def scenarios(endpoints: list[Endpoint]) -> None:
             async for _ in streams.forever():
                 scope.cancel()  # the next wait for an item is cancelled
         assert scope.cancelled_caught
+
+    async with FaultProxy(endpoints[0]) as proxy:
+        proxy.on_connect = reset_on_first_request
+        print(json.dumps({"proxy": int(proxy.endpoint.rpartition(":")[2])}))
+        # No health checks: nothing but the stream's request is sent after the first connection's hello.
+        async with call.connect(proxy.endpoint, options=call.ClientOptions(health_interval=None)) as through_proxy:
+            with tracer.start_as_current_span("stream retried"):
+                assert [i async for i in through_proxy.stub(TracedStreams).count(2)] == [0, 1]
+        assert proxy.accepted == 2  # the first connection, reset, and the one the retry opened
 
     async with call.connect(endpoints) as both:
         with tracer.start_as_current_span("fan-out"):
@@ -116,6 +140,12 @@ def main(backend: str) -> None:
                 if metric.name == "rpc.client.duration":
                     points = [
                         {"attributes": dict(p.attributes or {}), "count": p.count}  # type: ignore[union-attr]
+                        for p in metric.data.data_points
+                    ]
+                    print(json.dumps({"metric": metric.name, "points": points}))
+                elif metric.name == "callrt.client.retries":
+                    points = [
+                        {"attributes": dict(p.attributes or {}), "value": p.value}  # type: ignore[union-attr]
                         for p in metric.data.data_points
                     ]
                     print(json.dumps({"metric": metric.name, "points": points}))

@@ -25,6 +25,13 @@ class Boom(Exception):
     """Raised by a handler: declared, so the caller gets it back by type."""
 
 
+class EventInfo(msgspec.Struct, frozen=True):
+    """An event of a finished span (a retry's, say), with its attributes."""
+
+    name: str
+    attributes: dict[str, str | int | float | bool]
+
+
 class SpanInfo(msgspec.Struct, frozen=True):
     """A finished span, as the tests compare them across processes."""
 
@@ -35,7 +42,7 @@ class SpanInfo(msgspec.Struct, frozen=True):
     parent: str | None
     attributes: dict[str, str | int | float | bool]
     status: str
-    events: list[str]
+    events: list[EventInfo]
 
 
 def span_info(span: ReadableSpan) -> SpanInfo:
@@ -49,7 +56,7 @@ def span_info(span: ReadableSpan) -> SpanInfo:
         parent=None if parent is None else f"{parent.span_id:016x}",
         attributes=dict(span.attributes or {}),  # type: ignore[arg-type]
         status=span.status.status_code.name,
-        events=[event.name for event in span.events],
+        events=[EventInfo(event.name, dict(event.attributes or {})) for event in span.events],  # type: ignore[arg-type]
     )
 
 

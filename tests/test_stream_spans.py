@@ -3,6 +3,8 @@
 Three processes per backend: the app (tests/stream_span_app.py, where the SDK is set: a tracer provider
 can be set once per process) and two worker processes that have it set too and give back their SERVER
 spans. Each scenario of the app runs under a span of its own (INTERNAL, named after the scenario).
+One stream goes through a fault-injection proxy that resets the stream's first connection on its
+request.
 """
 
 from __future__ import annotations
@@ -57,6 +59,16 @@ def served(run: list[dict[str, Any]], client_span: Span) -> Span:
 
 def ports(run: list[dict[str, Any]]) -> list[int]:
     return [port for _, port in next(line["endpoints"] for line in run if "endpoints" in line)]
+
+
+def proxy_port(run: list[dict[str, Any]]) -> int:
+    port: int = next(line["proxy"] for line in run if "proxy" in line)
+    return port
+
+
+def metric(run: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
+    points: list[dict[str, Any]] = next(line["points"] for line in run if line.get("metric") == name)
+    return points
 
 
 def only(found: list[Span]) -> Span:
@@ -131,8 +143,23 @@ def test_an_affinity_call_has_a_span_per_claim_and_one_for_the_call_to_the_winne
         served(run, span)
 
 
+def test_a_stream_whose_opening_is_retried_has_the_retry_as_an_event_of_its_span(run: list[dict[str, Any]]) -> None:
+    """The proxy reset the first connection on the stream's request: one span, with the retry as an event."""
+    client = only(under(run, "stream retried"))
+    port = proxy_port(run)
+    check_attributes(client, f"{STREAMS}.count", port)
+    assert client["kind"] == "CLIENT" and client["status"] == "UNSET" and "error.type" not in client["attributes"]
+    (retry,) = client["events"]
+    assert retry["name"] == "retry" and retry["attributes"]["attempt"] == 2
+    assert retry["attributes"]["error"].startswith(f"connection to tcp://127.0.0.1:{port} lost"), retry
+    server = served(run, client)  # the first attempt never reached the server: only the retry did
+    assert server["status"] == "UNSET"
+    (retries,) = [p for p in metric(run, "callrt.client.retries") if p["attributes"]["rpc.method"] == "count"]
+    assert retries["value"] == 1 and retries["attributes"]["server.port"] == port
+
+
 def test_stream_calls_are_measured(run: list[dict[str, Any]]) -> None:
-    points = next(line["points"] for line in run if line.get("metric") == "rpc.client.duration")
+    points = metric(run, "rpc.client.duration")
     counts: dict[tuple[str, str | None], int] = {}
     for point in points:
         attributes = point["attributes"]
@@ -140,7 +167,7 @@ def test_stream_calls_are_measured(run: list[dict[str, Any]]) -> None:
             key = (attributes["rpc.method"], attributes.get("error.type"))
             counts[key] = counts.get(key, 0) + point["count"]
     assert counts == {
-        ("count", None): 1,
+        ("count", None): 2,  # the stream retried is one call
         ("total", None): 1,
         ("tagged", None): 1,
         ("fail_after", BOOM): 1,
