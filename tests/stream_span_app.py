@@ -2,7 +2,8 @@
 configured, against two worker processes that have it configured too (tests/stream_span_components.py).
 
 One stream goes through a :class:`~callrt.testing.FaultProxy` that resets its first connection when
-the stream's request reaches it, so that its opening is retried on a second connection.
+the stream's request reaches it, so that its opening is retried on a second connection; one affinity
+call asks for more than any replica claims, so that it fails with ``NoClaim``.
 
 Each scenario runs under a span of the app's own, named after it, so that tests/test_stream_spans.py
 can find its spans. Prints the app's finished spans, each worker's, the workers' endpoints and the
@@ -24,14 +25,16 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from callrt import call
+from callrt.call import Selection
 from callrt.endpoints import Endpoint
+from callrt.errors import NoClaim
 from callrt.testing import FaultProxy, Faults, ProxyConnection, WorkerProcess
 
 from .stream_span_components import Boom, Spans, TracedStreams, span_info
 
 STREAMS = "tests.TracedStreams"
 #: Per worker, the SERVER spans the app waits for before it asks for them (see Spans.finished).
-SERVED = {0: 11, 1: 2}  # the first: 9 streams, a fan-out request and a claim; the second: the last two
+SERVED = {0: 12, 1: 3}  # the first: 9 streams, a fan-out request and two claims; the second: the last three
 #: Bytes of the client's hello (docs/protocol.md, section 1): the stream's request is the first frame after it.
 HELLO = 12
 
@@ -100,6 +103,13 @@ async def scenarios(endpoints: list[Endpoint]) -> None:
             assert sorted(reply.result() for reply in replies) == ["here", "here"]
         with tracer.start_as_current_span("affinity"):
             assert await both.by_affinity(TracedStreams).whoami() == "here"
+        with tracer.start_as_current_span("no claim"):
+            try:  # each replica claims 1.0: below the minimum
+                await both.by_affinity(TracedStreams, Selection(minimum=2.0)).whoami()
+            except NoClaim:
+                pass
+            else:
+                raise AssertionError("an affinity call no replica claimed did not fail")
 
     names = [f"{STREAMS}/{m}" for m in ("count", "total", "tagged", "fail_after", "failing_total", "forever", "whoami")]
     names.append("callrt.Affinity/claim")

@@ -4,7 +4,7 @@ Three processes per backend: the app (tests/stream_span_app.py, where the SDK is
 can be set once per process) and two worker processes that have it set too and give back their SERVER
 spans. Each scenario of the app runs under a span of its own (INTERNAL, named after the scenario).
 One stream goes through a fault-injection proxy that resets the stream's first connection on its
-request.
+request, and one affinity call is claimed by no replica.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 STREAMS = "tests.TracedStreams"
 BOOM = "tests.stream_span_components.Boom"
+NO_CLAIM = "callrt.errors.NoClaim"
 
 Span = dict[str, Any]
 
@@ -158,6 +159,24 @@ def test_a_stream_whose_opening_is_retried_has_the_retry_as_an_event_of_its_span
     assert retries["value"] == 1 and retries["attributes"]["server.port"] == port
 
 
+def test_an_affinity_call_no_replica_claimed_has_an_error_span_and_no_call_to_a_replica(
+    run: list[dict[str, Any]],
+) -> None:
+    """Each replica claimed 1.0, below the minimum: the claims succeeded, the call failed before it was sent."""
+    children = under(run, "no claim")
+    claims = [s for s in children if s["name"] == "callrt.Affinity/claim"]
+    assert sorted(s["attributes"]["server.port"] for s in claims) == sorted(ports(run))
+    for span in claims:  # a claim answered, if below the minimum, is a call that succeeded
+        assert span["kind"] == "CLIENT" and span["status"] == "UNSET" and "error.type" not in span["attributes"]
+        served(run, span)
+    failed = only([s for s in children if s["name"] == f"{STREAMS}/whoami"])
+    assert failed["kind"] == "CLIENT" and failed["status"] == "ERROR"
+    assert failed["attributes"]["error.type"] == NO_CLAIM
+    assert "server.address" not in failed["attributes"] and "server.port" not in failed["attributes"]
+    assert len(children) == len(claims) + 1  # the claims and the call's own span, nothing else
+    assert not [s for s in spans(run, "server") if s["parent"] == failed["id"]]  # no replica was called
+
+
 def test_stream_calls_are_measured(run: list[dict[str, Any]]) -> None:
     points = metric(run, "rpc.client.duration")
     counts: dict[tuple[str, str | None], int] = {}
@@ -174,4 +193,5 @@ def test_stream_calls_are_measured(run: list[dict[str, Any]]) -> None:
         ("failing_total", BOOM): 1,
         ("forever", "cancelled"): 3,
         ("whoami", None): 3,  # two fan-out requests and the affinity call
+        ("whoami", NO_CLAIM): 1,
     }
