@@ -1,11 +1,12 @@
-"""The asyncio client's write policy, against a transport that records each write.
+"""The asyncio shell's write policy, against a transport that records each write.
 
 A lone call leaves at once; calls made while others are in flight leave in one
 write at the end of the loop iteration; and the calls made by callers that one
 read woke leave together, in one write (not the first alone: it finds no other
 call in flight, but the others are about to be made). While the transport's
 buffer is full (``pause_writing``) requests are held, in order, and count as
-unsent; where ``writelines`` would copy, large frames go one at a time.
+unsent; where ``writelines`` would copy, large frames go one at a time. A
+server answering a long batch of requests writes its replies in parts.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import math
 from typing import Any
 
 import anyio
+import msgspec
 import pytest
 
 from callrt.call import ClientOptions
@@ -206,3 +208,59 @@ async def test_large_requests_go_one_at_a_time_where_writelines_copies(anyio_bac
         rounds.append(transport.writes[:])
     assert rounds == [[[], [ids[0]]], [[], [ids[1]]], [[], [ids[2]]]]  # header, then payload, per resume
     assert max(transport.sizes) == len(large)  # no write carried more than one payload
+
+
+# -- the server's side -------------------------------------------------------
+
+
+class _ServerTransport(_RecordingTransport):
+    """Keeps the response ids of each write (after the hello reply)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._decoder = FrameDecoder(expect="hello_reply")
+
+    def write(self, data: Any) -> None:
+        self._decoder.receive_data(bytes(data))
+        self.writes.append([frame.id for frame in self._decoder.frames() if isinstance(frame, Response)])
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return default
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass
+
+
+@pytest.mark.parametrize("anyio_backend", ASYNCIO_ONLY)
+@pytest.mark.parametrize(("replies_per_write", "expected"), [(16, [16, 16, 16, 16]), (10, [10] * 6 + [4]), (0, [64])])
+async def test_a_long_batch_of_replies_leaves_in_parts(
+    anyio_backend: object, replies_per_write: int, expected: list[int]
+) -> None:
+    """64 requests in one read, answered inline: their replies leave in writes of ``replies_per_write``
+    (so the client can work on the first while the server makes the rest), in order; 0: in one write."""
+    from callrt import call
+    from callrt.protocol import Hello, encode_hello
+    from callrt.transport._asyncio import ServerProtocol
+    from tests.components import Echo
+
+    echo = make_method_key("tests.Echo", "echo")
+    options = call.ServerOptions(replies_per_write=replies_per_write)
+    async with call.start_server("memory://replies-per-write", Echo(), options=options) as server:
+        protocol = ServerProtocol(server)
+        transport = _ServerTransport()
+        protocol.connection_made(transport)
+        protocol.data_received(encode_hello(Hello(1, 2, 1 << 20)))
+        transport.writes.clear()  # the hello reply
+        requests = [Request(i, echo, msgspec.msgpack.encode([b"x"])) for i in range(1, 65)]
+        protocol.data_received(b"".join(encode_frame(r) for r in requests))
+        await anyio.lowlevel.checkpoint()  # a scheduled flush, if any
+        protocol.connection_lost(None)
+    assert [len(ids) for ids in transport.writes] == expected
+    assert [i for ids in transport.writes for i in ids] == list(range(1, 65))
+
+
+def test_replies_per_write_is_0_or_more() -> None:
+    from callrt import call
+
+    with pytest.raises(ValueError, match="replies_per_write"):
+        call.ServerOptions(replies_per_write=-1)

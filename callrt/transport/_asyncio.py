@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -178,6 +179,7 @@ class ServerProtocol(_Writer):
         self.inline_duration = server.options.inline_handler_duration
         self.task_per_call = self.inline_duration < 0
         self.coalesce = server.options.coalesce_writes
+        self.replies_per_write = server.options.replies_per_write or sys.maxsize
         self._batching = False
         self._flush_scheduled = False
         # Calls for the dispatcher, in order; it takes the whole list at a time. The reading path
@@ -329,8 +331,13 @@ class ServerProtocol(_Writer):
             if self.transport is not None and not self.conn.closed:
                 self.transport.write(data)
             return
-        self._out.append(data)
-        if not self._batching and not self._flush_scheduled:
+        out = self._out
+        out.append(data)
+        if len(out) >= self.replies_per_write:
+            # A long batch leaves in parts: the client works on the first replies while this
+            # side makes the rest, instead of the two taking turns a whole batch at a time.
+            _Writer._flush(self)
+        elif not self._batching and not self._flush_scheduled:
             self._flush_scheduled = True
             self.loop.call_soon(self._flush)
 
