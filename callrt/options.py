@@ -40,10 +40,10 @@ class ServerOptions:
     :ivar replies_per_write: with ``coalesce_writes``, the most replies held for
         one write: a longer batch leaves in writes of this many, so that the
         client works on the first replies while the server makes the rest
-        (on two CPUs with 64 calls in flight, 40% more calls/s; on one CPU, 3%
-        fewer: bench/README.md). ``0``: a batch's replies leave together. The
-        asyncio Protocol shell's (on trio's streams a write per part cost more
-        than the overlap gained).
+        (with 64 calls in flight, client and server on two CPUs: 45% more
+        calls/s; on one CPU the same within 3%: bench/README.md). ``0``: a
+        batch's replies leave together. The asyncio Protocol shell only: on
+        anyio streams (trio) a write per part cost more than the overlap gained.
     :ivar drain_grace: seconds in-flight calls get to finish after a goaway.
     :ivar transport: ``"protocol"`` (asyncio only: an asyncio Protocol, uvloop's
         when installed), ``"stream"`` (anyio streams, any backend) or ``"auto"``.
