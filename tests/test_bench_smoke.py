@@ -30,21 +30,6 @@ def test_micro_bench_runs_every_row() -> None:
     assert len(rows) == 11, result.stdout
 
 
-def _interrupt(server: subprocess.Popen[str]) -> str:
-    """SIGINT ``server`` (unlike SIGTERM, it lets the process flush and report at exit); its stderr.
-
-    Once (a CI run, eighth session) grpc's server process had not exited 20 s after the signal,
-    having exported its spans: a second SIGINT is sent before giving up.
-    """
-    for _ in range(2):
-        server.send_signal(signal.SIGINT)
-        try:
-            return server.communicate(timeout=20)[1]
-        except subprocess.TimeoutExpired:
-            continue
-    raise AssertionError("the server did not exit on SIGINT, twice")
-
-
 @pytest.mark.parametrize("system", ["callrt", "grpc"])
 def test_otel_sdk_flag_makes_client_and_server_spans(system: str) -> None:
     """``--otel-sdk`` (the otel profile) instruments both processes: each exports a span per call, of its kind.
@@ -69,7 +54,8 @@ def test_otel_sdk_flag_makes_client_and_server_spans(system: str) -> None:
             timeout=60,
         )
         assert client.returncode == 0, client.stderr
-        server_err = _interrupt(server)
+        server.send_signal(signal.SIGINT)  # unlike SIGTERM, lets the process flush and report at exit
+        _, server_err = server.communicate(timeout=20)
     finally:
         stop_process(server)
     for role, kind, err in (("client", "CLIENT", client.stderr), ("server", "SERVER", server_err)):
