@@ -7,6 +7,7 @@ connecting to the address.
 from __future__ import annotations
 
 import argparse
+import signal
 
 from bench.common import LOOPS, Address, run_on_loop
 from bench.systems import MODULES, System, load
@@ -36,6 +37,10 @@ def parse_process_args(
 
 
 def main(argv: list[str] | None = None) -> None:
+    # SIGINT stops the server with the exit hooks run (the --otel-sdk report) however it was
+    # started: a process started from a shell's background job inherits SIGINT ignored, and
+    # Python then leaves it ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     system, args = parse_process_args(__doc__ or "", argv)
 
     async def serve() -> None:
