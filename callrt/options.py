@@ -41,9 +41,10 @@ class ServerOptions:
         one write: a longer batch leaves in writes of this many, so that the
         client works on the first replies while the server makes the rest
         (with 64 calls in flight, client and server on two CPUs: 45% more
-        calls/s; on one CPU the same within 3%: bench/README.md). ``0``: a
-        batch's replies leave together. The asyncio Protocol shell only: on
-        anyio streams (trio) a write per part cost more than the overlap gained.
+        calls/s; on one CPU 0 to 6% fewer: bench/README.md). ``0``: a batch's
+        replies leave together. The asyncio Protocol shell only, and not over
+        TLS: on anyio streams (trio), and over TLS where a part is a record,
+        smaller batches cost more than the overlap gained.
     :ivar drain_grace: seconds in-flight calls get to finish after a goaway.
     :ivar transport: ``"protocol"`` (asyncio only: an asyncio Protocol, uvloop's
         when installed), ``"stream"`` (anyio streams, any backend) or ``"auto"``.

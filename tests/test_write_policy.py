@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import ssl
 from typing import Any
 
 import anyio
@@ -214,30 +215,35 @@ async def test_large_requests_go_one_at_a_time_where_writelines_copies(anyio_bac
 
 
 class _ServerTransport(_RecordingTransport):
-    """Keeps the response ids of each write (after the hello reply)."""
+    """Keeps the response ids of each write (after the hello reply); says it is TLS when ``tls``."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: bool) -> None:
         super().__init__()
         self._decoder = FrameDecoder(expect="hello_reply")
+        self._extra = {"sslcontext": ssl.create_default_context()} if tls else {}
 
     def write(self, data: Any) -> None:
         self._decoder.receive_data(bytes(data))
         self.writes.append([frame.id for frame in self._decoder.frames() if isinstance(frame, Response)])
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return default
+        return self._extra.get(name, default)
 
     def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
         pass
 
 
 @pytest.mark.parametrize("anyio_backend", ASYNCIO_ONLY)
-@pytest.mark.parametrize(("replies_per_write", "expected"), [(16, [16, 16, 16, 16]), (10, [10] * 6 + [4]), (0, [64])])
+@pytest.mark.parametrize(
+    ("replies_per_write", "tls", "expected"),
+    [(16, False, [16, 16, 16, 16]), (10, False, [10] * 6 + [4]), (0, False, [64]), (16, True, [64])],
+)
 async def test_a_long_batch_of_replies_leaves_in_parts(
-    anyio_backend: object, replies_per_write: int, expected: list[int]
+    anyio_backend: object, replies_per_write: int, tls: bool, expected: list[int]
 ) -> None:
     """64 requests in one read, answered inline: their replies leave in writes of ``replies_per_write``
-    (so the client can work on the first while the server makes the rest), in order; 0: in one write."""
+    (so the client can work on the first while the server makes the rest), in order; 0: in one write.
+    Over TLS, where each part would be a record, in one write."""
     from callrt import call
     from callrt.protocol import Hello, encode_hello
     from callrt.transport._asyncio import ServerProtocol
@@ -247,7 +253,7 @@ async def test_a_long_batch_of_replies_leaves_in_parts(
     options = call.ServerOptions(replies_per_write=replies_per_write)
     async with call.start_server("memory://replies-per-write", Echo(), options=options) as server:
         protocol = ServerProtocol(server)
-        transport = _ServerTransport()
+        transport = _ServerTransport(tls)
         protocol.connection_made(transport)
         protocol.data_received(encode_hello(Hello(1, 2, 1 << 20)))
         transport.writes.clear()  # the hello reply

@@ -205,6 +205,10 @@ class ServerProtocol(_Writer):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._attach(transport)
         info = transport.get_extra_info
+        if info("sslcontext") is not None:
+            # Over TLS a part is a record to encrypt, send, read and decrypt: smaller batches
+            # cost more than the overlap gains (bench/README.md, replies in parts).
+            self.replies_per_write = sys.maxsize
         self.conn.peer = socket_peer(info("socket"), info("peername"), info("peercert"))
         if not self.conn.refuse_busy:
             self.server.connection_opened(self.conn)
