@@ -6,7 +6,7 @@ read woke leave together, in one write (not the first alone: it finds no other
 call in flight, but the others are about to be made). While the transport's
 buffer is full (``pause_writing``) requests are held, in order, and count as
 unsent; where ``writelines`` would copy, large frames go one at a time. A
-server answering a long batch of requests writes its replies in parts.
+server answering a long batch of requests writes its replies in two parts.
 """
 
 from __future__ import annotations
@@ -235,23 +235,24 @@ class _ServerTransport(_RecordingTransport):
 
 @pytest.mark.parametrize("anyio_backend", ASYNCIO_ONLY)
 @pytest.mark.parametrize(
-    ("replies_per_write", "tls", "expected"),
-    [(16, False, [16, 16, 16, 16]), (10, False, [10] * 6 + [4]), (0, False, [64]), (16, True, [64])],
+    ("split_replies_above", "tls", "expected"),
+    [(16, False, [32, 32]), (40, False, [40, 24]), (64, False, [64]), (0, False, [64]), (16, True, [64])],
 )
-async def test_a_long_batch_of_replies_leaves_in_parts(
-    anyio_backend: object, replies_per_write: int, tls: bool, expected: list[int]
+async def test_a_long_batch_of_replies_leaves_in_two_writes(
+    anyio_backend: object, split_replies_above: int, tls: bool, expected: list[int]
 ) -> None:
-    """64 requests in one read, answered inline: their replies leave in writes of ``replies_per_write``
-    (so the client can work on the first while the server makes the rest), in order; 0: in one write.
-    Over TLS, where each part would be a record, in one write."""
+    """64 requests in one read, answered inline: above ``split_replies_above`` their replies leave in two
+    writes, the first half at once (so the client can work on it while the server makes the rest; at
+    least ``split_replies_above`` of them), in order; 0: in one write. Over TLS, where each write
+    would be a record, in one write."""
     from callrt import call
     from callrt.protocol import Hello, encode_hello
     from callrt.transport._asyncio import ServerProtocol
     from tests.components import Echo
 
     echo = make_method_key("tests.Echo", "echo")
-    options = call.ServerOptions(replies_per_write=replies_per_write)
-    async with call.start_server("memory://replies-per-write", Echo(), options=options) as server:
+    options = call.ServerOptions(split_replies_above=split_replies_above)
+    async with call.start_server("memory://split-replies", Echo(), options=options) as server:
         protocol = ServerProtocol(server)
         transport = _ServerTransport(tls)
         protocol.connection_made(transport)
@@ -265,8 +266,8 @@ async def test_a_long_batch_of_replies_leaves_in_parts(
     assert [i for ids in transport.writes for i in ids] == list(range(1, 65))
 
 
-def test_replies_per_write_is_0_or_more() -> None:
+def test_split_replies_above_is_0_or_more() -> None:
     from callrt import call
 
-    with pytest.raises(ValueError, match="replies_per_write"):
-        call.ServerOptions(replies_per_write=-1)
+    with pytest.raises(ValueError, match="split_replies_above"):
+        call.ServerOptions(split_replies_above=-1)

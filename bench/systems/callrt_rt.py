@@ -53,7 +53,7 @@ _FLAGS: tuple[tuple[str, str, type, str], ...] = (
     ("--optimistic-spin-duration", "optimistic_spin_duration", float, "client"),
     ("--client-transport", "transport", str, "client"),
     ("--server-coalesce-writes", "coalesce_writes", int, "server"),
-    ("--replies-per-write", "replies_per_write", int, "server"),
+    ("--split-replies-above", "split_replies_above", int, "server"),
     ("--client-coalesce-writes", "coalesce_writes", int, "client"),
 )
 

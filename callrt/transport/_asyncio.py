@@ -179,7 +179,8 @@ class ServerProtocol(_Writer):
         self.inline_duration = server.options.inline_handler_duration
         self.task_per_call = self.inline_duration < 0
         self.coalesce = server.options.coalesce_writes
-        self.replies_per_write = server.options.replies_per_write or sys.maxsize
+        # A batch of more replies than this leaves in two writes (write): see split_replies_above.
+        self.split_above = self._part = server.options.split_replies_above or sys.maxsize
         self._batching = False
         self._flush_scheduled = False
         # Calls for the dispatcher, in order; it takes the whole list at a time. The reading path
@@ -208,7 +209,7 @@ class ServerProtocol(_Writer):
         if info("sslcontext") is not None:
             # Over TLS a part is a record to encrypt, send, read and decrypt: smaller batches
             # cost more than the overlap gains (bench/README.md, replies in parts).
-            self.replies_per_write = sys.maxsize
+            self.split_above = self._part = sys.maxsize
         self.conn.peer = socket_peer(info("socket"), info("peername"), info("peercert"))
         if not self.conn.refuse_busy:
             self.server.connection_opened(self.conn)
@@ -234,6 +235,7 @@ class ServerProtocol(_Writer):
             while frames:
                 if len(frames) > budget:  # this connection's turn is over: the rest wait for the next
                     self._held_frames, frames = frames[budget:], frames[:budget]
+                self._part = max(self.split_above, (len(frames) + 1) >> 1)
                 for frame in frames:
                     if type(frame) is Request:  # frame_received's first case, inlined for the common frame
                         conn.request_received(frame)
@@ -337,9 +339,9 @@ class ServerProtocol(_Writer):
             return
         out = self._out
         out.append(data)
-        if len(out) >= self.replies_per_write:
-            # A long batch leaves in parts: the client works on the first replies while this
-            # side makes the rest, instead of the two taking turns a whole batch at a time.
+        if len(out) >= self._part:
+            # A long batch's first half leaves at once: the client works on it while this side
+            # makes the rest, instead of the two taking turns a whole batch at a time.
             _Writer._flush(self)
         elif not self._batching and not self._flush_scheduled:
             self._flush_scheduled = True
@@ -410,6 +412,7 @@ class ServerProtocol(_Writer):
                 await parked
                 continue
             self._queue = []
+            self._part = max(self.split_above, (len(queue) + 1) >> 1)
             d.items = items = iter(queue)  # what a hand-off takes over: the calls this task has not reached
             self._arm_check(d)
             self._batching = True  # replies leave together at the end (or when a method suspends)
