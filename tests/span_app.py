@@ -10,12 +10,6 @@ import json
 import tempfile
 
 import anyio
-from opentelemetry import metrics, trace
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from callrt import call, component
 from callrt.balancers import BalancerFunc
@@ -23,6 +17,7 @@ from callrt.client import ReplicaState
 from callrt.options import ClientOptions
 
 from .lifecycle_components import FakeServer
+from .support import install_sdk
 
 
 def _point(point: object) -> dict[str, float]:
@@ -99,12 +94,7 @@ async def retried_over_tcp() -> None:
 
 
 if __name__ == "__main__":
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    trace.set_tracer_provider(provider)
-    reader = InMemoryMetricReader()
-    metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
+    exporter, reader = install_sdk()
     anyio.run(main)
     data = reader.get_metrics_data()
     assert data is not None

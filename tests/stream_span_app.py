@@ -17,12 +17,7 @@ import sys
 
 import anyio
 import msgspec
-from opentelemetry import metrics, trace
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry import trace
 
 from callrt import call
 from callrt.call import Selection
@@ -31,6 +26,7 @@ from callrt.errors import NoClaim
 from callrt.testing import FaultProxy, Faults, ProxyConnection, WorkerProcess
 
 from .stream_span_components import Boom, Spans, TracedStreams, span_info
+from .support import install_sdk
 
 STREAMS = "tests.TracedStreams"
 #: Per worker, the SERVER spans the app waits for before it asks for them (see Spans.finished).
@@ -120,12 +116,7 @@ async def scenarios(endpoints: list[Endpoint]) -> None:
 
 
 def main(backend: str) -> None:
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    trace.set_tracer_provider(provider)
-    reader = InMemoryMetricReader()
-    metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
+    exporter, reader = install_sdk()
     components = ["tests.stream_span_components:TracedStreams", "tests.stream_span_components:Spans"]
     with (
         WorkerProcess("tcp://127.0.0.1:0", components, backend=backend) as first,

@@ -88,3 +88,25 @@ def recording_client(name: str, log: list[str]) -> Any:
             log.append(f"{name} out replica={call.replica}")
 
     return interceptor
+
+
+def install_sdk() -> tuple[Any, Any]:
+    """Make the OpenTelemetry SDK this process's tracer and meter providers, keeping everything in memory.
+
+    Returns the span exporter and the metric reader. For the apps the span tests run in a
+    process of their own (the SDK's providers can be set once per process).
+    """
+    from opentelemetry import metrics, trace
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+    reader = InMemoryMetricReader()
+    metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
+    return exporter, reader
