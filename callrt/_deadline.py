@@ -22,7 +22,10 @@ from collections.abc import Callable
 import anyio
 import sniffio
 
-__all__ = ("deadline_function",)
+__all__ = ("CANCELLED", "deadline_function", "cancellation_first")
+
+CANCELLED = -math.inf
+"""The effective deadline of a caller whose scope is cancelled."""
 
 
 def deadline_function() -> Callable[[], float]:
@@ -82,3 +85,16 @@ def _asyncio_deadline_function() -> Callable[[], float] | None:
     except AttributeError:
         return None
     return effective_deadline if matches else None
+
+
+async def cancellation_first(deadline: float) -> None:
+    """Raise the caller's cancellation now if ``deadline`` says its scope is cancelled.
+
+    A request sent from a cancelled scope carries no time left, and the server
+    answers ``DeadlineExceeded`` at once. On asyncio anyio delivers a cancellation
+    on a later turn of the loop, and that answer can arrive first: the caller
+    would see a failed call instead of its own cancellation, and the server a
+    request for nothing.
+    """
+    if deadline == CANCELLED:
+        await anyio.lowlevel.checkpoint_if_cancelled()

@@ -42,6 +42,7 @@ import anyio
 from anyio.streams.memory import MemoryObjectSendStream
 
 from .. import telemetry
+from .._deadline import cancellation_first
 from ..claims import AffinityAPI
 from ..component import MethodSpec, component_spec
 from ..context import CallOptions
@@ -321,6 +322,7 @@ def _affinity_method(
             raise TypeError(f"{method.full_name} is a stream method: affinity calls are unary only")
         payload = method.payload_from_args(args, kwargs)
         deadline, end = call_limits(effective_deadline, None)
+        await cancellation_first(deadline)  # else its claims would still go out, with the window's own limit
         trace = client_trace() if current_otel_context() else None
         # The call's record, dated from now: its span starts when the winner is known (CallRecord.replica).
         record = telemetry.client_record(method.full_name, len(payload))

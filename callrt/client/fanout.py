@@ -54,6 +54,7 @@ from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from .. import telemetry
+from .._deadline import cancellation_first
 from ..component import MethodSpec, caller_error, component_spec
 from ..connection.client import ClientSession
 from ..context import CallOptions, current_deadline, serving_var
@@ -133,6 +134,7 @@ async def call_replica(
     Cancelled while waiting, it gives the call up (the server gets a cancel, unless the
     deadline already passed: the server enforces that itself).
     """
+    await cancellation_first(deadline)
     request_id, waiter = session.start(method.key, payload, deadline, trace, options)
     return await reply_of(session, method, request_id, waiter, deadline)
 
@@ -271,6 +273,7 @@ class Replies(Generic[R]):
             raise StopAsyncIteration
         receive = self._receive
         if receive is None:
+            await anyio.lowlevel.checkpoint_if_cancelled()  # the caller's cancellation, not requests
             receive = self._start()
         try:
             with anyio.move_on_at(self._end) if self._end != math.inf else _NO_SCOPE:

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import anyio
 
 from .. import telemetry
+from .._deadline import cancellation_first
 from ..component import MethodSpec, caller_error
 from ..connection.client import ClientStream
 from ..context import CallOptions, current_deadline, serving_var
@@ -190,6 +191,7 @@ class StreamCall:
             record = self._record = telemetry.client_record(method.full_name, len(self._payload))
             if record is None and current_otel_context():  # no SDK, but the caller's trace goes on
                 self._trace = client_trace()
+        await cancellation_first(self._deadline)
         attempt = 0
         while True:
             attempt += 1

@@ -14,8 +14,10 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 import anyio
+from anyio.lowlevel import checkpoint_if_cancelled
 
 from .. import telemetry
+from .._deadline import CANCELLED
 from ..component import MethodSpec, _method_spec, caller_error, component_spec
 from ..context import CallOptions, current_deadline, serving_var
 from ..errors import ClosedError, CommunicationError, ErrorCode, RemoteError
@@ -129,6 +131,8 @@ def remote_method(
             inherited = current_deadline()
             if inherited is not None and inherited < deadline:
                 deadline = inherited
+        if deadline == CANCELLED:  # inlined cancellation_first: the caller's cancellation, not a request
+            await checkpoint_if_cancelled()
         # A CLIENT span (from the first attempt) and measurements once an SDK is configured; the
         # request carries the span's trace context, so the server's span is its child.
         span = (
