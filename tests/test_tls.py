@@ -502,6 +502,32 @@ async def test_a_client_ends_tls_with_close_notify(shell: str, certs: Certs) -> 
     assert ends == ["close_notify"]
 
 
+@pytest.mark.parametrize("shell", SHELLS)
+async def test_a_server_ends_tls_with_close_notify(shell: str, certs: Certs) -> None:
+    """A server that closes a connection (here at its idle timeout) sends close_notify: a strict TLS
+    client sees a clean end of stream, not a truncation (before, the stream shell closed without it)."""
+    from anyio.streams.tls import TLSStream
+
+    from callrt.protocol import Hello, encode_hello
+
+    options = server_options(certs, shell, mutual=False, handshake_timeout=1.0, idle_timeout=0.2)
+    with anyio.fail_after(10):
+        async with call.start_server("tcp://127.0.0.1:0", Whoami(), options=options) as server:
+            assert server.endpoint is not None
+            stream = await anyio.connect_tcp(server.endpoint.host, server.endpoint.port)
+            tls = await TLSStream.wrap(stream, hostname="localhost", ssl_context=certs.client_context())
+            await tls.send(encode_hello(Hello(1, 1, 1 << 20)))
+            try:
+                while True:
+                    await tls.receive()  # the hello's reply, then nothing until the server closes
+            except anyio.EndOfStream:
+                end = "close_notify"
+            except anyio.BrokenResourceError:  # standard_compatible: an EOF without close_notify
+                end = "truncated"
+            await anyio.aclose_forcefully(tls)
+    assert end == "close_notify"
+
+
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
 async def test_the_tls_transport_holds_a_write_the_socket_cannot_take_and_pauses_the_writer(certs: Certs) -> None:
     """Over a real socket whose reader is paused, a 4 MiB write fills the socket: the rest waits

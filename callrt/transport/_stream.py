@@ -270,6 +270,24 @@ def _no_hook() -> None:
     pass
 
 
+# How long a close waits for the peer's answer to its TLS close_notify.
+_CLOSE_NOTIFY_WAIT = 1.0
+
+
+async def send_close_notify(stream: TLSStream) -> None:
+    """Our close_notify, which strict TLS peers expect of either side's close.
+
+    anyio sends it only in a closing handshake that then waits for the peer's; a
+    peer that neither answers nor closes holds the close for a bounded while only.
+    A stream already broken (the peer reset it, say) fails at once.
+    """
+    with anyio.move_on_after(_CLOSE_NOTIFY_WAIT):
+        try:
+            await stream.unwrap()
+        except BROKEN:  # the peer closed without answering: it has ours, or cannot have it
+            pass
+
+
 async def serve_stream(server: Server, stream: ByteStream, peer: Peer | None = None) -> None:
     """Serve one accepted connection on ``stream`` until it ends; ``peer`` when the stream cannot tell."""
     async with stream:
@@ -284,6 +302,8 @@ async def serve_stream(server: Server, stream: ByteStream, peer: Peer | None = N
         shell.conn.closed = True
         shell.watchdog.release()
         server.connection_closed(shell.conn)
+        if isinstance(stream, TLSStream):
+            await send_close_notify(stream)
 
 
 async def serve_tls_stream(server: Server, stream: ByteStream) -> None:
@@ -303,7 +323,8 @@ async def serve_tls_stream(server: Server, stream: ByteStream) -> None:
     try:
         with anyio.fail_after(server.options.handshake_timeout):
             # Not standard_compatible: callrt's frames are length-prefixed, so a truncation is
-            # seen without TLS's closing handshake, and closing does not wait for the peer's.
+            # seen without TLS's closing handshake; closing sends close_notify (serve_stream) but
+            # waits for the peer's a bounded while only.
             tls = await TLSStream.wrap(
                 stream, server_side=True, ssl_context=server.options.tls, standard_compatible=False
             )
@@ -317,9 +338,6 @@ async def serve_tls_stream(server: Server, stream: ByteStream) -> None:
 
 
 _log = logging.getLogger("callrt.server")
-
-# How long a client's close waits for the peer's answer to its TLS close_notify.
-_CLOSE_NOTIFY_WAIT = 1.0
 
 
 def _stream_peer(stream: ByteStream) -> Peer:
@@ -387,14 +405,7 @@ class StreamClientShell:
     async def _close_stream(self) -> None:
         stream = self.stream
         if self.closed_by_client and isinstance(stream, TLSStream):
-            # Our close_notify, which strict TLS peers expect. anyio sends it only in a closing
-            # handshake that then waits for the peer's; a peer that neither answers nor closes
-            # holds the client's close for a bounded while only.
-            with anyio.move_on_after(_CLOSE_NOTIFY_WAIT):
-                try:
-                    await stream.unwrap()
-                except BROKEN:  # the peer closed without answering: it has ours
-                    pass
+            await send_close_notify(stream)
         await stream.aclose()
 
     async def _write_loop(self) -> None:
