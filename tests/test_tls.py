@@ -510,7 +510,7 @@ async def test_a_server_ends_tls_with_close_notify(shell: str, certs: Certs) -> 
 
     from callrt.protocol import Hello, encode_hello
 
-    options = server_options(certs, shell, mutual=False, handshake_timeout=1.0, idle_timeout=0.2)
+    options = server_options(certs, shell, mutual=False, handshake_timeout=2.0, idle_timeout=0.2)
     with anyio.fail_after(10):
         async with call.start_server("tcp://127.0.0.1:0", Whoami(), options=options) as server:
             assert server.endpoint is not None
