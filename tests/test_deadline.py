@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator
 
 import anyio
 import pytest
@@ -106,6 +106,6 @@ async def test_a_call_from_a_cancelled_scope_is_cancelled_before_anything_is_sen
             assert reached == []
 
 
-async def _drain(items: object) -> None:
-    async for _ in items:  # type: ignore[attr-defined]
+async def _drain(items: AsyncIterable[object]) -> None:
+    async for _ in items:
         pass
