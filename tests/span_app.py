@@ -17,13 +17,7 @@ from callrt.client import ReplicaState
 from callrt.options import ClientOptions
 
 from .lifecycle_components import FakeServer
-from .support import install_sdk
-
-
-def _point(point: object) -> dict[str, float]:
-    if hasattr(point, "count"):
-        return {"count": point.count, "sum": point.sum}  # a histogram's
-    return {"value": point.value}  # a sum's or a gauge's
+from .support import install_sdk, print_metrics
 
 
 @component(name="spans.Back")
@@ -96,13 +90,7 @@ async def retried_over_tcp() -> None:
 if __name__ == "__main__":
     exporter, reader = install_sdk()
     anyio.run(main)
-    data = reader.get_metrics_data()
-    assert data is not None
-    for resource_metrics in data.resource_metrics:
-        for scope_metrics in resource_metrics.scope_metrics:
-            for metric in scope_metrics.metrics:
-                points = [{"attributes": dict(p.attributes or {}), **_point(p)} for p in metric.data.data_points]
-                print(json.dumps({"metric": metric.name, "unit": metric.unit, "points": points}))
+    print_metrics(reader)
     for span in exporter.get_finished_spans():
         ctx, parent = span.get_span_context(), span.parent
         print(

@@ -26,7 +26,7 @@ from callrt.errors import NoClaim
 from callrt.testing import FaultProxy, Faults, ProxyConnection, WorkerProcess
 
 from .stream_span_components import Boom, Spans, TracedStreams, span_info
-from .support import install_sdk
+from .support import install_sdk, print_metrics
 
 STREAMS = "tests.TracedStreams"
 #: Per worker, the SERVER spans the app waits for before it asks for them (see Spans.finished).
@@ -133,23 +133,7 @@ def main(backend: str) -> None:
         anyio.run(run, backend=backend)
     for span in exporter.get_finished_spans():
         print(json.dumps({"side": "client", **msgspec.to_builtins(span_info(span))}))
-    data = reader.get_metrics_data()
-    assert data is not None
-    for resource_metrics in data.resource_metrics:
-        for scope_metrics in resource_metrics.scope_metrics:
-            for metric in scope_metrics.metrics:
-                if metric.name == "rpc.client.duration":
-                    points = [
-                        {"attributes": dict(p.attributes or {}), "count": p.count}  # type: ignore[union-attr]
-                        for p in metric.data.data_points
-                    ]
-                    print(json.dumps({"metric": metric.name, "points": points}))
-                elif metric.name == "callrt.client.retries":
-                    points = [
-                        {"attributes": dict(p.attributes or {}), "value": p.value}  # type: ignore[union-attr]
-                        for p in metric.data.data_points
-                    ]
-                    print(json.dumps({"metric": metric.name, "points": points}))
+    print_metrics(reader)
 
 
 if __name__ == "__main__":

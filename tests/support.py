@@ -110,3 +110,25 @@ def install_sdk() -> tuple[Any, Any]:
     reader = InMemoryMetricReader()
     metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
     return exporter, reader
+
+
+def print_metrics(reader: Any) -> None:
+    """Print every metric ``reader`` (from :func:`install_sdk`) collected, a JSON line each, for a test to read.
+
+    Each point has its attributes and, for a histogram, its count and sum; for a sum or a gauge, its value.
+    """
+    import json
+
+    data = reader.get_metrics_data()
+    assert data is not None
+    for resource_metrics in data.resource_metrics:
+        for scope_metrics in resource_metrics.scope_metrics:
+            for metric in scope_metrics.metrics:
+                points = [{"attributes": dict(p.attributes or {}), **_point(p)} for p in metric.data.data_points]
+                print(json.dumps({"metric": metric.name, "unit": metric.unit, "points": points}))
+
+
+def _point(point: Any) -> dict[str, float]:
+    if hasattr(point, "count"):
+        return {"count": point.count, "sum": point.sum}  # a histogram's
+    return {"value": point.value}  # a sum's or a gauge's

@@ -463,6 +463,19 @@ async def test_the_asyncio_shell_ends_tls_with_close_notify_both_ways(certs: Cer
         await staying.aclose()
 
 
+async def how_it_ends(tls: anyio.abc.ByteStream) -> str:
+    """Read a strict TLS stream (``standard_compatible``) to its end, then close it: how the peer ended it."""
+    try:
+        while True:
+            await tls.receive()
+    except anyio.EndOfStream:
+        return "close_notify"
+    except anyio.BrokenResourceError:  # standard_compatible: an EOF without close_notify
+        return "truncated"
+    finally:
+        await anyio.aclose_forcefully(tls)
+
+
 @pytest.mark.parametrize("shell", SHELLS)
 async def test_a_client_ends_tls_with_close_notify(shell: str, certs: Certs) -> None:
     """A client that closes its connection sends close_notify: a strict TLS server sees a clean
@@ -479,14 +492,7 @@ async def test_a_client_ends_tls_with_close_notify(shell: str, certs: Certs) -> 
         while len(hello) < HELLO_SIZE:
             hello += await tls.receive()
         await tls.send(encode_hello_reply(HelloReply(2, DEFAULT_MAX_FRAME_SIZE)))
-        try:
-            while True:
-                await tls.receive()
-        except anyio.EndOfStream:
-            ends.append("close_notify")
-        except anyio.BrokenResourceError:  # standard_compatible: an EOF without close_notify
-            ends.append("truncated")
-        await anyio.aclose_forcefully(tls)
+        ends.append(await how_it_ends(tls))
 
     with anyio.fail_after(10):
         async with await anyio.create_tcp_listener(local_host="127.0.0.1") as listener, anyio.create_task_group() as tg:
@@ -517,14 +523,7 @@ async def test_a_server_ends_tls_with_close_notify(shell: str, certs: Certs) -> 
             stream = await anyio.connect_tcp(server.endpoint.host, server.endpoint.port)
             tls = await TLSStream.wrap(stream, hostname="localhost", ssl_context=certs.client_context())
             await tls.send(encode_hello(Hello(1, 1, 1 << 20)))
-            try:
-                while True:
-                    await tls.receive()  # the hello's reply, then nothing until the server closes
-            except anyio.EndOfStream:
-                end = "close_notify"
-            except anyio.BrokenResourceError:  # standard_compatible: an EOF without close_notify
-                end = "truncated"
-            await anyio.aclose_forcefully(tls)
+            end = await how_it_ends(tls)  # after the hello's reply, nothing until the server closes
     assert end == "close_notify"
 
 

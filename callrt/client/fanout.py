@@ -54,7 +54,6 @@ from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from .. import telemetry
-from .._deadline import cancellation_first
 from ..component import MethodSpec, caller_error, component_spec
 from ..connection.client import ClientSession
 from ..context import CallOptions, current_deadline, serving_var
@@ -134,7 +133,6 @@ async def call_replica(
     Cancelled while waiting, it gives the call up (the server gets a cancel, unless the
     deadline already passed: the server enforces that itself).
     """
-    await cancellation_first(deadline)
     request_id, waiter = session.start(method.key, payload, deadline, trace, options)
     return await reply_of(session, method, request_id, waiter, deadline)
 
